@@ -1,0 +1,65 @@
+"""asyncflow: an async-native workflow engine with a durable cache.
+
+Define tasks as classes (`build_task` declares upstream tasks, `run_task` computes),
+then ``await task.run()`` in any event loop (asyncio or trio) runs only what is stale.
+"""
+
+from ._errors import AsyncflowError as AsyncflowError
+from ._errors import BuildError as BuildError
+from ._errors import CacheError as CacheError
+from ._errors import CycleError as CycleError
+from ._errors import EventLoopRunningError as EventLoopRunningError
+from ._errors import GraphError as GraphError
+from ._errors import HostError as HostError
+from ._errors import MissingRequirementError as MissingRequirementError
+from ._errors import OptionError as OptionError
+from ._errors import TaskDefinitionError as TaskDefinitionError
+from ._errors import TaskFailedError as TaskFailedError
+from ._errors import WorkflowFailedError as WorkflowFailedError
+from ._options import CacheOptions as CacheOptions
+from ._options import RunOptions as RunOptions
+from ._requires import Const as Const
+from ._requires import Req as Req
+from ._requires import Requires as Requires
+from ._requires import RequiresDict as RequiresDict
+from ._requires import RequiresList as RequiresList
+from ._requires import TaskItem as TaskItem
+from ._requires import TaskLike as TaskLike
+from ._stats import ClassStats as ClassStats
+from ._stats import RunStats as RunStats
+from ._task import SinkTask as SinkTask
+from ._task import SourceTask as SourceTask
+from ._task import Task as Task
+from ._task import infer_task_type as infer_task_type
+
+__all__ = [
+    "AsyncflowError",
+    "BuildError",
+    "CacheError",
+    "CacheOptions",
+    "ClassStats",
+    "Const",
+    "CycleError",
+    "EventLoopRunningError",
+    "GraphError",
+    "HostError",
+    "MissingRequirementError",
+    "OptionError",
+    "Req",
+    "Requires",
+    "RequiresDict",
+    "RequiresList",
+    "RunOptions",
+    "RunStats",
+    "SinkTask",
+    "SourceTask",
+    "Task",
+    "TaskDefinitionError",
+    "TaskFailedError",
+    "TaskItem",
+    "TaskLike",
+    "WorkflowFailedError",
+    "infer_task_type",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The on-disk cache: an SQLite index (WAL), result blobs, task directories, leases."""

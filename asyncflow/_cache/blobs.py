@@ -1,0 +1,45 @@
+"""Results as bytes: cloudpickle, then gzip at the class's level; files written atomically."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+RAW = 0
+GZIP = 1
+INLINE_MAX = 64 * 1024  # larger encoded results go to a file of their own
+
+
+def dumps(value: object) -> bytes:
+    """Pickle a result (by value where its class cannot be imported elsewhere)."""
+    return cloudpickle.dumps(value, protocol=5)
+
+
+def compress(pickled: bytes, level: int) -> tuple[int, bytes]:
+    """Return ``(codec, data)``: the pickle as is at level 0, gzip otherwise."""
+    if level == 0:
+        return RAW, pickled
+    encoder = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    return GZIP, encoder.compress(pickled) + encoder.flush()
+
+
+def decode(codec: int, data: bytes) -> Any:
+    """Return the result stored as ``(codec, data)``."""
+    if codec == GZIP:
+        data = gzip.decompress(data)
+    return cloudpickle.loads(data)  # Any: whatever the task returned
+
+
+def write_atomic(path: Path, tmp_dir: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader (or a crash) sees all of it or nothing."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

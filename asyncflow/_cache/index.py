@@ -1,0 +1,348 @@
+"""The SQLite index (WAL) of one cache directory: records, leases, failures.
+
+aiosqlite drives its connection with asyncio futures, which do not run under trio, so
+the index keeps aiosqlite's model (one connection, every call made off the event loop
+on a worker thread, calls serialised) with anyio's `to_thread`, which runs on both.
+Callers batch: one call reads or writes many nodes in one transaction.
+
+Only the process that awaits ``run()`` opens the index; workers never do.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import anyio
+
+from .._errors import CacheError
+from . import blobs, paths
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    key TEXT PRIMARY KEY,          -- task_name(canonical arguments)
+    task_name TEXT NOT NULL,
+    args TEXT NOT NULL,
+    source TEXT NOT NULL,          -- normalised-AST hash of the class, '' when not checked
+    version TEXT NOT NULL,         -- unique per write: dependents record it
+    deps TEXT NOT NULL,            -- hash of the upstream versions and Const values used
+    codec INTEGER NOT NULL,
+    data BLOB,                     -- the encoded result, when small
+    path TEXT,                     -- else its file under results/
+    size INTEGER NOT NULL,
+    started REAL NOT NULL,
+    finished REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nodes_by_class ON nodes (task_name);
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,           -- host:pid:run
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (owner);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    task_name TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+HOST = socket.gethostname()
+
+
+class Record(NamedTuple):
+    """What decides whether a cached result is fresh."""
+
+    source: str
+    version: str
+    deps: str
+
+
+@dataclass
+class Entry:
+    """A computed result on its way into the index."""
+
+    key: str
+    task_name: str
+    args: str
+    source: str
+    version: str
+    deps: str
+    pickled: bytes
+    compress_level: int
+    started: float
+    finished: float
+
+
+def owner_alive(owner: str, expires: float, now: float) -> bool:
+    """Tell whether a lease still binds: not expired, and its process not known dead."""
+    if expires <= now:
+        return False
+    host, _, rest = owner.partition(":")
+    if host != HOST:
+        return True
+    pid = int(rest.partition(":")[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class Index:
+    """One connection to a cache's index; every method runs on a worker thread."""
+
+    def __init__(self, cache_dir: Path, conn: sqlite3.Connection) -> None:
+        self.cache_dir = cache_dir
+        self._conn = conn
+        self._lock = anyio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, cache_dir: Path, *, create: bool = True) -> Index | None:
+        """Open (and if needed create) the index of `cache_dir`; None if absent and not `create`.
+
+        Raises:
+            CacheError: the file is not an asyncflow index, or a newer asyncflow wrote it.
+        """
+        conn = await anyio.to_thread.run_sync(_connect, cache_dir, create)
+        return None if conn is None else cls(cache_dir, conn)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on a worker thread, one call at a time."""
+        return await anyio.to_thread.run_sync(fn, self._conn, *args, limiter=self._lock)
+
+    async def close(self) -> None:
+        """Close the connection (after any call in progress)."""
+        await anyio.to_thread.run_sync(self._conn.close, limiter=self._lock)
+
+
+def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
+    path = paths.index_path(cache_dir)
+    if not create and not path.exists():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise CacheError(
+                f"the cache at {path} was written by a newer asyncflow (schema {version}, "
+                f"this one reads {SCHEMA_VERSION}); upgrade asyncflow or use another cache_dir"
+            )
+        if version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        hint = ""
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            hint = f"; remove {paths.root(cache_dir)} to start an empty cache"
+        raise CacheError(f"the cache index {path} cannot be used ({exc}){hint}") from exc
+    return conn
+
+
+# Everything below runs on the index's worker thread.
+
+
+def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
+    """Return the records of those of `keys` that have one."""
+    out: dict[str, Record] = {}
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT key, source, version, deps FROM nodes WHERE key IN ({marks})", chunk
+        )
+        for key, source, version, deps in rows:
+            out[key] = Record(source, version, deps)
+    return out
+
+
+def acquire(
+    conn: sqlite3.Connection, owner: str, ttl: float, keys: Sequence[str]
+) -> list[tuple[str | None, Record | None]]:
+    """Take the lease of each key unless another live owner holds it.
+
+    Returns, per key, ``(holder, record)``: `holder` is None when the lease is now ours,
+    else the owner holding it; `record` is the node's record as of now.
+    """
+    now = time.time()
+    out: list[tuple[str | None, Record | None]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for key in keys:
+            row = conn.execute("SELECT owner, expires FROM leases WHERE key=?", (key,)).fetchone()
+            holder: str | None = None
+            if row is not None and row[0] != owner and owner_alive(row[0], row[1], now):
+                holder = row[0]
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO leases (key, owner, expires) VALUES (?, ?, ?)",
+                    (key, owner, now + ttl),
+                )
+            rec = conn.execute("SELECT source, version, deps FROM nodes WHERE key=?", (key,)).fetchone()
+            out.append((holder, None if rec is None else Record(*rec)))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+def poll(conn: sqlite3.Connection, keys: Sequence[str]) -> list[bool]:
+    """Tell, per key, whether a live owner still holds its lease."""
+    now = time.time()
+    out: list[bool] = []
+    for key in keys:
+        row = conn.execute("SELECT owner, expires FROM leases WHERE key=?", (key,)).fetchone()
+        out.append(row is not None and owner_alive(row[0], row[1], now))
+    return out
+
+
+def renew(conn: sqlite3.Connection, owner: str, ttl: float) -> None:
+    """Push back the expiry of every lease `owner` holds."""
+    conn.execute("UPDATE leases SET expires=? WHERE owner=?", (time.time() + ttl, owner))
+
+
+def commit(
+    conn: sqlite3.Connection,
+    cache_dir: Path,
+    owner: str,
+    entries: Sequence[Entry],
+    released: Sequence[str],
+    failures: Sequence[tuple[str, str, str]],
+) -> None:
+    """Store results, drop their leases and note failures, in one transaction.
+
+    Large results are written to files (atomically) before the transaction that refers
+    to them; files of replaced results are removed after it.
+    """
+    rows: list[tuple[Any, ...]] = []
+    for e in entries:
+        codec, data = blobs.compress(e.pickled, e.compress_level)
+        path: str | None = None
+        if len(data) > blobs.INLINE_MAX:
+            path = f"{e.version[:2]}/{e.version}"
+            blobs.write_atomic(paths.results_dir(cache_dir) / path, paths.tmp_dir(cache_dir), data)
+        rows.append(
+            (e.key, e.task_name, e.args, e.source, e.version, e.deps, codec,
+             None if path else data, path, len(data), e.started, e.finished)
+        )  # fmt: skip
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        old_files = _files_of(conn, [e.key for e in entries])
+        conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        conn.executemany("DELETE FROM failures WHERE key=?", [(e.key,) for e in entries])
+        conn.executemany(
+            "DELETE FROM leases WHERE key=? AND owner=?",
+            [(e.key, owner) for e in entries] + [(k, owner) for k in released],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO failures VALUES (?,?,?,?)",
+            [(k, name, err, now) for k, name, err in failures],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    _unlink(cache_dir, old_files)
+
+
+def release_all(conn: sqlite3.Connection, owner: str) -> None:
+    """Drop every lease `owner` holds."""
+    conn.execute("DELETE FROM leases WHERE owner=?", (owner,))
+
+
+def load(conn: sqlite3.Connection, cache_dir: Path, wanted: Sequence[tuple[str, str]]) -> list[Any]:
+    """Return the results of ``(key, version)`` pairs.
+
+    Raises:
+        CacheError: a result is gone or was replaced by another version meanwhile.
+    """
+    out: list[Any] = []
+    for key, version in wanted:
+        row = conn.execute("SELECT codec, data, path FROM nodes WHERE key=? AND version=?", (key, version)).fetchone()
+        if row is None:
+            raise CacheError(
+                f"the cached result of {key} was removed or replaced while this run used it; "
+                f"run again"
+            )
+        codec, data, path = row
+        if path is not None:
+            data = (paths.results_dir(cache_dir) / path).read_bytes()
+        out.append(blobs.decode(codec, data))
+    return out
+
+
+def delete(conn: sqlite3.Connection, cache_dir: Path, keys: Sequence[str]) -> int:
+    """Remove the records (and result files) of `keys`; return how many existed."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        files = _files_of(conn, keys)
+        removed = 0
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            removed += conn.execute(f"DELETE FROM nodes WHERE key IN ({marks})", chunk).rowcount
+            conn.execute(f"DELETE FROM failures WHERE key IN ({marks})", chunk)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    _unlink(cache_dir, files)
+    return removed
+
+
+def delete_class(conn: sqlite3.Connection, cache_dir: Path, task_name: str) -> int:
+    """Remove every record (and result file) of one task class; return how many."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        files = [p for (p,) in conn.execute("SELECT path FROM nodes WHERE task_name=? AND path IS NOT NULL", (task_name,))]
+        removed = conn.execute("DELETE FROM nodes WHERE task_name=?", (task_name,)).rowcount
+        conn.execute("DELETE FROM failures WHERE task_name=?", (task_name,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    _unlink(cache_dir, files)
+    return removed
+
+
+def _files_of(conn: sqlite3.Connection, keys: Sequence[str]) -> list[str]:
+    files: list[str] = []
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        files.extend(
+            p for (p,) in conn.execute(f"SELECT path FROM nodes WHERE key IN ({marks}) AND path IS NOT NULL", chunk)
+        )
+    return files
+
+
+def _unlink(cache_dir: Path, files: Iterable[str]) -> None:
+    base = paths.results_dir(cache_dir)
+    for name in files:
+        (base / name).unlink(missing_ok=True)

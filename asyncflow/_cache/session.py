@@ -1,0 +1,196 @@
+"""One run's use of the cache: batched reads, leases and writes over one `Index`.
+
+Nodes ask one at a time (``await session.acquire(key)``); the session gathers every
+request made meanwhile into one worker-thread call and one transaction, so a run of
+10,000 nodes makes a handful of SQLite transactions, not 10,000. Results are written
+behind the run (dependents read them from memory) and flushed before the run returns,
+also when it fails or is cancelled: a finished result is never thrown away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from .._errors import CacheError
+from . import index
+from .index import Entry, Index, Record
+
+I = TypeVar("I")  # noqa: E741 - an item
+O = TypeVar("O")  # noqa: E741 - its outcome
+
+LEASE_TTL = 15.0  # seconds a lease binds without renewal: how long a crashed holder blocks
+_BATCH_MAX = 5000
+_SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
+
+
+class _Slot:
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class Batcher(Generic[I, O]):
+    """Coalesce concurrent ``await submit(item)`` calls into calls of ``fn(items)``."""
+
+    def __init__(self, fn: Callable[[list[I]], Awaitable[Sequence[O]]]) -> None:
+        self._fn = fn
+        self._queue: list[tuple[I, _Slot]] = []
+        self._wake = anyio.Event()
+
+    async def submit(self, item: I) -> O:
+        slot = _Slot()
+        self._queue.append((item, slot))
+        self._wake.set()
+        await slot.event.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.value  # type: ignore[no-any-return]  # set from fn's outcomes
+
+    async def serve(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._queue:
+                batch, self._queue = self._queue[:_BATCH_MAX], self._queue[_BATCH_MAX:]
+                try:
+                    outcomes = await self._fn([item for item, _ in batch])
+                except Exception as exc:
+                    for _, slot in batch:
+                        slot.error = exc
+                        slot.event.set()
+                    continue
+                for (_, slot), outcome in zip(batch, outcomes):
+                    slot.value = outcome
+                    slot.event.set()
+
+
+@asynccontextmanager
+async def open_session(cache_dir: Path) -> AsyncIterator[CacheSession]:
+    """Open the cache for one run; on the way out, write what is pending, even if cancelled.
+
+    Raises:
+        CacheError: results could not be written (after the run's own outcome).
+    """
+    idx = await Index.open(cache_dir)
+    assert idx is not None, "asyncflow bug: Index.open(create=True) returned None"
+    session = CacheSession(idx)
+    try:
+        async with anyio.create_task_group() as tg:
+            for service in session.services():
+                tg.start_soon(service)
+            try:
+                yield session
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _SHUTDOWN_GRACE):
+            try:
+                await session.write_pending()
+                await idx.call(index.release_all, session.owner)
+            except Exception as exc:
+                session.write_error = session.write_error or exc
+            finally:
+                await idx.close()
+    if session.write_error is not None:
+        raise CacheError(
+            f"could not write results to the cache in {cache_dir}: {session.write_error}"
+        ) from session.write_error
+
+
+class CacheSession:
+    """The cache as one run sees it; made by `open_session`."""
+
+    def __init__(self, idx: Index) -> None:
+        self.index = idx
+        self.cache_dir: Path = idx.cache_dir
+        self.owner = f"{index.HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._pending: list[Entry] = []
+        self._released: list[str] = []
+        self._failures: list[tuple[str, str, str]] = []
+        self._wrote = anyio.Event()
+        self._wake = anyio.Event()
+        self.write_error: Exception | None = None
+        self._acquire = Batcher[str, "tuple[str | None, Record | None]"](self._acquire_batch)
+        self._poll = Batcher[str, bool](self._poll_batch)
+        self._load = Batcher["tuple[str, str]", Any](self._load_batch)
+
+    def services(self) -> list[Callable[[], Awaitable[None]]]:
+        """Return the background loops the session needs while a run goes on."""
+        return [self._acquire.serve, self._poll.serve, self._load.serve, self._writer, self._renewer]
+
+    # Reads and leases, batched.
+
+    async def lookup(self, keys: Sequence[str]) -> dict[str, Record]:
+        """Return the records of those of `keys` that have one (one thread call)."""
+        return await self.index.call(index.lookup, keys)
+
+    async def acquire(self, key: str) -> tuple[str | None, Record | None]:
+        """Take the lease of `key` unless a live owner holds it; see `index.acquire`."""
+        return await self._acquire.submit(key)
+
+    async def held(self, key: str) -> bool:
+        """Tell whether a live owner holds the lease of `key`."""
+        return await self._poll.submit(key)
+
+    async def load(self, key: str, version: str) -> Any:
+        """Return the cached result of `key` at `version`."""
+        return await self._load.submit((key, version))
+
+    async def _acquire_batch(self, keys: list[str]) -> Sequence[tuple[str | None, Record | None]]:
+        return await self.index.call(index.acquire, self.owner, LEASE_TTL, keys)
+
+    async def _poll_batch(self, keys: list[str]) -> Sequence[bool]:
+        return await self.index.call(index.poll, keys)
+
+    async def _load_batch(self, wanted: list[tuple[str, str]]) -> Sequence[Any]:
+        return await self.index.call(index.load, self.cache_dir, wanted)
+
+    # Writes, behind the run.
+
+    def store_nowait(self, entry: Entry) -> None:
+        """Queue a computed result (its lease is released when it is written)."""
+        self._pending.append(entry)
+        self._wake.set()
+
+    def release_nowait(self, key: str, failure: tuple[str, str] | None = None) -> None:
+        """Queue the release of a lease, noting ``(task_name, error)`` if the node failed."""
+        self._released.append(key)
+        if failure is not None:
+            self._failures.append((key, *failure))
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self.write_pending()
+            except Exception as exc:  # reported when the session closes
+                self.write_error = exc
+                return
+
+    async def write_pending(self) -> None:
+        """Write every queued result, lease release and failure note."""
+        while self._pending or self._released or self._failures:
+            entries, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
+            released, self._released = self._released, []
+            failures, self._failures = self._failures, []
+            await self.index.call(index.commit, self.cache_dir, self.owner, entries, released, failures)
+
+    async def _renewer(self) -> None:
+        while True:
+            await anyio.sleep(LEASE_TTL / 3)
+            with contextlib.suppress(sqlite3.OperationalError):  # busy: try again next time
+                await self.index.call(index.renew, self.owner, LEASE_TTL)

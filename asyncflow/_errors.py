@@ -1,0 +1,117 @@
+"""Every exception asyncflow raises, in one hierarchy.
+
+```
+AsyncflowError
+├── TaskDefinitionError (also TypeError)    bad class keyword, unsupported argument type
+├── GraphError                              CycleError, MissingRequirementError, BuildError
+├── TaskFailedError                         .task, .command, .returncode, .stderr_tail
+├── WorkflowFailedError (ExceptionGroup)    every failure under on_error="continue"
+├── CacheError                              unreadable or newer cache, lease wait exceeded
+├── HostError (also OSError)                unreachable, auth, host key, no remote python
+└── EventLoopRunningError (also RuntimeError)  a blocking twin inside a running loop
+```
+
+Facts are attributes, so callers never parse messages; the first line of each
+message stands alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
+    from exceptiongroup import ExceptionGroup
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+
+class AsyncflowError(Exception):
+    """Base class of every error asyncflow raises on purpose."""
+
+
+class TaskDefinitionError(AsyncflowError, TypeError):
+    """A task class or a task's arguments are not usable (found when the task is made)."""
+
+
+class OptionError(AsyncflowError, ValueError):
+    """A run option has an unknown name or a value outside its accepted set."""
+
+
+class GraphError(AsyncflowError):
+    """The task graph cannot be built; nothing has run."""
+
+
+class BuildError(GraphError):
+    """A task's `build_task` raised; the original exception is the `__cause__`."""
+
+    def __init__(self, message: str, *, task: str) -> None:
+        super().__init__(message)
+        self.task = task
+
+
+class MissingRequirementError(GraphError):
+    """A requirement declared on a task class was left unset by `build_task`."""
+
+    def __init__(self, message: str, *, task: str, attribute: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.attribute = attribute
+
+
+class CycleError(GraphError):
+    """Tasks require each other in a cycle; `cycle` lists them in order."""
+
+    def __init__(self, message: str, *, cycle: Sequence[str]) -> None:
+        super().__init__(message)
+        self.cycle = tuple(cycle)
+
+
+class TaskFailedError(AsyncflowError):
+    """A task's body failed; the original exception is the `__cause__`.
+
+    Attributes:
+        task: the node as the user writes it, e.g. ``Choose(6, 3)``.
+        command: the command line, when the body ran in a subprocess.
+        returncode: the exit status of that subprocess.
+        stderr_tail: the last lines it wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: str,
+        command: Sequence[str] | None = None,
+        returncode: int | None = None,
+        stderr_tail: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.task = task
+        self.command = None if command is None else tuple(command)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class WorkflowFailedError(AsyncflowError, ExceptionGroup[TaskFailedError]):  # pyright: ignore[reportGeneralTypeIssues]  # ExceptionGroup is generic at runtime too
+    """Several tasks failed under ``on_error="continue"``; `exceptions` holds each."""
+
+    def __new__(cls, message: str, errors: Sequence[TaskFailedError]) -> WorkflowFailedError:
+        return super().__new__(cls, message, errors)
+
+    def derive(self, excs: Sequence[TaskFailedError]) -> WorkflowFailedError:  # type: ignore[override]
+        return WorkflowFailedError(self.message, excs)
+
+
+class CacheError(AsyncflowError):
+    """The cache cannot be used as it is (unreadable, written by a newer asyncflow, ...)."""
+
+
+class HostError(AsyncflowError, OSError):
+    """A remote host cannot be used (unreachable, refused authentication, ...)."""
+
+
+class EventLoopRunningError(AsyncflowError, RuntimeError):
+    """A blocking twin (`run_graph`, ...) was called where an event loop already runs."""

@@ -1,0 +1,174 @@
+"""Expand a root task into nodes and edges with an explicit work-list. No I/O here.
+
+Every `build_task` runs once per distinct node (same class and arguments = same node),
+before anything runs. Unset requirements, builds that raise and cycles are reported
+here, naming the task and the attribute. Nothing recurses on the Python stack, so a
+chain 10,000 deep builds like a fan-out of 100,000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._errors import BuildError, CycleError, MissingRequirementError
+from ._requires import REQS, Const, iter_sources
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+BUILT = "_af_built"
+MISSING: Any = object()  # a node's value that is not in memory (None is a valid result)
+
+
+class Node:
+    """One node of the graph, plus the per-run state the scheduler keeps on it."""
+
+    __slots__ = (
+        "consts",
+        "consumers",
+        "dependents",
+        "deps",
+        "key",
+        "remaining",
+        "state",
+        "task",
+        "value",
+        "version",
+    )
+
+    def __init__(self, task: Task[Any, Any]) -> None:
+        self.task = task
+        self.key: str = task._af_key
+        self.deps: list[Node] = []
+        self.dependents: list[Node] = []
+        self.consts = ""  # tokens of the Const values the task reads, for staleness
+        # Filled in by the scheduler:
+        self.remaining = 0
+        self.consumers = 0
+        self.state = 0
+        self.version: str | None = None
+        self.value: Any = MISSING
+
+    def __repr__(self) -> str:
+        return f"<Node {self.task!r}>"
+
+
+class Graph:
+    """The nodes reachable from a root, in an order where every node follows its deps."""
+
+    def __init__(self, root: Node, order: list[Node]) -> None:
+        self.root = root
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.order)
+
+
+def _build(task: Task[Any, Any]) -> None:
+    state = task.__dict__
+    if state.get(BUILT):
+        return
+    args, kwargs = state["_af_args"]
+    try:
+        task.build_task(*args, **kwargs)
+    except Exception as exc:
+        raise BuildError(
+            f"{task!r}: build_task raised {type(exc).__name__}: {exc}", task=repr(task)
+        ) from exc
+    reqs: dict[str, Any] = state.get(REQS) or {}
+    for name in type(task)._af_requires:
+        if name not in reqs:
+            raise MissingRequirementError(
+                f"{task!r}: requirement {name!r} was not set by build_task; assign a task "
+                f"or Const(value) to self.{name}",
+                task=repr(task),
+                attribute=name,
+            )
+    state[BUILT] = True
+
+
+def build_graph(root: Task[Any, Any]) -> Graph:
+    """Build every node upstream of `root` (included) and check that the graph is acyclic.
+
+    Raises:
+        BuildError: a `build_task` raised; the original is the ``__cause__``.
+        MissingRequirementError: a declared requirement was left unset.
+        CycleError: tasks require each other in a cycle.
+    """
+    root_node = Node(root)
+    nodes: dict[str, Node] = {root_node.key: root_node}
+    stack = [root_node]
+    while stack:
+        node = stack.pop()
+        task = node.task
+        _build(task)
+        reqs: dict[str, Any] = task.__dict__.get(REQS) or {}
+        consts: list[str] = []
+        deps = node.deps
+        seen: set[str] = set()
+        for name in type(task)._af_requires:
+            for source in iter_sources(reqs[name]):
+                if isinstance(source, Const):
+                    consts.append(source.token)
+                    continue
+                key: str = source._af_key  # type: ignore[attr-defined]  # a Task
+                dep = nodes.get(key)
+                if dep is None:
+                    dep = nodes[key] = Node(source)  # type: ignore[arg-type]  # a Task
+                    stack.append(dep)
+                if key not in seen:
+                    seen.add(key)
+                    deps.append(dep)
+        if consts:
+            node.consts = "|".join(consts)
+    return Graph(root_node, _topological_order(nodes))
+
+
+def _topological_order(nodes: dict[str, Node]) -> list[Node]:
+    """Kahn's algorithm: every node after its deps; a leftover means a cycle."""
+    for node in nodes.values():
+        node.remaining = len(node.deps)
+        for dep in node.deps:
+            dep.dependents.append(node)
+    order = [n for n in nodes.values() if not n.deps]
+    i = 0
+    while i < len(order):
+        for dependent in order[i].dependents:
+            dependent.remaining -= 1
+            if dependent.remaining == 0:
+                order.append(dependent)
+        i += 1
+    if len(order) < len(nodes):
+        raise _cycle_error([n for n in nodes.values() if n.remaining > 0])
+    return order
+
+
+def _cycle_error(left: list[Node]) -> CycleError:
+    # Every leftover node has a leftover dep; walking deps must revisit a node.
+    pending = set(left)
+    node = left[0]
+    path: list[Node] = []
+    seen: dict[Node, int] = {}
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(d for d in node.deps if d in pending)
+    cycle = path[seen[node] :]
+    steps = [f"{n.task!r}.{_attribute_to(n, nxt)}" for n, nxt in zip(cycle, cycle[1:] + cycle[:1])]
+    names = [repr(n.task) for n in cycle]
+    return CycleError(
+        f"tasks require each other in a cycle: {' -> '.join([*steps, repr(cycle[0].task)])}",
+        cycle=names,
+    )
+
+
+def _attribute_to(node: Node, dep: Node) -> str:
+    reqs: dict[str, Any] = node.task.__dict__.get(REQS) or {}
+    for name, value in reqs.items():
+        if any(getattr(s, "_af_key", None) == dep.key for s in iter_sources(value)):
+            return name
+    raise AssertionError("asyncflow bug: a cycle edge has no requirement attribute")

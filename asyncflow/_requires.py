@@ -1,0 +1,234 @@
+"""Requirements: what a task reads from upstream, and how reading one yields a result.
+
+`Requires[T]`, `RequiresList[T]` and `RequiresDict[K, T]` are data descriptors. While a
+task is built, assigning to one records a task, a task item or a `Const`; while its
+body runs, reading one gives the resolved value. No I/O here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+import cloudpickle
+from typing_extensions import Self
+
+from . import _keys
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+K = TypeVar("K")
+
+REQS = "_af_reqs"  # instance dict entry: attribute name -> requirement as assigned
+VALUES = "_af_values"  # instance dict entry: attribute name -> resolved value
+
+
+class TaskLike(Generic[T_co]):
+    """Anything a requirement can hold: a task, an item of a task's result, or a `Const`."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: Any) -> TaskItem[Any]:
+        """Refer to ``result[key]`` of this task (chainable: ``t["a"][0]``)."""
+        return TaskItem(self, (key,))
+
+
+class Const(TaskLike[T_co]):
+    """A ready value standing where a requirement could hold a task."""
+
+    __slots__ = ("_token", "value")
+
+    def __init__(self, value: T_co) -> None:
+        self.value = value
+        self._token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Const({self.value!r})"
+
+    @property
+    def token(self) -> str:
+        """Identify the value for staleness: its canonical key, else a hash of its pickle."""
+        if self._token is None:
+            try:
+                self._token = "k" + _keys.encode(self.value)
+            except _keys.UnsupportedValueError:
+                data = cloudpickle.dumps(self.value)
+                self._token = "p" + hashlib.blake2b(data, digest_size=16).hexdigest()
+        return self._token
+
+
+class TaskItem(TaskLike[T_co]):
+    """``task[key][key2]...``: an item of an upstream task's result."""
+
+    __slots__ = ("_af_key", "base", "path")
+
+    def __init__(self, base: TaskLike[Any], path: tuple[Any, ...]) -> None:
+        if isinstance(base, TaskItem):
+            path = base.path + path
+            base = base.base
+        self.base = base
+        self.path = path
+        for key in path:  # keys must be hashable in the cache key too
+            try:
+                _keys.encode(key)
+            except _keys.UnsupportedValueError:
+                raise TypeError(
+                    f"{base!r}[{key!r}]: an item key must be an int, str, float, bool or None, "
+                    f"got {_keys.type_name(key)}"
+                ) from None
+        base_key = getattr(base, "_af_key", None) or repr(base)
+        self._af_key = base_key + "".join(f"[{_keys.encode(k)}]" for k in path)
+
+    def __getitem__(self, key: Any) -> TaskItem[Any]:
+        return TaskItem(self.base, (*self.path, key))
+
+    def __repr__(self) -> str:
+        return repr(self.base) + "".join(f"[{k!r}]" for k in self.path)
+
+
+def _is_single(value: object) -> bool:
+    return isinstance(value, TaskLike)
+
+
+class Requires(Generic[T]):
+    """A requirement holding one task-like; reading it during the run gives a ``T``."""
+
+    kind = "one"
+    name = "?"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Self: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        state = obj.__dict__
+        values = state.get(VALUES)
+        if values is not None:
+            return values[self.name]
+        reqs = state.get(REQS)
+        if reqs is not None and self.name in reqs:
+            return reqs[self.name]
+        raise AttributeError(
+            f"{obj!r}.{self.name} is a requirement that build_task has not set yet"
+        )
+
+    def __set__(self, obj: object, value: TaskLike[T]) -> None:
+        self._check(obj, value)
+        state = obj.__dict__
+        reqs = state.get(REQS)
+        if reqs is None:
+            reqs = state[REQS] = {}
+        reqs[self.name] = value
+
+    def _check(self, obj: object, value: object) -> None:
+        if not _is_single(value):
+            raise TypeError(
+                f"{obj!r}.{self.name} must be a task, a task item or Const(value), got "
+                f"{_keys.type_name(value)}; wrap a ready value as Const(value)"
+            )
+
+
+class RequiresList(Requires[T]):  # type: ignore[misc]
+    """A requirement holding a list of task-likes; reading it gives a ``list[T]``."""
+
+    kind = "list"
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __get__(self, obj: None, owner: type | None = None) -> Self: ...
+        @overload
+        def __get__(self, obj: object, owner: type | None = None) -> list[T]: ...
+        def __get__(self, obj: object | None, owner: type | None = None) -> Any: ...
+        def __set__(self, obj: object, value: Sequence[TaskLike[T]]) -> None: ...  # type: ignore[override]
+
+    def _check(self, obj: object, value: object) -> None:
+        if not isinstance(value, (list, tuple)) or not all(map(_is_single, value)):  # pyright: ignore[reportUnknownArgumentType]  # checked here
+            raise TypeError(
+                f"{obj!r}.{self.name} must be a list of tasks, task items or Const(value), "
+                f"got {_describe(value)}"
+            )
+
+
+class RequiresDict(Requires[T], Generic[K, T]):  # type: ignore[misc]
+    """A requirement holding a dict of task-likes; reading it gives a ``dict[K, T]``."""
+
+    kind = "dict"
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __get__(self, obj: None, owner: type | None = None) -> Self: ...
+        @overload
+        def __get__(self, obj: object, owner: type | None = None) -> dict[K, T]: ...
+        def __get__(self, obj: object | None, owner: type | None = None) -> Any: ...
+        def __set__(self, obj: object, value: Mapping[K, TaskLike[T]]) -> None: ...  # type: ignore[override]
+
+    def _check(self, obj: object, value: object) -> None:
+        if not isinstance(value, dict) or not all(map(_is_single, value.values())):  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType]  # checked here
+            raise TypeError(
+                f"{obj!r}.{self.name} must be a dict of tasks, task items or Const(value), "
+                f"got {_describe(value)}"
+            )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        items = value.values() if isinstance(value, dict) else value  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
+        bad = next((v for v in items if not _is_single(v)), None)  # pyright: ignore[reportUnknownVariableType]
+        return f"a {_keys.type_name(value)} holding a {_keys.type_name(bad)}"
+    return _keys.type_name(value)
+
+
+def Req() -> Any:  # noqa: N802 - reads as a declaration, like dataclasses.field
+    """Declare a requirement attribute: ``prev: Requires[int] = Req()``.
+
+    The annotation decides whether it holds one task-like, a list or a dict.
+    """
+    return Requires[Any]()
+
+
+REQUIRES_KINDS: dict[str, type[Requires[Any]]] = {
+    "Requires": Requires,
+    "RequiresList": RequiresList,
+    "RequiresDict": RequiresDict,
+}
+
+
+def iter_sources(value: object) -> Iterator[TaskLike[Any]]:
+    """Yield the tasks and Consts a requirement value reads (items yield their base)."""
+    if isinstance(value, TaskItem):
+        yield value.base
+    elif isinstance(value, TaskLike):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():  # pyright: ignore[reportUnknownVariableType]
+            yield from iter_sources(v)  # pyright: ignore[reportUnknownArgumentType]
+    else:
+        for v in value:  # type: ignore[attr-defined]  # a list or tuple, checked by _check
+            yield from iter_sources(v)  # pyright: ignore[reportUnknownArgumentType]
+
+
+def resolve(value: object, result_of: Callable[[Task[Any, Any]], Any]) -> Any:
+    """Replace every task-like in a requirement value by what it yields."""
+    if isinstance(value, Const):
+        return value.value  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    if isinstance(value, TaskItem):
+        out = resolve(value.base, result_of)
+        for key in value.path:
+            out = out[key]
+        return out
+    if isinstance(value, TaskLike):
+        return result_of(value)  # type: ignore[arg-type]  # the only other TaskLike is Task
+    if isinstance(value, dict):
+        return {k: resolve(v, result_of) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType]
+    return [resolve(v, result_of) for v in value]  # type: ignore[attr-defined]

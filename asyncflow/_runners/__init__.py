@@ -1,0 +1,1 @@
+"""Places where task bodies run, behind one `Runner` protocol."""

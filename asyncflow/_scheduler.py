@@ -1,0 +1,324 @@
+"""One task group per run: readiness counts, launching, single-flight, failures, stats.
+
+A node is settled when all its deps are: it is *fresh* (its record matches its class's
+source hash and the versions its deps have now) and is reused without waiting for
+anything, or it is *stale* and gets a task of its own that takes the node's lease,
+holds its channels' limiters, runs the body through its runner and queues the result
+for the cache. Settling is a loop over a queue, never a recursion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._cache.index import Entry, Record
+from ._cache.session import CacheSession, open_session
+from ._errors import TaskFailedError, WorkflowFailedError
+from ._graph import MISSING, Graph, Node, build_graph
+from ._limits import Limits, hold
+from ._requires import REQS, VALUES, resolve
+from ._runners.base import Runners
+from ._source import source_hash
+from ._stats import RunStats, StatsBuilder
+
+if TYPE_CHECKING:
+    from ._options import Settings
+    from ._runners.base import Outcome, Runner
+    from ._task import Task
+
+# Node states
+WAITING, QUEUED, RUNNING, DONE, FAILED = range(5)
+_POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
+
+
+class _InFlight:
+    """A node being computed by a run of this process; other runs wait on it."""
+
+    __slots__ = ("done", "signature", "value", "version")
+
+    def __init__(self, signature: str) -> None:
+        self.signature = signature
+        self.done = anyio.Event()
+        self.version: str | None = None  # set when the body succeeded
+        self.value: Any = MISSING
+
+
+# (thread, index path, node key) -> the run computing it. Runs in one event loop share
+# it; a run in another thread (another loop) relies on the index's leases instead.
+_IN_FLIGHT: dict[tuple[int, str, str], _InFlight] = {}
+
+
+async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
+    """Build the graph of `root`, run what is stale, and return root's result and stats."""
+    started = time.perf_counter()
+    graph, sources = await anyio.to_thread.run_sync(_prepare, root, settings)
+    async with open_session(settings.cache_dir) as session:
+        scheduler = _Scheduler(graph, sources, settings, session)
+        value = await scheduler.run()
+    scheduler.raise_failures()
+    return value, scheduler.stats.freeze(time.perf_counter() - started)
+
+
+def _prepare(root: Task[Any, Any], settings: Settings) -> tuple[Graph, dict[type, str]]:
+    """Build the graph and hash the source of each class in it (off the event loop)."""
+    from ._task import SinkTask, SourceTask, Task  # noqa: PLC0415 - _task imports us lazily
+
+    graph = build_graph(root)
+    sources: dict[type, str] = {}
+    own = (Task, SourceTask, SinkTask)
+    for node in graph:
+        cls = type(node.task)
+        if cls not in sources:
+            sources[cls] = source_hash(cls, own) if settings.detect_source_change else ""
+    return graph, sources
+
+
+class _Scheduler:
+    def __init__(self, graph: Graph, sources: dict[type, str], settings: Settings, session: CacheSession) -> None:
+        self.graph = graph
+        self.sources = sources
+        self.settings = settings
+        self.session = session
+        self.stats = StatsBuilder()
+        self.limits = Limits(settings.rate_limits)
+        self.runners = Runners(settings)
+        self.records: dict[str, Record] = {}
+        self.failures: list[TaskFailedError] = []
+        self.errors: list[Exception] = []  # not a body's failure: the cache, or a bug
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._flight_prefix = (threading.get_ident(), str(session.cache_dir))
+        self._per_class: dict[type, tuple[Runner, tuple[anyio.CapacityLimiter, ...]]] = {}
+
+    # The run.
+
+    async def run(self) -> Any:
+        graph = self.graph
+        self.records = await self.session.lookup([n.key for n in graph])
+        for node in graph:
+            node.remaining = len(node.deps)
+            node.consumers = len(node.dependents)
+            node.state = WAITING
+        graph.root.consumers += 1  # the caller reads the root's result
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._settle([n for n in graph if not n.deps])
+        finally:
+            self._count_skipped()
+        root = graph.root
+        if root.state != DONE:
+            return None
+        if root.value is MISSING:
+            assert root.version is not None, "asyncflow bug: the root is done without a version"
+            root.value = await self.session.load(root.key, root.version)
+        return root.value
+
+    def raise_failures(self) -> None:
+        """Raise what went wrong, once the cache has kept what went right."""
+        if self.errors:
+            raise self.errors[0]
+        if self.failures:
+            if self.settings.on_error == "cancel":
+                raise self.failures[0]
+            raise WorkflowFailedError(f"{len(self.failures)} task(s) failed", self.failures)
+
+    def _count_skipped(self) -> None:
+        for node in self.graph:
+            if node.state not in (DONE, FAILED):
+                self.stats.of(type(node.task).task_name).skipped += 1
+
+    # Settling: fresh nodes complete at once, stale ones get a task.
+
+    def _signature(self, node: Node) -> str:
+        """Hash the versions of `node`'s deps and its Const values, as a record keeps it."""
+        parts = [d.version or "" for d in node.deps]
+        parts.append(node.consts)
+        return hashlib.blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
+
+    def _is_current(self, node: Node, record: Record | None, deps: str) -> bool:
+        if record is None or record.deps != deps:
+            return False
+        return not self.settings.detect_source_change or record.source == self.sources[type(node.task)]
+
+    def _settle(self, ready: list[Node]) -> None:
+        assert self._tg is not None, "asyncflow bug: settling outside the run's task group"
+        queue = deque(ready)
+        while queue:
+            node = queue.popleft()
+            record = self.records.get(node.key)
+            if self._is_current(node, record, self._signature(node)):
+                assert record is not None
+                node.version = record.version
+                self.stats.of(type(node.task).task_name).reused += 1
+                queue.extend(self._done(node))
+            else:
+                node.state = QUEUED
+                self._tg.start_soon(self._run_node, node, name=repr(node.task))
+
+    def _done(self, node: Node) -> list[Node]:
+        """Mark `node` done; return the dependents that became ready."""
+        node.state = DONE
+        for dep in node.deps:
+            dep.consumers -= 1
+            if dep.consumers == 0:
+                dep.value = MISSING  # nobody needs it in memory any more
+        ready: list[Node] = []
+        for dependent in node.dependents:
+            dependent.remaining -= 1
+            if dependent.remaining == 0:
+                ready.append(dependent)
+        return ready
+
+    # A stale node's task.
+
+    async def _run_node(self, node: Node) -> None:
+        try:
+            await self._run_stale(node)
+        except Exception as exc:  # the cache failed, or asyncflow has a bug: stop the run
+            self.errors.append(exc)
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+
+    async def _run_stale(self, node: Node) -> None:
+        task = node.task
+        cls = type(task)
+        signature = self._signature(node)
+        source = self.sources[cls]
+        flight_key = (*self._flight_prefix, node.key)
+        if await self._reuse_elsewhere(node, flight_key, signature):
+            self.stats.of(cls.task_name).reused += 1
+            self._settle(self._done(node))
+            return
+        mine = _IN_FLIGHT[flight_key] = _InFlight(signature)
+        try:
+            node.state = RUNNING
+            outcome, started, finished = await self._compute(node)
+        except anyio.get_cancelled_exc_class():
+            self.session.release_nowait(node.key)
+            raise
+        except TaskFailedError as error:
+            self._fail(node, error)
+            return
+        else:
+            mine.version = version = os.urandom(8).hex()
+            mine.value = outcome.value
+        finally:
+            del _IN_FLIGHT[flight_key]
+            mine.done.set()
+        self.session.store_nowait(
+            Entry(node.key, cls.task_name, task.__dict__["_af_argtext"], source, version,
+                  signature, outcome.pickled, cls._af_options.compress_level, started, finished)
+        )  # fmt: skip
+        node.version = version
+        node.value = outcome.value
+        self._settle(self._done(node))
+
+    async def _reuse_elsewhere(self, node: Node, flight_key: tuple[int, str, str], signature: str) -> bool:
+        """Wait out another run computing `node`; True if its result (or the cache's) fits.
+
+        On False, this run holds the node's lease and must compute it.
+        """
+        while True:
+            other = _IN_FLIGHT.get(flight_key)
+            if other is None:
+                break
+            await other.done.wait()
+            if other.version is not None and other.signature == signature:
+                node.version = other.version
+                node.value = other.value
+                return True
+        delay = _POLL_MIN
+        while True:
+            holder, record = await self.session.acquire(node.key)
+            if self._is_current(node, record, signature):
+                assert record is not None
+                if holder is None:
+                    self.session.release_nowait(node.key)
+                node.version = record.version
+                return True
+            if holder is None:
+                return False
+            while await self.session.held(node.key):  # another process computes it
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _POLL_MAX)
+
+    async def _inputs(self, node: Node) -> dict[str, Any]:
+        """Resolve the requirements of `node`'s task, loading cached deps' results."""
+        for dep in node.deps:
+            if dep.value is MISSING:
+                assert dep.version is not None, "asyncflow bug: a dep is done without a version"
+                value = await self.session.load(dep.key, dep.version)
+                if dep.value is MISSING:  # another dependent may have loaded it meanwhile
+                    dep.value = value
+        by_key = {d.key: d for d in node.deps}
+        reqs: dict[str, Any] = node.task.__dict__.get(REQS) or {}
+        return {
+            name: resolve(reqs[name], lambda t: by_key[t._af_key].value)
+            for name in type(node.task)._af_requires
+        }
+
+    def _pick(self, cls: type[Task[Any, Any]]) -> tuple[Runner, tuple[anyio.CapacityLimiter, ...]]:
+        picked = self._per_class.get(cls)
+        if picked is None:
+            channels = (cls.task_name, *cls._af_options.channels)
+            picked = self._per_class[cls] = (self.runners.pick(cls), self.limits.for_channels(channels))
+        return picked
+
+    async def _compute(self, node: Node) -> tuple[Outcome, float, float]:
+        """Run the body (with retries and timeouts) under the node's limiters."""
+        task = node.task
+        cls = type(task)
+        options = cls._af_options
+        runner, limiters = self._pick(cls)
+        values = await self._inputs(node)
+        counts = self.stats.of(cls.task_name)
+        state = task.__dict__
+        state["_af_cache_root"] = self.settings.cache_dir
+        attempt = 0
+        try:
+            async with hold(limiters):
+                while True:
+                    state[VALUES] = values
+                    state["_af_dir_pending"] = True
+                    started = time.time()
+                    t0 = anyio.current_time()
+                    try:
+                        with anyio.fail_after(options.timeout):
+                            outcome = await runner.run(task)
+                    except Exception as exc:
+                        if attempt >= options.retries:
+                            raise _failure(task, exc, options.timeout, attempt) from exc
+                        counts.retried += 1
+                        await anyio.sleep(options.retry_delay * options.retry_backoff**attempt)
+                        attempt += 1
+                        continue
+                    counts.run += 1
+                    counts.durations.append(anyio.current_time() - t0)
+                    return outcome, started, time.time()
+        finally:
+            state.pop(VALUES, None)
+            state.pop("_af_dir_pending", None)
+
+    def _fail(self, node: Node, error: TaskFailedError) -> None:
+        node.state = FAILED
+        self.stats.of(type(node.task).task_name).failed += 1
+        self.failures.append(error)
+        self.session.release_nowait(node.key, (type(node.task).task_name, str(error)))
+        if self.settings.on_error == "cancel" and self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+
+def _failure(task: Task[Any, Any], exc: Exception, timeout: float | None, attempt: int) -> TaskFailedError:
+    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+    if isinstance(exc, TimeoutError) and timeout is not None:
+        what = f"timed out after {timeout:g} s"
+    else:
+        what = f"failed: {type(exc).__name__}: {exc}"
+    return TaskFailedError(f"{task!r} {what}{tries}", task=repr(task))

@@ -1,0 +1,76 @@
+"""Hash a task class's source as a normalised AST, so edits that change code re-run it.
+
+Comments, blank lines, indentation and docstrings do not count; everything else does.
+The class and each user-defined task base class it inherits from are hashed together.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import textwrap
+import weakref
+
+from ._errors import TaskDefinitionError
+
+_HASHES: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
+class _DropDocstrings(ast.NodeTransformer):
+    def _strip(self, node: ast.AST) -> ast.AST:
+        self.generic_visit(node)
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+        return node
+
+    visit_ClassDef = _strip  # noqa: N815 - NodeTransformer's naming
+    visit_FunctionDef = _strip  # noqa: N815
+    visit_AsyncFunctionDef = _strip  # noqa: N815
+
+
+def _normalised_source(cls: type) -> str:
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError) as exc:
+        raise TaskDefinitionError(
+            f"{cls.__qualname__}: cannot read the source of the class (defined in "
+            f"{cls.__module__!r}) to detect code changes; define it in a file or a "
+            f"notebook cell, or run with detect_source_change=False"
+        ) from exc
+    tree = _DropDocstrings().visit(ast.parse(textwrap.dedent(source)))
+    return ast.dump(tree)
+
+
+def source_hash(cls: type, own_bases: tuple[type, ...]) -> str:
+    """Return the hex digest of `cls`'s normalised source and of its user task bases.
+
+    Args:
+        cls: the task class.
+        own_bases: classes of asyncflow itself, which are not hashed.
+
+    Raises:
+        TaskDefinitionError: the source of a class cannot be read.
+    """
+    cached = _HASHES.get(cls)
+    if cached is not None:
+        return cached
+    digest = hashlib.blake2b(digest_size=16)
+    for klass in cls.__mro__:
+        if klass in own_bases or klass is object or not _is_task_class(klass, own_bases):
+            continue
+        digest.update(_normalised_source(klass).encode())
+    value = digest.hexdigest()
+    _HASHES[cls] = value
+    return value
+
+
+def _is_task_class(klass: type, own_bases: tuple[type, ...]) -> bool:
+    return any(issubclass(klass, base) for base in own_bases)
