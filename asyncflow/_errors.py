@@ -18,14 +18,13 @@ message stands alone.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     from exceptiongroup import ExceptionGroup
-
-if TYPE_CHECKING:
-    from ._task import Task
 
 
 class AsyncflowError(Exception):

@@ -8,13 +8,14 @@ chain 10,000 deep builds like a fan-out of 100,000.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._errors import BuildError, CycleError, MissingRequirementError
 from ._requires import REQS, Const, iter_sources
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ._task import Task
 
 BUILT = "_af_built"
@@ -76,9 +77,7 @@ def _build(task: Task[Any, Any]) -> None:
     try:
         task.build_task(*args, **kwargs)
     except Exception as exc:
-        raise BuildError(
-            f"{task!r}: build_task raised {type(exc).__name__}: {exc}", task=repr(task)
-        ) from exc
+        raise BuildError(f"{task!r}: build_task raised {type(exc).__name__}: {exc}", task=repr(task)) from exc
     reqs: dict[str, Any] = state.get(REQS) or {}
     for name in type(task)._af_requires:
         if name not in reqs:
@@ -158,7 +157,9 @@ def _cycle_error(left: list[Node]) -> CycleError:
         path.append(node)
         node = next(d for d in node.deps if d in pending)
     cycle = path[seen[node] :]
-    steps = [f"{n.task!r}.{_attribute_to(n, nxt)}" for n, nxt in zip(cycle, cycle[1:] + cycle[:1])]
+    steps = [
+        f"{n.task!r}.{_attribute_to(n, nxt)}" for n, nxt in zip(cycle, cycle[1:] + cycle[:1], strict=False)
+    ]
     names = [repr(n.task) for n in cycle]
     return CycleError(
         f"tasks require each other in a cycle: {' -> '.join([*steps, repr(cycle[0].task)])}",

@@ -8,8 +8,10 @@ differs from a list, and dict key order does not matter.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ACCEPTED = (
     "None, bool, int, float, str, a list/tuple of those, a dict with str keys, "

@@ -7,10 +7,13 @@ other waits for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable, Mapping
 
 
 class Limits:

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict, Union
+from typing import Literal, TypeAlias, TypedDict, Union
 
 from ._errors import OptionError
 
-ExecutorOption = Union[Literal["thread", "process"], Executor]
+ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor]  # noqa: UP007 - evaluated at run time on 3.10
 OnError = Literal["cancel", "continue"]
 
 

@@ -8,7 +8,6 @@ body runs, reading one gives the resolved value. No I/O here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import cloudpickle
@@ -17,6 +16,8 @@ from typing_extensions import Self
 from . import _keys
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
     from ._task import Task
 
 T = TypeVar("T")
@@ -117,9 +118,7 @@ class Requires(Generic[T]):
         reqs = state.get(REQS)
         if reqs is not None and self.name in reqs:
             return reqs[self.name]
-        raise AttributeError(
-            f"{obj!r}.{self.name} is a requirement that build_task has not set yet"
-        )
+        raise AttributeError(f"{obj!r}.{self.name} is a requirement that build_task has not set yet")
 
     def __set__(self, obj: object, value: TaskLike[T]) -> None:
         self._check(obj, value)
@@ -189,7 +188,7 @@ def _describe(value: object) -> str:
     return _keys.type_name(value)
 
 
-def Req() -> Any:  # noqa: N802 - reads as a declaration, like dataclasses.field
+def Req() -> Any:
     """Declare a requirement attribute: ``prev: Requires[int] = Req()``.
 
     The annotation decides whether it holds one task-like, a list or a dict.

@@ -68,7 +68,7 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
 
 def _prepare(root: Task[Any, Any], settings: Settings) -> tuple[Graph, dict[type, str]]:
     """Build the graph and hash the source of each class in it (off the event loop)."""
-    from ._task import SinkTask, SourceTask, Task  # noqa: PLC0415 - _task imports us lazily
+    from ._task import SinkTask, SourceTask, Task
 
     graph = build_graph(root)
     sources: dict[type, str] = {}
@@ -81,7 +81,9 @@ def _prepare(root: Task[Any, Any], settings: Settings) -> tuple[Graph, dict[type
 
 
 class _Scheduler:
-    def __init__(self, graph: Graph, sources: dict[type, str], settings: Settings, session: CacheSession) -> None:
+    def __init__(
+        self, graph: Graph, sources: dict[type, str], settings: Settings, session: CacheSession
+    ) -> None:
         self.graph = graph
         self.sources = sources
         self.settings = settings

@@ -31,9 +31,9 @@ class _DropDocstrings(ast.NodeTransformer):
             node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
         return node
 
-    visit_ClassDef = _strip  # noqa: N815 - NodeTransformer's naming
-    visit_FunctionDef = _strip  # noqa: N815
-    visit_AsyncFunctionDef = _strip  # noqa: N815
+    visit_ClassDef = _strip
+    visit_FunctionDef = _strip
+    visit_AsyncFunctionDef = _strip
 
 
 def _normalised_source(cls: type) -> str:

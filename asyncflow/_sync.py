@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from ._errors import EventLoopRunningError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
 
 T = TypeVar("T")
 
@@ -23,6 +25,5 @@ def run_blocking(fn: Callable[[], Coroutine[Any, Any, T]], *, api: str, instead:
     except anyio.NoEventLoopError:
         return anyio.run(fn)
     raise EventLoopRunningError(
-        f"{api} blocks, so it cannot be called inside a running event loop; "
-        f"use `{instead}` there instead"
+        f"{api} blocks, so it cannot be called inside a running event loop; use `{instead}` there instead"
     )

@@ -10,10 +10,8 @@ from __future__ import annotations
 import inspect
 import re
 import shutil
-from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
 
 from typing_extensions import ParamSpec, Unpack
@@ -26,6 +24,9 @@ from ._requires import REQS, REQUIRES_KINDS, Requires, TaskLike
 from ._sync import run_blocking
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+    from pathlib import Path
+
     from ._stats import RunStats
 
 P = ParamSpec("P")
@@ -48,16 +49,15 @@ class ClassOptions:
 
 def _class_options(cls: type, base: ClassOptions, given: dict[str, Any]) -> ClassOptions:
     def bad(name: str, expected: str) -> TaskDefinitionError:
-        return TaskDefinitionError(
-            f"class {cls.__qualname__}({name}={given[name]!r}): expected {expected}"
-        )
+        return TaskDefinitionError(f"class {cls.__qualname__}({name}={given[name]!r}): expected {expected}")
 
     out: dict[str, Any] = {}
     if "channel" in given:
         value = given["channel"]
         channels = [value] if isinstance(value, str) else value
         if not isinstance(channels, (list, tuple)) or not all(
-            isinstance(c, str) and c for c in channels  # pyright: ignore[reportUnknownVariableType]
+            isinstance(c, str) and c
+            for c in channels  # pyright: ignore[reportUnknownVariableType]
         ):
             raise bad("channel", "a channel name or a list of channel names")
         out["channels"] = tuple(channels)  # pyright: ignore[reportUnknownArgumentType]
@@ -69,9 +69,7 @@ def _class_options(cls: type, base: ClassOptions, given: dict[str, Any]) -> Clas
     if "job_prefix" in given:
         prefix = given["job_prefix"]
         if prefix is not None and (
-            not isinstance(prefix, (list, tuple))
-            or not prefix
-            or not all(isinstance(a, str) for a in prefix)  # pyright: ignore[reportUnknownVariableType]
+            not isinstance(prefix, (list, tuple)) or not prefix or not all(isinstance(a, str) for a in prefix)  # pyright: ignore[reportUnknownVariableType]
         ):
             raise bad("job_prefix", 'a non-empty list of strings, e.g. ["srun", "-p", "gpu"]')
         out["job_prefix"] = None if prefix is None else tuple(prefix)  # pyright: ignore[reportUnknownArgumentType]
@@ -108,7 +106,7 @@ def _requirement_kind(annotation: object) -> type[Requires[Any]] | None:
 
 def _install_requirements(cls: type) -> None:
     """Turn annotated requirement attributes into descriptors of the annotated kind."""
-    annotations: dict[str, object] = cls.__dict__.get("__annotations__", {})
+    annotations: dict[str, object] = inspect.get_annotations(cls)
     for name, annotation in annotations.items():
         kind = _requirement_kind(annotation)
         current = cls.__dict__.get(name)
@@ -131,18 +129,20 @@ class _Params:
     def __init__(self, cls: type) -> None:
         self.signature = inspect.signature(cls.build_task)  # type: ignore[attr-defined]
         params = list(self.signature.parameters.values())[1:]  # drop self
-        self.simple = all(
-            p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params
-        )
+        self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         self.names = [p.name for p in params]
 
-    def bind(self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, object, bool]]:
+    def bind(
+        self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[str, object, bool]]:
         if self.simple and not kwargs and len(args) == len(self.names):
-            return [(n, a, False) for n, a in zip(self.names, args)]
+            return [(n, a, False) for n, a in zip(self.names, args, strict=False)]
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
-            raise TaskDefinitionError(f"{owner}: {exc} (the parameters of build_task{self.signature})") from None
+            raise TaskDefinitionError(
+                f"{owner}: {exc} (the parameters of build_task{self.signature})"
+            ) from None
         bound.apply_defaults()
         out: list[tuple[str, object, bool]] = []
         for name, value in list(bound.arguments.items())[1:]:
@@ -260,7 +260,7 @@ class Task(TaskLike[R], Generic[P, R]):
 
     async def run_with_stats(self, **options: Unpack[RunOptions]) -> tuple[R, RunStats]:
         """Like `run`, and also return per-class statistics of this run."""
-        from ._scheduler import run_workflow  # noqa: PLC0415 - the scheduler imports tasks' kin
+        from ._scheduler import run_workflow
 
         return await run_workflow(self, settings_from(options))
 
@@ -270,7 +270,7 @@ class Task(TaskLike[R], Generic[P, R]):
         Raises:
             CacheError: the cache holds no result for this task.
         """
-        from ._cache.store import load_result  # noqa: PLC0415
+        from ._cache.store import load_result
 
         return await load_result(resolve_cache_dir(options.get("cache_dir")), self)
 
@@ -280,7 +280,7 @@ class Task(TaskLike[R], Generic[P, R]):
         Returns:
             Whether there was a result to remove.
         """
-        from ._cache.store import clear_nodes  # noqa: PLC0415
+        from ._cache.store import clear_nodes
 
         removed = await clear_nodes(resolve_cache_dir(options.get("cache_dir")), [self])
         return removed > 0
@@ -292,7 +292,7 @@ class Task(TaskLike[R], Generic[P, R]):
         Returns:
             How many results were removed.
         """
-        from ._cache.store import clear_class  # noqa: PLC0415
+        from ._cache.store import clear_class
 
         return await clear_class(resolve_cache_dir(options.get("cache_dir")), cls.task_name)
 
@@ -310,7 +310,9 @@ class Task(TaskLike[R], Generic[P, R]):
 
     def get_task_result(self, **options: Unpack[CacheOptions]) -> R:
         """Blocking twin of `result`."""
-        return run_blocking(partial(self.result, **options), api="get_task_result()", instead="await task.result()")
+        return run_blocking(
+            partial(self.result, **options), api="get_task_result()", instead="await task.result()"
+        )
 
     def clear_task(self, **options: Unpack[CacheOptions]) -> bool:
         """Blocking twin of `clear`."""
@@ -341,7 +343,9 @@ def _rebuild(cls: type[Task[Any, Any]], state: dict[str, Any]) -> Task[Any, Any]
     return task
 
 
-def _argument_message(label: str, bound: list[tuple[str, object, bool]], exc: _keys.UnsupportedValueError) -> str:
+def _argument_message(
+    label: str, bound: list[tuple[str, object, bool]], exc: _keys.UnsupportedValueError
+) -> str:
     param = re.split(r"[\[ ]", exc.path, maxsplit=1)[0]
     where = f"argument {param!r} is" if exc.path == param else f"argument {param!r} holds, at {exc.path},"
     shown = ", ".join("..." if n == param else _safe_repr(v) for n, v, _ in bound)
@@ -393,4 +397,3 @@ def infer_task_type(cls: type[Any]) -> type[Task[Any, Any]]:
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TaskDefinitionError(f"infer_task_type expects a Task subclass, got {cls!r}")
     return cls
-

@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 RAW = 0
 GZIP = 1

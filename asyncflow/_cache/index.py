@@ -14,15 +14,17 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 
 from .._errors import CacheError
 from . import blobs, paths
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -174,9 +176,7 @@ def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
     out: dict[str, Record] = {}
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT key, source, version, deps FROM nodes WHERE key IN ({marks})", chunk
-        )
+        rows = conn.execute(f"SELECT key, source, version, deps FROM nodes WHERE key IN ({marks})", chunk)
         for key, source, version, deps in rows:
             out[key] = Record(source, version, deps)
     return out
@@ -286,11 +286,12 @@ def load(conn: sqlite3.Connection, cache_dir: Path, wanted: Sequence[tuple[str, 
     """
     out: list[Any] = []
     for key, version in wanted:
-        row = conn.execute("SELECT codec, data, path FROM nodes WHERE key=? AND version=?", (key, version)).fetchone()
+        row = conn.execute(
+            "SELECT codec, data, path FROM nodes WHERE key=? AND version=?", (key, version)
+        ).fetchone()
         if row is None:
             raise CacheError(
-                f"the cached result of {key} was removed or replaced while this run used it; "
-                f"run again"
+                f"the cached result of {key} was removed or replaced while this run used it; run again"
             )
         codec, data, path = row
         if path is not None:
@@ -321,7 +322,12 @@ def delete_class(conn: sqlite3.Connection, cache_dir: Path, task_name: str) -> i
     """Remove every record (and result file) of one task class; return how many."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        files = [p for (p,) in conn.execute("SELECT path FROM nodes WHERE task_name=? AND path IS NOT NULL", (task_name,))]
+        files = [
+            p
+            for (p,) in conn.execute(
+                "SELECT path FROM nodes WHERE task_name=? AND path IS NOT NULL", (task_name,)
+            )
+        ]
         removed = conn.execute("DELETE FROM nodes WHERE task_name=?", (task_name,)).rowcount
         conn.execute("DELETE FROM failures WHERE task_name=?", (task_name,))
         conn.execute("COMMIT")
@@ -337,7 +343,10 @@ def _files_of(conn: sqlite3.Connection, keys: Sequence[str]) -> list[str]:
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
         files.extend(
-            p for (p,) in conn.execute(f"SELECT path FROM nodes WHERE key IN ({marks}) AND path IS NOT NULL", chunk)
+            p
+            for (p,) in conn.execute(
+                f"SELECT path FROM nodes WHERE key IN ({marks}) AND path IS NOT NULL", chunk
+            )
         )
     return files
 

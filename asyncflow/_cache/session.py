@@ -13,16 +13,18 @@ import contextlib
 import os
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
 from .._errors import CacheError
 from . import index
 from .index import Entry, Index, Record
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from pathlib import Path
 
 I = TypeVar("I")  # noqa: E741 - an item
 O = TypeVar("O")  # noqa: E741 - its outcome
@@ -71,7 +73,7 @@ class Batcher(Generic[I, O]):
                         slot.error = exc
                         slot.event.set()
                     continue
-                for (_, slot), outcome in zip(batch, outcomes):
+                for (_, slot), outcome in zip(batch, outcomes, strict=False):
                     slot.value = outcome
                     slot.event.set()
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -14,6 +12,9 @@ from . import index, paths
 from .index import Index
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     from .._task import Task
 
 
@@ -66,5 +67,3 @@ async def clear_class(cache_dir: Path, task_name: str) -> int:
 def _remove_dirs(dirs: Sequence[Path]) -> None:
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
-
-

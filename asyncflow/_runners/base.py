@@ -38,8 +38,8 @@ class Runners:
     """The runners of one run, made on first use and picked per task class."""
 
     def __init__(self, settings: Settings) -> None:
-        from .local import LoopRunner, ThreadRunner  # noqa: PLC0415 - avoid a cycle
-        from .process import ExecutorRunner, ProcessRunner  # noqa: PLC0415
+        from .local import LoopRunner, ThreadRunner
+        from .process import ExecutorRunner, ProcessRunner
 
         self._loop = LoopRunner()
         executor = settings.executor

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +19,8 @@ from .base import Outcome
 from .local import call_and_pickle
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from .._task import Task
 
 

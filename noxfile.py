@@ -1,0 +1,41 @@
+"""Sessions: `nox` runs lint, typecheck and tests (what .ci/run runs); `nox -s bench` times."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """pyright (strict on asyncflow/), then --verifytypes on the public API."""
+    session.install("-e", ".", "pyright>=1.1.390", "pytest>=8", "trio>=0.27", "nox")
+    session.run("pyright")
+    session.run("pyright", "--verifytypes", "asyncflow", "--ignoreexternal")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """pytest on asyncio and trio; extra arguments go to pytest."""
+    session.install("-e", ".", "pytest>=8", "trio>=0.27")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Time the benchmark workloads (cold and warm) and print a table."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run.py", *session.posargs)
