@@ -94,11 +94,14 @@ class TaskFailedError(AsyncflowError):
         self.stderr_tail = stderr_tail
 
 
-class WorkflowFailedError(AsyncflowError, ExceptionGroup[TaskFailedError]):  # pyright: ignore[reportGeneralTypeIssues]  # ExceptionGroup is generic at runtime too
+class WorkflowFailedError(AsyncflowError, ExceptionGroup[TaskFailedError]):
     """Several tasks failed under ``on_error="continue"``; `exceptions` holds each."""
 
     def __new__(cls, message: str, errors: Sequence[TaskFailedError]) -> WorkflowFailedError:
         return super().__new__(cls, message, errors)
+
+    def __init__(self, message: str, errors: Sequence[TaskFailedError]) -> None:
+        super().__init__(message, errors)
 
     def derive(self, excs: Sequence[TaskFailedError]) -> WorkflowFailedError:  # type: ignore[override]
         return WorkflowFailedError(self.message, excs)

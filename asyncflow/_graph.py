@@ -114,10 +114,11 @@ def build_graph(root: Task[Any, Any]) -> Graph:
                 if isinstance(source, Const):
                     consts.append(source.token)
                     continue
-                key: str = source._af_key  # type: ignore[attr-defined]  # a Task
+                task_source: Task[Any, Any] = source  # type: ignore[assignment]  # not a Const: a Task
+                key = task_source._af_key
                 dep = nodes.get(key)
                 if dep is None:
-                    dep = nodes[key] = Node(source)  # type: ignore[arg-type]  # a Task
+                    dep = nodes[key] = Node(task_source)
                     stack.append(dep)
                 if key not in seen:
                     seen.add(key)

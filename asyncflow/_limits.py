@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncGenerator, Iterable, Mapping
 
 
 class Limits:
@@ -28,7 +28,7 @@ class Limits:
 
 
 @asynccontextmanager
-async def hold(limiters: tuple[anyio.CapacityLimiter, ...]) -> AsyncIterator[None]:
+async def hold(limiters: tuple[anyio.CapacityLimiter, ...]) -> AsyncGenerator[None, None]:
     """Hold every limiter of `limiters` (already in global order) for the block."""
     taken: list[anyio.CapacityLimiter] = []
     try:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeAlias, TypedDict, Union
+from typing import Any, Literal, TypeAlias, TypedDict, Union
 
 from ._errors import OptionError
 
@@ -83,7 +83,7 @@ def _fail(name: str, value: object, expected: str) -> OptionError:
     return OptionError(f"run option {name}={value!r} is invalid: expected {expected}")
 
 
-def settings_from(options: Mapping[str, object]) -> Settings:
+def settings_from(options: Mapping[str, Any]) -> Settings:
     """Validate `options` (a `RunOptions`) once, with defaults and environment applied.
 
     Raises:
@@ -99,9 +99,11 @@ def settings_from(options: Mapping[str, object]) -> Settings:
     rate_limits = options.get("rate_limits", {})
     if not isinstance(rate_limits, Mapping):
         raise _fail("rate_limits", rate_limits, "a dict {channel: positive int}")
-    for channel, limit in rate_limits.items():  # pyright: ignore[reportUnknownVariableType]
+    limits: dict[str, int] = {}
+    for channel, limit in rate_limits.items():  # Any: user input, checked here
         if not isinstance(channel, str) or type(limit) is not int or limit < 1:
             raise _fail("rate_limits", rate_limits, "a dict {channel: positive int}")
+        limits[channel] = limit
     max_workers = options.get("max_workers")
     if max_workers is not None and (type(max_workers) is not int or max_workers < 1):
         raise _fail("max_workers", max_workers, "a positive int")
@@ -117,10 +119,10 @@ def settings_from(options: Mapping[str, object]) -> Settings:
     if on_error not in ("cancel", "continue"):
         raise _fail("on_error", on_error, '"cancel" or "continue"')
     return Settings(
-        cache_dir=resolve_cache_dir(cache_dir),  # pyright: ignore[reportArgumentType]  # checked above
-        rate_limits=dict(rate_limits),  # pyright: ignore[reportUnknownArgumentType]  # checked above
+        cache_dir=resolve_cache_dir(cache_dir),
+        rate_limits=limits,
         max_workers=max_workers,
-        executor=executor,  # pyright: ignore[reportArgumentType]  # checked above
+        executor=executor,
         detect_source_change=detect,
-        on_error=on_error,  # pyright: ignore[reportArgumentType]  # checked above
+        on_error=on_error,
     )

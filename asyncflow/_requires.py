@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-import cloudpickle
 from typing_extensions import Self
 
 from . import _keys
+from ._cache import blobs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,7 +57,7 @@ class Const(TaskLike[T_co]):
             try:
                 self._token = "k" + _keys.encode(self.value)
             except _keys.UnsupportedValueError:
-                data = cloudpickle.dumps(self.value)
+                data = blobs.dumps(self.value)
                 self._token = "p" + hashlib.blake2b(data, digest_size=16).hexdigest()
         return self._token
 
@@ -67,10 +67,14 @@ class TaskItem(TaskLike[T_co]):
 
     __slots__ = ("_af_key", "base", "path")
 
+    base: TaskLike[Any]
+    path: tuple[Any, ...]
+
     def __init__(self, base: TaskLike[Any], path: tuple[Any, ...]) -> None:
         if isinstance(base, TaskItem):
-            path = base.path + path
-            base = base.base
+            item: TaskItem[Any] = base
+            path = item.path + path
+            base = item.base
         self.base = base
         self.path = path
         for key in path:  # keys must be hashable in the cache key too
@@ -95,8 +99,17 @@ def _is_single(value: object) -> bool:
     return isinstance(value, TaskLike)
 
 
-class Requires(Generic[T]):
-    """A requirement holding one task-like; reading it during the run gives a ``T``."""
+def _items(value: Any) -> list[object] | None:  # Any: checked here
+    """Return the elements of a list, tuple or dict (its values), else None."""
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, (list, tuple)):
+        return list(value)  # pyright: ignore[reportUnknownArgumentType]  # any sequence
+    return None
+
+
+class Requirement:
+    """The run-time behaviour shared by `Requires`, `RequiresList` and `RequiresDict`."""
 
     kind = "one"
     name = "?"
@@ -104,10 +117,6 @@ class Requires(Generic[T]):
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> Self: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> T: ...
     def __get__(self, obj: object | None, owner: type | None = None) -> Any:
         if obj is None:
             return self
@@ -120,7 +129,7 @@ class Requires(Generic[T]):
             return reqs[self.name]
         raise AttributeError(f"{obj!r}.{self.name} is a requirement that build_task has not set yet")
 
-    def __set__(self, obj: object, value: TaskLike[T]) -> None:
+    def __set__(self, obj: object, value: Any) -> None:
         self._check(obj, value)
         state = obj.__dict__
         reqs = state.get(REQS)
@@ -129,14 +138,40 @@ class Requires(Generic[T]):
         reqs[self.name] = value
 
     def _check(self, obj: object, value: object) -> None:
-        if not _is_single(value):
+        if self.kind == "one":
+            if _is_single(value):
+                return
             raise TypeError(
                 f"{obj!r}.{self.name} must be a task, a task item or Const(value), got "
                 f"{_keys.type_name(value)}; wrap a ready value as Const(value)"
             )
+        items = _items(value)
+        if (self.kind == "dict") != isinstance(value, dict):
+            items = None
+        if items is not None and all(_is_single(v) for v in items):
+            return
+        what = "a dict" if self.kind == "dict" else "a list"
+        got = _keys.type_name(value)
+        if items is not None:
+            bad = next(v for v in items if not _is_single(v))
+            got = f"a {got} holding a {_keys.type_name(bad)}"
+        raise TypeError(f"{obj!r}.{self.name} must be {what} of tasks, task items or Const(value), got {got}")
 
 
-class RequiresList(Requires[T]):  # type: ignore[misc]
+class Requires(Requirement, Generic[T]):
+    """A requirement holding one task-like; reading it during the run gives a ``T``."""
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __get__(self, obj: None, owner: type | None = None) -> Self: ...
+        @overload
+        def __get__(self, obj: object, owner: type | None = None) -> T: ...
+        def __get__(self, obj: object | None, owner: type | None = None) -> Any: ...
+        def __set__(self, obj: object, value: TaskLike[T]) -> None: ...
+
+
+class RequiresList(Requirement, Generic[T]):
     """A requirement holding a list of task-likes; reading it gives a ``list[T]``."""
 
     kind = "list"
@@ -148,17 +183,10 @@ class RequiresList(Requires[T]):  # type: ignore[misc]
         @overload
         def __get__(self, obj: object, owner: type | None = None) -> list[T]: ...
         def __get__(self, obj: object | None, owner: type | None = None) -> Any: ...
-        def __set__(self, obj: object, value: Sequence[TaskLike[T]]) -> None: ...  # type: ignore[override]
-
-    def _check(self, obj: object, value: object) -> None:
-        if not isinstance(value, (list, tuple)) or not all(map(_is_single, value)):  # pyright: ignore[reportUnknownArgumentType]  # checked here
-            raise TypeError(
-                f"{obj!r}.{self.name} must be a list of tasks, task items or Const(value), "
-                f"got {_describe(value)}"
-            )
+        def __set__(self, obj: object, value: Sequence[TaskLike[T]]) -> None: ...
 
 
-class RequiresDict(Requires[T], Generic[K, T]):  # type: ignore[misc]
+class RequiresDict(Requirement, Generic[K, T]):
     """A requirement holding a dict of task-likes; reading it gives a ``dict[K, T]``."""
 
     kind = "dict"
@@ -170,22 +198,7 @@ class RequiresDict(Requires[T], Generic[K, T]):  # type: ignore[misc]
         @overload
         def __get__(self, obj: object, owner: type | None = None) -> dict[K, T]: ...
         def __get__(self, obj: object | None, owner: type | None = None) -> Any: ...
-        def __set__(self, obj: object, value: Mapping[K, TaskLike[T]]) -> None: ...  # type: ignore[override]
-
-    def _check(self, obj: object, value: object) -> None:
-        if not isinstance(value, dict) or not all(map(_is_single, value.values())):  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType]  # checked here
-            raise TypeError(
-                f"{obj!r}.{self.name} must be a dict of tasks, task items or Const(value), "
-                f"got {_describe(value)}"
-            )
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, (list, tuple, dict)):
-        items = value.values() if isinstance(value, dict) else value  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
-        bad = next((v for v in items if not _is_single(v)), None)  # pyright: ignore[reportUnknownVariableType]
-        return f"a {_keys.type_name(value)} holding a {_keys.type_name(bad)}"
-    return _keys.type_name(value)
+        def __set__(self, obj: object, value: Mapping[K, TaskLike[T]]) -> None: ...
 
 
 def Req() -> Any:
@@ -193,10 +206,10 @@ def Req() -> Any:
 
     The annotation decides whether it holds one task-like, a list or a dict.
     """
-    return Requires[Any]()
+    return Requirement()
 
 
-REQUIRES_KINDS: dict[str, type[Requires[Any]]] = {
+REQUIRES_KINDS: dict[str, type[Requirement]] = {
     "Requires": Requires,
     "RequiresList": RequiresList,
     "RequiresDict": RequiresDict,
@@ -206,28 +219,29 @@ REQUIRES_KINDS: dict[str, type[Requires[Any]]] = {
 def iter_sources(value: object) -> Iterator[TaskLike[Any]]:
     """Yield the tasks and Consts a requirement value reads (items yield their base)."""
     if isinstance(value, TaskItem):
-        yield value.base
+        item: TaskItem[Any] = value  # pyright: ignore[reportUnknownVariableType]  # any item
+        yield item.base
     elif isinstance(value, TaskLike):
         yield value
-    elif isinstance(value, dict):
-        for v in value.values():  # pyright: ignore[reportUnknownVariableType]
-            yield from iter_sources(v)  # pyright: ignore[reportUnknownArgumentType]
     else:
-        for v in value:  # type: ignore[attr-defined]  # a list or tuple, checked by _check
-            yield from iter_sources(v)  # pyright: ignore[reportUnknownArgumentType]
+        for v in _items(value) or ():  # a list or dict, checked when it was assigned
+            yield from iter_sources(v)
 
 
 def resolve(value: object, result_of: Callable[[Task[Any, Any]], Any]) -> Any:
     """Replace every task-like in a requirement value by what it yields."""
     if isinstance(value, Const):
-        return value.value  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        const: Const[Any] = value  # pyright: ignore[reportUnknownVariableType]  # any Const
+        return const.value
     if isinstance(value, TaskItem):
-        out = resolve(value.base, result_of)
-        for key in value.path:
+        item: TaskItem[Any] = value  # pyright: ignore[reportUnknownVariableType]  # any item
+        out = resolve(item.base, result_of)
+        for key in item.path:
             out = out[key]
         return out
     if isinstance(value, TaskLike):
         return result_of(value)  # type: ignore[arg-type]  # the only other TaskLike is Task
     if isinstance(value, dict):
-        return {k: resolve(v, result_of) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType]
-    return [resolve(v, result_of) for v in value]  # type: ignore[attr-defined]
+        mapping: dict[Any, object] = value  # pyright: ignore[reportUnknownVariableType]  # checked on assignment
+        return {k: resolve(v, result_of) for k, v in mapping.items()}
+    return [resolve(v, result_of) for v in _items(value) or ()]

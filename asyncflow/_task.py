@@ -20,7 +20,7 @@ from . import _keys
 from ._cache import paths
 from ._errors import TaskDefinitionError
 from ._options import CacheOptions, RunOptions, resolve_cache_dir, settings_from
-from ._requires import REQS, REQUIRES_KINDS, Requires, TaskLike
+from ._requires import REQS, REQUIRES_KINDS, Requirement, TaskLike
 from ._sync import run_blocking
 
 if TYPE_CHECKING:
@@ -93,14 +93,14 @@ def _class_options(cls: type, base: ClassOptions, given: dict[str, Any]) -> Clas
 _REQUIRES_ANNOTATION = re.compile(r"^\s*(?:[\w.]+\.)?(Requires|RequiresList|RequiresDict)\b")
 
 
-def _requirement_kind(annotation: object) -> type[Requires[Any]] | None:
+def _requirement_kind(annotation: object) -> type[Requirement] | None:
     """Return the descriptor class an annotation asks for, or None if it is not one."""
     if isinstance(annotation, str):  # `from __future__ import annotations`
         match = _REQUIRES_ANNOTATION.match(annotation)
         return REQUIRES_KINDS[match.group(1)] if match else None
     origin = getattr(annotation, "__origin__", annotation)
-    if isinstance(origin, type) and issubclass(origin, Requires):
-        return origin  # pyright: ignore[reportUnknownVariableType]
+    if isinstance(origin, type) and issubclass(origin, Requirement):
+        return origin
     return None
 
 
@@ -112,12 +112,12 @@ def _install_requirements(cls: type) -> None:
         current = cls.__dict__.get(name)
         if kind is None:
             continue
-        if current is not None and not isinstance(current, Requires):
+        if current is not None and not isinstance(current, Requirement):
             raise TaskDefinitionError(
                 f"{cls.__qualname__}.{name} is annotated as a requirement but has the default "
                 f"{current!r}; use `= Req()` or no default, and set it in build_task"
             )
-        if current is None or type(current) is not kind:  # pyright: ignore[reportUnknownArgumentType]
+        if current is None or type(current) is not kind:
             descriptor = kind()
             descriptor.__set_name__(cls, name)
             setattr(cls, name, descriptor)
@@ -192,7 +192,7 @@ class Task(TaskLike[R], Generic[P, R]):
         names: dict[str, None] = {}
         for klass in reversed(cls.__mro__):
             for name, value in vars(klass).items():
-                if isinstance(value, Requires):
+                if isinstance(value, Requirement):
                     names[name] = None
         cls._af_requires = tuple(names)
         cls._af_params = _Params(cls)
@@ -223,7 +223,7 @@ class Task(TaskLike[R], Generic[P, R]):
         return self._af_label
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._af_key == self._af_key  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._af_key == self._af_key
 
     def __hash__(self) -> int:
         return hash(self._af_key)
@@ -374,12 +374,12 @@ class SinkTask(Task[P, None]):
         """Do nothing: reaching this task means every requirement is done."""
 
 
-class _AsyncDefinition(Protocol[P, R]):  # pyright: ignore[reportInvalidTypeVarUse]
+class _AsyncDefinition(Protocol[P, R]):
     def build_task(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
     def run_task(self) -> Awaitable[R]: ...
 
 
-class _SyncDefinition(Protocol[P, R]):  # pyright: ignore[reportInvalidTypeVarUse]
+class _SyncDefinition(Protocol[P, R]):
     def build_task(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
     def run_task(self) -> R: ...
 
@@ -394,6 +394,6 @@ def infer_task_type(cls: type[Any]) -> type[Task[Any, Any]]:
     ``infer_task_type(Choose)`` is `Choose` at run time; statically it has the type
     ``type[Task[[int, int], int]]``, so ``await Choose(6, 3).run()`` is an ``int``.
     """
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
+    if not issubclass(cls, Task):
         raise TaskDefinitionError(f"infer_task_type expects a Task subclass, got {cls!r}")
-    return cls
+    return cls  # pyright: ignore[reportUnknownVariableType]  # any Task subclass

@@ -7,7 +7,7 @@ import os
 import zlib
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
+import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped; wrapped here
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -18,8 +18,14 @@ INLINE_MAX = 64 * 1024  # larger encoded results go to a file of their own
 
 
 def dumps(value: object) -> bytes:
-    """Pickle a result (by value where its class cannot be imported elsewhere)."""
-    return cloudpickle.dumps(value, protocol=5)
+    """Pickle a value (by value where its class cannot be imported elsewhere)."""
+    data: bytes = cloudpickle.dumps(value, protocol=5)  # pyright: ignore[reportUnknownMemberType]  # untyped
+    return data
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle what `dumps` made; Any: whatever was pickled."""
+    return cloudpickle.loads(data)
 
 
 def compress(pickled: bytes, level: int) -> tuple[int, bytes]:
@@ -34,7 +40,7 @@ def decode(codec: int, data: bytes) -> Any:
     """Return the result stored as ``(codec, data)``."""
     if codec == GZIP:
         data = gzip.decompress(data)
-    return cloudpickle.loads(data)  # Any: whatever the task returned
+    return loads(data)
 
 
 def write_atomic(path: Path, tmp_dir: Path, data: bytes) -> None:

@@ -23,7 +23,7 @@ from . import index
 from .index import Entry, Index, Record
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
     from pathlib import Path
 
 I = TypeVar("I")  # noqa: E741 - an item
@@ -58,7 +58,7 @@ class Batcher(Generic[I, O]):
         await slot.event.wait()
         if slot.error is not None:
             raise slot.error
-        return slot.value  # type: ignore[no-any-return]  # set from fn's outcomes
+        return slot.value  # set from fn's outcomes
 
     async def serve(self) -> None:
         while True:
@@ -79,7 +79,7 @@ class Batcher(Generic[I, O]):
 
 
 @asynccontextmanager
-async def open_session(cache_dir: Path) -> AsyncIterator[CacheSession]:
+async def open_session(cache_dir: Path) -> AsyncGenerator[CacheSession, None]:
     """Open the cache for one run; on the way out, write what is pending, even if cancelled.
 
     Raises:
@@ -128,7 +128,7 @@ class CacheSession:
         self._poll = Batcher[str, bool](self._poll_batch)
         self._load = Batcher["tuple[str, str]", Any](self._load_batch)
 
-    def services(self) -> list[Callable[[], Awaitable[None]]]:
+    def services(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """Return the background loops the session needs while a run goes on."""
         return [self._acquire.serve, self._poll.serve, self._load.serve, self._writer, self._renewer]
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_process
-import cloudpickle
 
+from .._cache import blobs
 from .base import Outcome
 from .local import call_and_pickle
 
@@ -29,12 +29,12 @@ def call_pickled(payload: bytes) -> bytes:
     # anyio's workers point stdout/stderr at /dev/null; give the body the parent's stderr.
     if sys.stderr is None or getattr(sys.stderr, "name", "") == os.devnull:
         sys.stdout = sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives with the worker
-    task: Task[Any, Any] = cloudpickle.loads(payload)
+    task: Task[Any, Any] = blobs.loads(payload)
     return call_and_pickle(task).pickled
 
 
 def _outcome(pickled: bytes) -> Outcome:
-    return Outcome(cloudpickle.loads(pickled), pickled)
+    return Outcome(blobs.loads(pickled), pickled)
 
 
 class ProcessRunner:
@@ -44,7 +44,7 @@ class ProcessRunner:
         self._limiter = anyio.CapacityLimiter(max_workers or os.cpu_count() or 1)
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
-        payload = cloudpickle.dumps(task)
+        payload = blobs.dumps(task)
         pickled = await anyio.to_process.run_sync(
             call_pickled, payload, cancellable=True, limiter=self._limiter
         )
@@ -58,7 +58,7 @@ class ExecutorRunner:
         self._executor = executor
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
-        future = self._executor.submit(call_pickled, cloudpickle.dumps(task))
+        future = self._executor.submit(call_pickled, blobs.dumps(task))
         try:
             pickled = await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():

@@ -1,0 +1,96 @@
+"""The event-loop floor: the W2 and W3 DAGs as plain coroutines in one anyio task group.
+
+No cache, no keys, no hashing, no threads: each node is an ``async def`` started with
+``start_soon`` once its deps are done (a readiness count, as a scheduler must keep),
+reading its deps' values from memory. What asyncflow costs per node above this is its
+own overhead; this is roughly the least any async engine could spend.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+
+class FloorNode:
+    """A node: an async body applied to its deps' values."""
+
+    __slots__ = ("body", "dependents", "deps", "remaining", "value")
+
+    def __init__(self, body: Callable[..., Awaitable[Any]], deps: list[FloorNode]) -> None:
+        self.body = body
+        self.deps = deps
+        self.dependents: list[FloorNode] = []
+        self.remaining = len(deps)
+        self.value: Any = None
+        for dep in deps:
+            dep.dependents.append(self)
+
+
+async def run_dag(nodes: list[FloorNode], root: FloorNode) -> Any:
+    """Run every node once its deps are done, all in one task group; return root's value."""
+    async with anyio.create_task_group() as tg:
+
+        async def run_node(node: FloorNode) -> None:
+            node.value = await node.body(*[d.value for d in node.deps])
+            for dependent in node.dependents:
+                dependent.remaining -= 1
+                if dependent.remaining == 0:
+                    tg.start_soon(run_node, dependent)
+
+        for node in nodes:
+            if not node.deps:
+                tg.start_soon(run_node, node)
+    return root.value
+
+
+def _leaf(i: int) -> Callable[[], Awaitable[int]]:
+    async def leaf() -> int:
+        return i
+
+    return leaf
+
+
+async def _sum(*values: int) -> int:
+    return sum(values)
+
+
+async def _increment(prev: int) -> int:
+    return prev + 1
+
+
+async def _one() -> int:
+    return 1
+
+
+def fan_out(n: int) -> tuple[list[FloorNode], FloorNode]:
+    """W2: ``n`` leaves returning ``i`` and one node summing them (n + 1 nodes)."""
+    leaves = [FloorNode(_leaf(i), []) for i in range(n)]
+    root = FloorNode(_sum, leaves)
+    return [*leaves, root], root
+
+
+def chain(n: int) -> tuple[list[FloorNode], FloorNode]:
+    """W3: ``n`` nodes, each adding 1 to the previous one's value (the first returns 1)."""
+    nodes = [FloorNode(_one, [])]
+    for _ in range(n - 1):
+        nodes.append(FloorNode(_increment, [nodes[-1]]))
+    return nodes, nodes[-1]
+
+
+BUILDERS = {"W2": fan_out, "W3": chain}
+
+
+async def run_floor(kind: str, n: int) -> tuple[Any, int]:
+    """Build and run the floor DAG of workload `kind` (``"W2"`` or ``"W3"``).
+
+    Returns:
+        The root's value and the number of nodes asyncflow would count.
+    """
+    nodes, root = BUILDERS[kind](n)
+    value = await run_dag(nodes, root)
+    return value, len(nodes)

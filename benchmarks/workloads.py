@@ -1,0 +1,111 @@
+"""Benchmark workloads: module-level task classes, so their keys and source hashes are stable.
+
+- W1 `Choose(n, k)`: the binomial DAG (Choose(40, 20) has 440 nodes, many shared).
+- W2 `Sum(n)`: a fan-out of ``n`` trivial async leaves `Leaf(i)` gathered by one node.
+- W3 `Chain(n)`: a chain ``n`` deep; `Chain(i)` requires `Chain(i - 1)`.
+- W4 `SleepySink(n)`: ``n`` `Sleepy(i)` bodies that each sleep 0.05 s on channel ``"w4"``;
+  run with ``rate_limits={"w4": 20}``. `PEAK` records the highest concurrency seen.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from asyncflow import Const, Req, Requires, RequiresList, SinkTask, Task
+
+# W1
+
+
+class Choose(Task):
+    """Binomial coefficient: Choose(n-1, k-1) + Choose(n-1, k); Const(0)/Const(1) at the edges."""
+
+    prev1: Requires[int]
+    prev2: Requires[int] = Req()
+
+    def build_task(self, n: int, k: int) -> None:
+        if 0 < k < n:
+            self.prev1 = Choose(n - 1, k - 1)
+            self.prev2 = Choose(n - 1, k)
+        elif k == 0 or k == n:
+            self.prev1 = Const(0)
+            self.prev2 = Const(1)
+        else:
+            raise ValueError(f"{(n, k)}")
+
+    async def run_task(self) -> int:
+        return self.prev1 + self.prev2
+
+
+# W2
+
+
+class Leaf(Task):
+    """A trivial async leaf returning its argument."""
+
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        return self.i
+
+
+class Sum(Task):
+    """Gathers `Leaf(0)` ... `Leaf(n - 1)` and returns their sum."""
+
+    leaves: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.leaves = [Leaf(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.leaves)
+
+
+# W3
+
+
+class Chain(Task):
+    """`Chain(n)` is ``n`` nodes deep and returns ``n``; Chain(1) reads Const(0)."""
+
+    prev: Requires[int]
+
+    def build_task(self, i: int) -> None:
+        self.prev = Chain(i - 1) if i > 1 else Const(0)
+
+    async def run_task(self) -> int:
+        return self.prev + 1
+
+
+# W4
+
+W4_SLEEP = 0.05
+W4_LIMIT = 20
+
+RUNNING = 0  # bodies of `Sleepy` running now (module-level: one run per process)
+PEAK = 0  # the most `Sleepy` bodies seen running at once
+
+
+class Sleepy(Task, channel="w4"):
+    """Sleeps `W4_SLEEP` seconds on channel ``"w4"`` and counts how many run at once."""
+
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        global RUNNING, PEAK
+        RUNNING += 1
+        PEAK = max(PEAK, RUNNING)
+        try:
+            await anyio.sleep(W4_SLEEP)
+        finally:
+            RUNNING -= 1
+        return self.i
+
+
+class SleepySink(SinkTask):
+    """Gathers `Sleepy(0)` ... `Sleepy(n - 1)`."""
+
+    sleepers: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.sleepers = [Sleepy(i) for i in range(n)]
