@@ -100,7 +100,8 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     if not isinstance(rate_limits, Mapping):
         raise _fail("rate_limits", rate_limits, "a dict {channel: positive int}")
     limits: dict[str, int] = {}
-    for channel, limit in rate_limits.items():  # Any: user input, checked here
+    pairs: list[tuple[Any, Any]] = list(rate_limits.items())  # pyright: ignore[reportUnknownArgumentType]  # user input
+    for channel, limit in pairs:
         if not isinstance(channel, str) or type(limit) is not int or limit < 1:
             raise _fail("rate_limits", rate_limits, "a dict {channel: positive int}")
         limits[channel] = limit

@@ -102,9 +102,11 @@ def _is_single(value: object) -> bool:
 def _items(value: Any) -> list[object] | None:  # Any: checked here
     """Return the elements of a list, tuple or dict (its values), else None."""
     if isinstance(value, dict):
-        return list(value.values())
+        values: list[object] = list(value.values())
+        return values
     if isinstance(value, (list, tuple)):
-        return list(value)  # pyright: ignore[reportUnknownArgumentType]  # any sequence
+        items: list[object] = list(value)  # pyright: ignore[reportUnknownArgumentType]  # any sequence
+        return items
     return None
 
 

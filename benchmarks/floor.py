@@ -1,5 +1,9 @@
 """The event-loop floor: the W2 and W3 DAGs as plain coroutines in one anyio task group.
 
+`run_floor` is the floor the harness compares asyncflow with. `run_native` runs the
+same DAG in the backend's own task group (``asyncio.TaskGroup`` or a trio nursery)
+instead of anyio's, to show what anyio's ``start_soon`` itself costs per node.
+
 No cache, no keys, no hashing, no threads: each node is an ``async def`` started with
 ``start_soon`` once its deps are done (a readiness count, as a scheduler must keep),
 reading its deps' values from memory. What asyncflow costs per node above this is its
@@ -8,9 +12,12 @@ own overhead; this is roughly the least any async engine could spend.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import sniffio
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -45,6 +52,30 @@ async def run_dag(nodes: list[FloorNode], root: FloorNode) -> Any:
         for node in nodes:
             if not node.deps:
                 tg.start_soon(run_node, node)
+    return root.value
+
+
+async def run_native(nodes: list[FloorNode], root: FloorNode) -> Any:
+    """Like `run_dag`, with the running backend's native task group instead of anyio's."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        group: Any = trio.open_nursery()
+    else:
+        group = asyncio.TaskGroup()  # Python >= 3.11
+    async with group as tg:
+        spawn = tg.start_soon if hasattr(tg, "start_soon") else (lambda f, n: tg.create_task(f(n)))
+
+        async def run_node(node: FloorNode) -> None:
+            node.value = await node.body(*[d.value for d in node.deps])
+            for dependent in node.dependents:
+                dependent.remaining -= 1
+                if dependent.remaining == 0:
+                    spawn(run_node, dependent)
+
+        for node in nodes:
+            if not node.deps:
+                spawn(run_node, node)
     return root.value
 
 
@@ -85,12 +116,14 @@ def chain(n: int) -> tuple[list[FloorNode], FloorNode]:
 BUILDERS = {"W2": fan_out, "W3": chain}
 
 
-async def run_floor(kind: str, n: int) -> tuple[Any, int]:
+async def run_floor(kind: str, n: int, *, native: bool = False) -> tuple[Any, int]:
     """Build and run the floor DAG of workload `kind` (``"W2"`` or ``"W3"``).
+
+    With `native`, use the backend's own task group rather than anyio's.
 
     Returns:
         The root's value and the number of nodes asyncflow would count.
     """
     nodes, root = BUILDERS[kind](n)
-    value = await run_dag(nodes, root)
+    value = await (run_native if native else run_dag)(nodes, root)
     return value, len(nodes)
