@@ -103,7 +103,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     pairs: list[tuple[Any, Any]] = list(rate_limits.items())  # pyright: ignore[reportUnknownArgumentType]  # user input
     for channel, limit in pairs:
         if not isinstance(channel, str) or type(limit) is not int or limit < 1:
-            raise _fail("rate_limits", rate_limits, "a dict {channel: positive int}")
+            raise _fail("rate_limits", options["rate_limits"], "a dict {channel: positive int}")
         limits[channel] = limit
     max_workers = options.get("max_workers")
     if max_workers is not None and (type(max_workers) is not int or max_workers < 1):
@@ -120,7 +120,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     if on_error not in ("cancel", "continue"):
         raise _fail("on_error", on_error, '"cancel" or "continue"')
     return Settings(
-        cache_dir=resolve_cache_dir(cache_dir),
+        cache_dir=resolve_cache_dir(options.get("cache_dir")),
         rate_limits=limits,
         max_workers=max_workers,
         executor=executor,

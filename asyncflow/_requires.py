@@ -102,7 +102,7 @@ def _is_single(value: object) -> bool:
 def _items(value: Any) -> list[object] | None:  # Any: checked here
     """Return the elements of a list, tuple or dict (its values), else None."""
     if isinstance(value, dict):
-        values: list[object] = list(value.values())
+        values: list[object] = list(value.values())  # pyright: ignore[reportUnknownArgumentType]  # any dict
         return values
     if isinstance(value, (list, tuple)):
         items: list[object] = list(value)  # pyright: ignore[reportUnknownArgumentType]  # any sequence

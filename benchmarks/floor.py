@@ -13,11 +13,9 @@ own overhead; this is roughly the least any async engine could spend.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import sniffio
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -55,27 +53,32 @@ async def run_dag(nodes: list[FloorNode], root: FloorNode) -> Any:
     return root.value
 
 
-async def run_native(nodes: list[FloorNode], root: FloorNode) -> Any:
-    """Like `run_dag`, with the running backend's native task group instead of anyio's."""
-    if sniffio.current_async_library() == "trio":
+async def run_native(nodes: list[FloorNode], root: FloorNode, backend: str) -> Any:
+    """Like `run_dag`, with `backend`'s native task group instead of anyio's."""
+    if backend == "trio":
         import trio
 
         group: Any = trio.open_nursery()
     else:
         group = asyncio.TaskGroup()  # Python >= 3.11
     async with group as tg:
-        spawn = tg.start_soon if hasattr(tg, "start_soon") else (lambda f, n: tg.create_task(f(n)))
+
+        def spawn(node: FloorNode) -> None:
+            if backend == "trio":
+                tg.start_soon(run_node, node)
+            else:
+                tg.create_task(run_node(node))
 
         async def run_node(node: FloorNode) -> None:
             node.value = await node.body(*[d.value for d in node.deps])
             for dependent in node.dependents:
                 dependent.remaining -= 1
                 if dependent.remaining == 0:
-                    spawn(run_node, dependent)
+                    spawn(dependent)
 
         for node in nodes:
             if not node.deps:
-                spawn(run_node, node)
+                spawn(node)
     return root.value
 
 
@@ -116,14 +119,15 @@ def chain(n: int) -> tuple[list[FloorNode], FloorNode]:
 BUILDERS = {"W2": fan_out, "W3": chain}
 
 
-async def run_floor(kind: str, n: int, *, native: bool = False) -> tuple[Any, int]:
+async def run_floor(kind: str, n: int, native: str | None = None) -> tuple[Any, int]:
     """Build and run the floor DAG of workload `kind` (``"W2"`` or ``"W3"``).
 
-    With `native`, use the backend's own task group rather than anyio's.
+    With `native` (``"asyncio"`` or ``"trio"``, the running backend), use that
+    backend's own task group rather than anyio's.
 
     Returns:
         The root's value and the number of nodes asyncflow would count.
     """
     nodes, root = BUILDERS[kind](n)
-    value = await (run_native if native else run_dag)(nodes, root)
+    value = await (run_native(nodes, root, native) if native else run_dag(nodes, root))
     return value, len(nodes)

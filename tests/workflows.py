@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-leaf", type=int, default=0)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args(argv)
-    root = crash_workflow(args.n, args.delay) if args.workflow == "crash" else fan_workflow(args.n, args.delay)
+    root = (
+        crash_workflow(args.n, args.delay) if args.workflow == "crash" else fan_workflow(args.n, args.delay)
+    )
     limits = {"leaf": args.rate_leaf} if args.rate_leaf else {}
     run = partial(root.run_with_stats, cache_dir=args.cache_dir, rate_limits=limits)
     result, stats = anyio.run(run, backend=args.backend)
