@@ -43,8 +43,8 @@ class _InFlight:
 
     __slots__ = ("done", "signature", "value", "version")
 
-    def __init__(self, signature: str) -> None:
-        self.signature = signature
+    def __init__(self) -> None:
+        self.signature = ""  # set with the version when the body succeeded
         self.done = anyio.Event()
         self.version: str | None = None  # set when the body succeeded
         self.value: Any = MISSING
@@ -96,6 +96,8 @@ class _Scheduler:
         self.errors: list[Exception] = []  # not a body's failure: the cache, or a bug
         self._tg: anyio.abc.TaskGroup | None = None
         self._flight_prefix = (threading.get_ident(), str(session.cache_dir))
+        self._flights: dict[str, _InFlight] = {}  # nodes this run registered in _IN_FLIGHT
+        self._holders: dict[str, str | None] = {}  # lease holder per planned-stale node
         self._per_class: dict[type, tuple[Runner, tuple[anyio.CapacityLimiter, ...]]] = {}
 
     # The run.
@@ -109,11 +111,14 @@ class _Scheduler:
             node.state = WAITING
         graph.root.consumers += 1  # the caller reads the root's result
         try:
+            await self._take_leases(self._plan())
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._settle([n for n in graph if not n.deps])
         finally:
             self._count_skipped()
+            for key, flight in self._flights.items():  # wake other runs waiting on leftovers
+                self._land(key, flight)
         root = graph.root
         if root.state != DONE:
             return None
@@ -130,6 +135,48 @@ class _Scheduler:
             if self.settings.on_error == "cancel":
                 raise self.failures[0]
             raise WorkflowFailedError(f"{len(self.failures)} task(s) failed", self.failures)
+
+    def _plan(self) -> list[Node]:
+        """Predict the stale nodes: no current record, or a stale dep (deps come first).
+
+        Versions are unique per write, so a node whose deps are all fresh is fresh exactly
+        when its record matches them; a node with a stale dep will see a new version.
+        """
+        stale: list[Node] = []
+        for node in self.graph:
+            record = self.records.get(node.key)
+            if all(d.version is not None for d in node.deps) and self._is_current(
+                node, record, self._signature(node)
+            ):
+                assert record is not None
+                node.version = record.version
+            else:
+                stale.append(node)
+        return stale
+
+    async def _take_leases(self, stale: list[Node]) -> None:
+        """Register the planned-stale nodes in this process and lease them, in one go."""
+        keys: list[str] = []
+        for node in stale:
+            flight_key = (*self._flight_prefix, node.key)
+            if flight_key in _IN_FLIGHT:  # another run of this process has it
+                continue
+            self._flights[node.key] = _IN_FLIGHT[flight_key] = _InFlight()
+            keys.append(node.key)
+        if not keys:
+            return
+        outcomes = await self.session.acquire_many(keys)
+        for key, (holder, record) in zip(keys, outcomes, strict=True):
+            self._holders[key] = holder
+            if record is not None:
+                self.records[key] = record
+
+    def _land(self, key: str, flight: _InFlight) -> None:
+        """Publish how `key` ended (a version, or None) to other runs of this process."""
+        flight.done.set()
+        flight_key = (*self._flight_prefix, key)
+        if _IN_FLIGHT.get(flight_key) is flight:
+            del _IN_FLIGHT[flight_key]
 
     def _count_skipped(self) -> None:
         for node in self.graph:
@@ -192,13 +239,11 @@ class _Scheduler:
         task = node.task
         cls = type(task)
         signature = self._signature(node)
-        source = self.sources[cls]
-        flight_key = (*self._flight_prefix, node.key)
-        if await self._reuse_elsewhere(node, flight_key, signature):
+        if await self._reuse_elsewhere(node, signature):
             self.stats.of(cls.task_name).reused += 1
             self._settle(self._done(node))
             return
-        mine = _IN_FLIGHT[flight_key] = _InFlight(signature)
+        flight = self._flights[node.key]
         try:
             node.state = RUNNING
             outcome, started, finished = await self._compute(node)
@@ -209,45 +254,54 @@ class _Scheduler:
             self._fail(node, error)
             return
         else:
-            mine.version = version = os.urandom(8).hex()
-            mine.value = outcome.value
+            flight.version = version = os.urandom(8).hex()
+            flight.value = outcome.value
+            flight.signature = signature
         finally:
-            del _IN_FLIGHT[flight_key]
-            mine.done.set()
+            self._land(node.key, flight)
         self.session.store_nowait(
-            Entry(node.key, cls.task_name, task.__dict__["_af_argtext"], source, version,
+            Entry(node.key, cls.task_name, task.__dict__["_af_argtext"], self.sources[cls], version,
                   signature, outcome.pickled, cls._af_options.compress_level, started, finished)
         )  # fmt: skip
         node.version = version
         node.value = outcome.value
         self._settle(self._done(node))
 
-    async def _reuse_elsewhere(self, node: Node, flight_key: tuple[int, str, str], signature: str) -> bool:
+    async def _reuse_elsewhere(self, node: Node, signature: str) -> bool:
         """Wait out another run computing `node`; True if its result (or the cache's) fits.
 
         On False, this run holds the node's lease and must compute it.
         """
-        while True:
+        key = node.key
+        flight_key = (*self._flight_prefix, key)
+        must_acquire = key not in self._flights
+        while key not in self._flights:  # another run of this process registered it
             other = _IN_FLIGHT.get(flight_key)
             if other is None:
+                self._flights[key] = _IN_FLIGHT[flight_key] = _InFlight()
                 break
             await other.done.wait()
             if other.version is not None and other.signature == signature:
                 node.version = other.version
                 node.value = other.value
                 return True
+        holder = self._holders.get(key)
         delay = _POLL_MIN
         while True:
-            holder, record = await self.session.acquire(node.key)
-            if self._is_current(node, record, signature):
+            if must_acquire:
+                holder, record = await self.session.acquire(key)
+                if record is not None:
+                    self.records[key] = record
+            must_acquire = True
+            if holder is None:  # the lease is ours
+                record = self.records.get(key)
+                if not self._is_current(node, record, signature):
+                    return False
                 assert record is not None
-                if holder is None:
-                    self.session.release_nowait(node.key)
+                self.session.release_nowait(key)
                 node.version = record.version
                 return True
-            if holder is None:
-                return False
-            while await self.session.held(node.key):  # another process computes it
+            while await self.session.held(key):  # another process computes it
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
 

@@ -142,6 +142,13 @@ class CacheSession:
         """Take the lease of `key` unless a live owner holds it; see `index.acquire`."""
         return await self._acquire.submit(key)
 
+    async def acquire_many(self, keys: Sequence[str]) -> list[tuple[str | None, Record | None]]:
+        """Like `acquire` for many keys at once (a transaction per few thousand)."""
+        out: list[tuple[str | None, Record | None]] = []
+        for i in range(0, len(keys), _BATCH_MAX):
+            out.extend(await self.index.call(index.acquire, self.owner, LEASE_TTL, keys[i : i + _BATCH_MAX]))
+        return out
+
     async def held(self, key: str) -> bool:
         """Tell whether a live owner holds the lease of `key`."""
         return await self._poll.submit(key)
@@ -189,7 +196,10 @@ class CacheSession:
             entries, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
             released, self._released = self._released, []
             failures, self._failures = self._failures, []
-            await self.index.call(index.commit, self.cache_dir, self.owner, entries, released, failures)
+            # Shielded: what was taken off the queues must reach the index, or a
+            # cancellation arriving before the worker thread starts would drop it.
+            with anyio.CancelScope(shield=True):
+                await self.index.call(index.commit, self.cache_dir, self.owner, entries, released, failures)
 
     async def _renewer(self) -> None:
         while True:
