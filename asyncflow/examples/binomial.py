@@ -1,3 +1,5 @@
+# pyright: basic
+# (user-style code: a task class written as the README shows it, without type arguments)
 """The binomial DAG: ``Choose(n, k) = Choose(n-1, k-1) + Choose(n-1, k)``, 440 nodes for (40, 20).
 
 Run it twice to see the cache at work::
@@ -49,7 +51,7 @@ async def main(n: int, k: int, cache_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Run the binomial DAG twice.")
     parser.add_argument("n", type=int, nargs="?", default=40)
     parser.add_argument("k", type=int, nargs="?", default=20)
     parser.add_argument("--cache-dir", default=".cache", help="cache directory (default ./.cache)")
