@@ -1,0 +1,150 @@
+"""The cache: location, WAL index, blobs, source-change detection, clear, bad caches."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sqlite3
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from asyncflow import CacheError, Task
+
+DATA: dict[str, int] = {}
+
+
+class Big(Task, compress_level=6):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> bytes:
+        return random.Random(self.n).randbytes(self.n)  # incompressible
+
+
+class Plain(Task):
+    async def run_task(self) -> list[int]:
+        return list(range(10))
+
+
+async def test_layout_wal_and_blobs(cache_dir: Path) -> None:
+    expected = random.Random(256 * 1024).randbytes(256 * 1024)
+    assert await Big(256 * 1024).run(cache_dir=cache_dir) == expected
+    assert await Plain().run(cache_dir=cache_dir) == list(range(10))
+    root = cache_dir / "asyncflow"
+    conn = sqlite3.connect(root / "index.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = dict(conn.execute("SELECT task_name, path FROM nodes").fetchall())
+    assert rows[Plain.task_name] is None  # small: inside the index
+    big_file = root / "results" / rows[Big.task_name]
+    assert big_file.exists()
+    assert big_file.read_bytes()[:2] == b"\x1f\x8b"  # gzip, as compress_level=6 asks
+    # Read back from disk, not memory.
+    assert await Big(256 * 1024).result(cache_dir=cache_dir) == expected
+
+
+async def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AF_CACHE_DIR", str(tmp_path / "env-cache"))
+    await Plain().run()
+    assert (tmp_path / "env-cache" / "asyncflow" / "index.sqlite").exists()
+
+
+async def test_cache_dir_default_is_dot_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AF_CACHE_DIR")
+    monkeypatch.chdir(tmp_path)
+    await Plain().run()
+    assert (tmp_path / ".cache" / "asyncflow" / "index.sqlite").exists()
+
+
+def _load(path: Path, source: str) -> ModuleType:
+    path.write_text(textwrap.dedent(source))
+    name = f"af_src_{abs(hash((str(path), source)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TEMPLATE = """
+from asyncflow import Task, Requires
+
+class Leaf(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        return self.i {leaf_op}
+
+class Root(Task):
+    leaf: Requires[int]
+
+    def build_task(self) -> None:
+        self.leaf = Leaf(3)  # {comment}
+
+    async def run_task(self) -> int:
+        return self.leaf * 10
+"""
+
+
+def _stats(module: Any, cache_dir: Path, **options: Any) -> tuple[int, dict[str, int]]:
+    value, stats = module.Root().run_graph_with_stats(cache_dir=cache_dir, **options)
+    return value, {name.rsplit(".", 1)[1]: s.run for name, s in stats.items()}
+
+
+def test_source_change_reruns_changed_class_and_dependents(tmp_path: Path, cache_dir: Path) -> None:
+    # Both versions live at the same path and module name, as an edited file would.
+    path = tmp_path / "taskfile.py"
+    v1 = _load(path, TEMPLATE.format(leaf_op="+ 1", comment="a comment"))
+    assert _stats(v1, cache_dir) == (40, {"Leaf": 1, "Root": 1})
+    # A comment or formatting change is not a code change.
+    v1b = _load(path, TEMPLATE.format(leaf_op="+   1", comment="another comment"))
+    v1b.Leaf.task_name, v1b.Root.task_name = v1.Leaf.task_name, v1.Root.task_name
+    assert _stats(v1b, cache_dir) == (40, {"Leaf": 0, "Root": 0})
+
+
+def test_code_change_is_detected(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "taskfile.py"
+    v1 = _load(path, TEMPLATE.format(leaf_op="+ 1", comment=""))
+    assert _stats(v1, cache_dir)[0] == 40
+    v2 = _load(path, TEMPLATE.format(leaf_op="+ 2", comment=""))
+    v2.Leaf.task_name, v2.Root.task_name = v1.Leaf.task_name, v1.Root.task_name
+    # Turned off by option or environment: the stale code's result is reused.
+    assert _stats(v2, cache_dir, detect_source_change=False) == (40, {"Leaf": 0, "Root": 0})
+    monkeypatch.setenv("AF_DETECT_SOURCE_CHANGE", "0")
+    assert _stats(v2, cache_dir) == (40, {"Leaf": 0, "Root": 0})
+    monkeypatch.delenv("AF_DETECT_SOURCE_CHANGE")
+    # On (the default): Leaf re-runs, and Root because its upstream changed.
+    assert _stats(v2, cache_dir) == (50, {"Leaf": 1, "Root": 1})
+
+
+async def test_clear_makes_dependents_stale(cache_dir: Path, tmp_path: Path) -> None:
+    module = _load(tmp_path / "tf.py", TEMPLATE.format(leaf_op="+ 1", comment=""))
+    await module.Root().run(cache_dir=cache_dir)
+    assert await module.Leaf(3).clear(cache_dir=cache_dir) is True
+    _, stats = await module.Root().run_with_stats(cache_dir=cache_dir)
+    assert stats.run == 2
+    assert await module.Leaf.clear_all(cache_dir=cache_dir) == 1
+    _, stats = await module.Root().run_with_stats(cache_dir=cache_dir)
+    assert stats.run == 2
+
+
+async def test_newer_schema_is_refused(cache_dir: Path) -> None:
+    await Plain().run(cache_dir=cache_dir)
+    conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(CacheError, match="newer asyncflow"):
+        await Plain().run(cache_dir=cache_dir)
+
+
+async def test_garbage_index_is_a_clear_error(cache_dir: Path) -> None:
+    (cache_dir / "asyncflow").mkdir(parents=True)
+    (cache_dir / "asyncflow" / "index.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(CacheError, match="remove"):
+        await Plain().run(cache_dir=cache_dir)

@@ -1,0 +1,270 @@
+"""The scheduler: limits, executors, failures, cancellation, retries, stats."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncflow import (
+    EventLoopRunningError,
+    OptionError,
+    RequiresList,
+    SinkTask,
+    Task,
+    TaskFailedError,
+    WorkflowFailedError,
+)
+
+ACTIVE: dict[str, int] = {"now": 0, "peak": 0}
+CALLS: dict[str, int] = {}
+
+
+async def _busy(seconds: float) -> None:
+    ACTIVE["now"] += 1
+    ACTIVE["peak"] = max(ACTIVE["peak"], ACTIVE["now"])
+    try:
+        await anyio.sleep(seconds)
+    finally:
+        ACTIVE["now"] -= 1
+
+
+class Gpu(Task, channel="gpu"):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        await _busy(0.02)
+        return self.i
+
+
+class GpuMem(Task, channel=["gpu", "mem"]):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        await _busy(0.02)
+        return -self.i
+
+
+class Gather(SinkTask):
+    items: RequiresList[int]
+
+    def build_task(self, n: int, both: bool = False) -> None:
+        self.items = [Gpu(i) for i in range(n)] + ([GpuMem(i) for i in range(n)] if both else [])
+
+
+class Total(Task):
+    items: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.items = [Gpu(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.items)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    ACTIVE.update(now=0, peak=0)
+    CALLS.clear()
+
+
+async def test_rate_limit_caps_concurrency(cache_dir: Path) -> None:
+    with anyio.fail_after(20):
+        await Gather(12).run(cache_dir=cache_dir, rate_limits={"gpu": 3})
+    assert ACTIVE["peak"] == 3
+
+
+async def test_task_on_several_limited_channels_holds_all(cache_dir: Path) -> None:
+    with anyio.fail_after(20):
+        await Gather(6, both=True).run(cache_dir=cache_dir, rate_limits={"gpu": 4, "mem": 1})
+    assert ACTIVE["peak"] <= 4
+
+
+async def test_class_channel_named_by_task_name(cache_dir: Path) -> None:
+    with anyio.fail_after(20):
+        await Gather(8).run(cache_dir=cache_dir, rate_limits={Gpu.task_name: 2})
+    assert ACTIVE["peak"] == 2
+
+
+async def test_fresh_nodes_do_not_wait_for_limits(cache_dir: Path) -> None:
+    await Total(5).run(cache_dir=cache_dir)
+    ACTIVE.update(now=0, peak=0)
+    with anyio.fail_after(5):
+        value, stats = await Total(5).run_with_stats(cache_dir=cache_dir, rate_limits={"gpu": 1})
+    assert value == 10
+    assert stats.run == 0
+    assert ACTIVE["peak"] == 0
+
+
+class SyncSquare(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> tuple[int, int, int]:
+        return self.i * self.i, os.getpid(), threading.get_ident()
+
+
+class SyncAll(Task):
+    parts: RequiresList[tuple[int, int, int]]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [SyncSquare(i) for i in range(n)]
+
+    def run_task(self) -> list[tuple[int, int, int]]:
+        return self.parts
+
+
+async def test_sync_bodies_run_in_threads(cache_dir: Path) -> None:
+    parts = await SyncAll(4).run(cache_dir=cache_dir)
+    assert [p[0] for p in parts] == [0, 1, 4, 9]
+    assert all(p[1] == os.getpid() for p in parts)
+    assert all(p[2] != threading.get_ident() for p in parts)
+
+
+async def test_process_executor(cache_dir: Path) -> None:
+    with anyio.fail_after(60):
+        parts = await SyncAll(3).run(cache_dir=cache_dir, executor="process", max_workers=2)
+    assert [p[0] for p in parts] == [0, 1, 4]
+    assert all(p[1] != os.getpid() for p in parts)
+
+
+async def test_user_executor(cache_dir: Path) -> None:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mine") as pool:
+        parts = await SyncAll(3).run(cache_dir=cache_dir, executor=pool)
+    assert [p[0] for p in parts] == [0, 1, 4]
+
+
+class Boom(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        if self.i % 2:
+            raise ValueError(f"odd {self.i}")
+        CALLS[f"boom{self.i}"] = CALLS.get(f"boom{self.i}", 0) + 1
+        return self.i
+
+
+class BoomAll(Task):
+    items: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.items = [Boom(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.items)
+
+
+async def test_failure_names_task_and_chains_cause(cache_dir: Path) -> None:
+    with pytest.raises(TaskFailedError) as info:
+        await Boom(1).run(cache_dir=cache_dir)
+    assert str(info.value).startswith("Boom(1) failed: ValueError: odd 1")
+    assert info.value.task == "Boom(1)"
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+async def test_on_error_continue_keeps_successes_and_raises_all(cache_dir: Path) -> None:
+    with pytest.raises(WorkflowFailedError) as info:
+        await BoomAll(6).run(cache_dir=cache_dir, on_error="continue")
+    assert sorted(e.task for e in info.value.exceptions) == ["Boom(1)", "Boom(3)", "Boom(5)"]
+    # The even leaves were computed and kept: a second run reuses them.
+    with pytest.raises(WorkflowFailedError):
+        _ = await BoomAll(6).run(cache_dir=cache_dir, on_error="continue")
+    assert CALLS == {"boom0": 1, "boom2": 1, "boom4": 1}
+    assert await Boom(2).result(cache_dir=cache_dir) == 2
+
+
+class Flaky(Task, retries=2, retry_delay=0.01):
+    def build_task(self, fails: int) -> None:
+        self.fails = fails
+
+    async def run_task(self) -> str:
+        CALLS["flaky"] = CALLS.get("flaky", 0) + 1
+        if CALLS["flaky"] <= self.fails:
+            raise RuntimeError("not yet")
+        return "ok"
+
+
+async def test_retries(cache_dir: Path) -> None:
+    value, stats = await Flaky(2).run_with_stats(cache_dir=cache_dir)
+    assert value == "ok"
+    assert stats[Flaky.task_name].retried == 2
+    CALLS.clear()
+    with pytest.raises(TaskFailedError, match="after 3 attempts"):
+        await Flaky(5).run(cache_dir=cache_dir)
+
+
+class Slow(Task, timeout=0.05):
+    async def run_task(self) -> None:
+        await anyio.sleep(5)
+
+
+async def test_timeout(cache_dir: Path) -> None:
+    with anyio.fail_after(5), pytest.raises(TaskFailedError, match=r"Slow\(\) timed out after 0.05 s"):
+        await Slow().run(cache_dir=cache_dir)
+
+
+class Started(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        CALLS[f"start{self.i}"] = 1
+        await anyio.sleep(0 if self.i == 0 else 30)
+        return self.i
+
+
+class StartedAll(Task):
+    items: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.items = [Started(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.items)
+
+
+async def test_cancellation_by_caller_keeps_finished_results(cache_dir: Path) -> None:
+    with anyio.move_on_after(0.5) as scope:
+        await StartedAll(3).run(cache_dir=cache_dir)
+    assert scope.cancelled_caught
+    assert len(CALLS) == 3
+    assert await Started(0).result(cache_dir=cache_dir) == 0  # finished before the cancel
+    from asyncflow import CacheError
+
+    with pytest.raises(CacheError):
+        await Started(1).result(cache_dir=cache_dir)  # cancelled: nothing stored
+
+
+async def test_stats_per_class(cache_dir: Path) -> None:
+    _, stats = await Total(4).run_with_stats(cache_dir=cache_dir)
+    assert stats[Gpu.task_name].run == 4
+    assert stats[Total.task_name].run == 1
+    assert len(stats[Gpu.task_name].durations) == 4
+    _, stats = await Total(4).run_with_stats(cache_dir=cache_dir)
+    assert stats[Gpu.task_name].reused == 4
+    assert stats.run == 0
+
+
+async def test_bad_options_are_refused(cache_dir: Path) -> None:
+    with pytest.raises(OptionError, match="unknown run option"):
+        await Total(1).run(cache_dir=cache_dir, rate_limit={"gpu": 1})  # type: ignore[call-arg]
+    with pytest.raises(OptionError, match="rate_limits"):
+        await Total(1).run(cache_dir=cache_dir, rate_limits={"gpu": 0})
+    with pytest.raises(OptionError, match="on_error"):
+        await Total(1).run(cache_dir=cache_dir, on_error="ignore")  # type: ignore[typeddict-item]
+
+
+def test_sync_twin_runs_outside_a_loop(cache_dir: Path) -> None:
+    assert Total(3).run_graph(cache_dir=cache_dir) == 3
+
+
+async def test_sync_twin_refuses_inside_a_loop(cache_dir: Path) -> None:
+    with pytest.raises(EventLoopRunningError, match=r"await task\.run\(\)"):
+        Total(3).run_graph(cache_dir=cache_dir)
