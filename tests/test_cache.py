@@ -64,7 +64,8 @@ def _load(path: Path, source: str) -> ModuleType:
     path.write_text(textwrap.dedent(source))
     name = f"af_src_{abs(hash((str(path), source)))}"
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
