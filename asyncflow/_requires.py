@@ -85,8 +85,9 @@ class TaskItem(TaskLike[T_co]):
                     f"{base!r}[{key!r}]: an item key must be an int, str, float, bool or None, "
                     f"got {_keys.type_name(key)}"
                 ) from None
-        base_key = getattr(base, "_af_key", None) or repr(base)
-        self._af_key = base_key + "".join(f"[{_keys.encode(k)}]" for k in path)
+        base_key = getattr(base, "_af_key", None)
+        # An item of a Const has no canonical key: it cannot be a task argument.
+        self._af_key = None if base_key is None else base_key + "".join(f"[{_keys.encode(k)}]" for k in path)
 
     def __getitem__(self, key: Any) -> TaskItem[Any]:
         return TaskItem(self.base, (*self.path, key))

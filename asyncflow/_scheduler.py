@@ -315,10 +315,17 @@ class _Scheduler:
                     dep.value = value
         by_key = {d.key: d for d in node.deps}
         reqs: dict[str, Any] = node.task.__dict__.get(REQS) or {}
-        return {
-            name: resolve(reqs[name], lambda t: by_key[t._af_key].value)
-            for name in type(node.task)._af_requires
-        }
+        values: dict[str, Any] = {}
+        for name in type(node.task)._af_requires:
+            try:
+                values[name] = resolve(reqs[name], lambda t: by_key[t._af_key].value)
+            except Exception as exc:  # e.g. an item missing from an upstream result
+                raise TaskFailedError(
+                    f"{node.task!r} failed reading requirement {name!r} ({reqs[name]!r}): "
+                    f"{type(exc).__name__}: {exc}",
+                    task=repr(node.task),
+                ) from exc
+        return values
 
     def _pick(self, cls: type[Task[Any, Any]]) -> tuple[Runner, tuple[anyio.CapacityLimiter, ...]]:
         picked = self._per_class.get(cls)

@@ -394,6 +394,6 @@ def infer_task_type(cls: type[Any]) -> type[Task[Any, Any]]:
     ``infer_task_type(Choose)`` is `Choose` at run time; statically it has the type
     ``type[Task[[int, int], int]]``, so ``await Choose(6, 3).run()`` is an ``int``.
     """
-    if not issubclass(cls, Task):
+    if not (isinstance(cls, type) and issubclass(cls, Task)):  # pyright: ignore[reportUnnecessaryIsInstance]  # users pass anything
         raise TaskDefinitionError(f"infer_task_type expects a Task subclass, got {cls!r}")
     return cls  # pyright: ignore[reportUnknownVariableType]  # any Task subclass

@@ -1,0 +1,81 @@
+"""The public API is exactly what `asyncflow/__init__.py` re-exports, listed in a sorted `__all__`."""
+
+from __future__ import annotations
+
+import types
+
+import asyncflow
+
+
+def _public_names() -> set[str]:
+    return {
+        name
+        for name, value in vars(asyncflow).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+
+def test_all_is_sorted() -> None:
+    assert asyncflow.__all__ == sorted(asyncflow.__all__)
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(asyncflow.__all__) == len(set(asyncflow.__all__))
+
+
+def test_all_equals_the_public_names() -> None:
+    assert set(asyncflow.__all__) == _public_names()
+
+
+def test_every_name_in_all_exists() -> None:
+    missing = [name for name in asyncflow.__all__ if not hasattr(asyncflow, name)]
+    assert missing == []
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from asyncflow import *", namespace)
+    namespace.pop("__builtins__", None)
+    assert set(namespace) == set(asyncflow.__all__)
+
+
+def test_public_names_come_from_asyncflow() -> None:
+    # Re-exports of our own classes, not of a dependency's.
+    foreign = [
+        name
+        for name in asyncflow.__all__
+        if not getattr(getattr(asyncflow, name), "__module__", "asyncflow").startswith("asyncflow")
+    ]
+    assert foreign == []
+
+
+def test_core_names_are_public() -> None:
+    # What the spec's examples import.
+    expected = {
+        "Task",
+        "SourceTask",
+        "SinkTask",
+        "Const",
+        "Req",
+        "Requires",
+        "RequiresList",
+        "RequiresDict",
+        "infer_task_type",
+        "AsyncflowError",
+        "TaskDefinitionError",
+        "GraphError",
+        "CycleError",
+        "MissingRequirementError",
+        "BuildError",
+        "TaskFailedError",
+        "WorkflowFailedError",
+        "CacheError",
+        "HostError",
+        "EventLoopRunningError",
+    }
+    assert expected <= set(asyncflow.__all__)
+
+
+def test_version_is_a_string_and_not_in_all() -> None:
+    assert isinstance(asyncflow.__version__, str)
+    assert "__version__" not in asyncflow.__all__

@@ -1,0 +1,1086 @@
+"""The task model: requirements, bodies, class keywords, dedupe, task directories, clearing, twins."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+import types
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import asyncflow
+from asyncflow import (
+    Const,
+    Req,
+    Requires,
+    RequiresDict,
+    RequiresList,
+    SinkTask,
+    SourceTask,
+    Task,
+    infer_task_type,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+
+# Task classes (module level: runners in other processes import them).
+
+
+class Num(Task):
+    """Return twice its argument."""
+
+    def build_task(self, x: int) -> None:
+        self.x = x
+
+    async def run_task(self) -> int:
+        return 2 * self.x
+
+
+class AnnotatedOnly(Task):
+    a: Requires[int]
+    b: Requires[int]
+
+    def build_task(self, x: int) -> None:
+        self.a = Const(x)
+        self.b = Num(x)
+
+    async def run_task(self) -> int:
+        return self.a + self.b
+
+
+class ReqOnly(Task):
+    a = Req()
+    b: Requires[int] = Req()
+
+    def build_task(self, x: int) -> None:
+        self.a = Num(x)
+        self.b = Const(100)
+
+    async def run_task(self) -> int:
+        return self.a + self.b  # pyright: ignore[reportOperatorIssue]  # `a = Req()` is untyped
+
+
+class ReqCollections(Task):
+    """`= Req()` with a list or dict annotation gives a list or dict requirement."""
+
+    xs: RequiresList[int] = Req()
+    d: RequiresDict[str, int] = Req()
+
+    def build_task(self, n: int) -> None:
+        self.xs = [Num(i) for i in range(n)]
+        self.d = {"n": Num(n)}
+
+    async def run_task(self) -> tuple[list[int], dict[str, int]]:
+        return self.xs, self.d
+
+
+class QualifiedAnnotation(Task):
+    a: asyncflow.Requires[int]
+
+    def build_task(self, x: int) -> None:
+        self.a = Num(x)
+
+    async def run_task(self) -> int:
+        return self.a
+
+
+class RuntimeAnnotation(Task):
+    # What a module without `from __future__ import annotations` gets: a real type.
+    __annotations__ = {"a": Requires[int]}
+
+    def build_task(self, x: int) -> None:
+        self.a = Num(x)
+
+    async def run_task(self) -> int:
+        return self.a  # pyright: ignore[reportReturnType]  # pyright cannot see this annotation
+
+
+class PlainAnnotation(Task):
+    """An annotation that is not a requirement leaves the attribute alone."""
+
+    label: str
+    a: Requires[int]
+
+    def build_task(self, label: str) -> None:
+        self.label = label
+        self.a = Num(1)
+
+    async def run_task(self) -> str:
+        return f"{self.label}:{self.a}"
+
+
+class ListOf(Task):
+    xs: RequiresList[int]
+
+    def build_task(self, n: int, as_tuple: bool = False) -> None:
+        items = [Num(i) for i in range(n)] + [Const(-1)]
+        self.xs = tuple(items) if as_tuple else items
+
+    async def run_task(self) -> tuple[str, list[int]]:
+        return type(self.xs).__name__, self.xs
+
+
+class DictOf(Task):
+    d: RequiresDict[Any, int]
+
+    def build_task(self) -> None:
+        self.d = {"num": Num(3), "const": Const(7), 5: Num(5), "item": Record(2)["k"]}
+
+    async def run_task(self) -> tuple[str, dict[Any, int]]:
+        return type(self.d).__name__, self.d
+
+
+class EmptyList(Task):
+    xs: RequiresList[int]
+    d: RequiresDict[str, int]
+
+    def build_task(self) -> None:
+        self.xs = []
+        self.d = {}
+
+    async def run_task(self) -> tuple[list[int], dict[str, int]]:
+        return self.xs, self.d
+
+
+class ConstValues(Task):
+    plain: Requires[int]
+    unkeyable: Requires[set[int]]
+    none: Requires[None]
+
+    def build_task(self) -> None:
+        self.plain = Const(3)
+        self.unkeyable = Const({1, 2})  # a Const need not be a valid argument
+        self.none = Const(None)
+
+    async def run_task(self) -> tuple[int, set[int], None]:
+        return self.plain, self.unkeyable, self.none
+
+
+class Record(Task):
+    """A structured result to take items of."""
+
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> dict[str, Any]:
+        return {"k": self.n, "list": [self.n, self.n + 1], "a": {"b": {"c": self.n * 10}}}
+
+
+class Pair(Task):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> tuple[int, int]:
+        return self.n, -self.n
+
+
+class Items(Task):
+    k: Requires[int]
+    first: Requires[int]
+    deep: Requires[int]
+    negative: Requires[int]
+    many: RequiresList[int]
+    named: RequiresDict[str, int]
+
+    def build_task(self, n: int) -> None:
+        record = Record(n)
+        self.k = record["k"]
+        self.first = record["list"][0]
+        self.deep = record["a"]["b"]["c"]
+        self.negative = Pair(n)[1]
+        self.many = [record["list"][1], Pair(n)[0], Const(0)]
+        self.named = {"whole": record["a"]["b"], "k": Record(n)["k"]}
+
+    async def run_task(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "first": self.first,
+            "deep": self.deep,
+            "negative": self.negative,
+            "many": self.many,
+            "named": self.named,
+        }
+
+
+class MissingItem(Task):
+    """Reads an item its upstream's result does not have."""
+
+    x: Requires[int]
+
+    def build_task(self, n: int) -> None:
+        self.x = Record(n)["nope"]
+
+    async def run_task(self) -> int:
+        return self.x
+
+
+class AsyncThread(Task):
+    def build_task(self) -> None:
+        pass
+
+    async def run_task(self) -> int:
+        return threading.get_ident()
+
+
+class SyncThread(Task):
+    def build_task(self) -> None:
+        pass
+
+    def run_task(self) -> int:
+        return threading.get_ident()
+
+
+class SyncAdd(Task):
+    """A plain `def` body reading requirements."""
+
+    a: Requires[int]
+    items: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.a = Num(n)
+        self.items = [Record(n)["k"], Const(1)]
+
+    def run_task(self) -> int:
+        return self.a + sum(self.items)
+
+
+class Seven(SourceTask[int]):
+    async def run_task(self) -> int:
+        return 7
+
+
+class SyncSource(SourceTask[str]):
+    def run_task(self) -> str:
+        return "source"
+
+
+SINK_SEEN: list[str] = []
+
+
+class Noted(Task):
+    def build_task(self, tag: str) -> None:
+        self.tag = tag
+
+    async def run_task(self) -> str:
+        SINK_SEEN.append(self.tag)
+        return self.tag
+
+
+class Sink(SinkTask[[str]]):
+    one: Requires[str]
+    many: RequiresList[str]
+    named: RequiresDict[str, str]
+
+    def build_task(self, prefix: str) -> None:
+        self.one = Noted(f"{prefix}-one")
+        self.many = [Noted(f"{prefix}-m{i}") for i in range(3)]
+        self.named = {"x": Noted(f"{prefix}-x")}
+
+
+class Outer:
+    class Inner(Task):
+        def build_task(self) -> None:
+            pass
+
+        async def run_task(self) -> str:
+            return "inner"
+
+
+@infer_task_type
+class Typed(Task):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> int:
+        return self.n + 1
+
+
+# Class keywords.
+
+ACTIVE: Counter[str] = Counter()
+
+
+async def _count_overlap(group: str) -> None:
+    ACTIVE[group] += 1
+    ACTIVE[f"{group}-max"] = max(ACTIVE[f"{group}-max"], ACTIVE[group])
+    for _ in range(20):  # let every other ready body start, if it may
+        await anyio.lowlevel.checkpoint()
+    ACTIVE[group] -= 1
+
+
+class OnTwoChannels(Task, channel=["af-test-a", "af-test-b"]):
+    def build_task(self, group: str, i: int) -> None:
+        self.group = group
+
+    async def run_task(self) -> None:
+        await _count_overlap(self.group)
+
+
+class OnOneChannel(Task, channel="af-test-c"):
+    def build_task(self, group: str, i: int) -> None:
+        self.group = group
+
+    async def run_task(self) -> None:
+        await _count_overlap(self.group)
+
+
+class Fan(SinkTask[[str, str, int]]):
+    deps: RequiresList[None]
+
+    def build_task(self, kind: str, group: str, n: int) -> None:
+        cls = OnTwoChannels if kind == "two" else OnOneChannel
+        self.deps = [cls(group, i) for i in range(n)]
+
+
+ATTEMPTS: Counter[str] = Counter()
+
+
+class Flaky(Task, retries=2, retry_delay=0):
+    """Fail on the first `failures` attempts (counted per tag), then succeed."""
+
+    def build_task(self, tag: str, failures: int) -> None:
+        self.tag, self.failures = tag, failures
+
+    async def run_task(self) -> int:
+        ATTEMPTS[self.tag] += 1
+        if ATTEMPTS[self.tag] <= self.failures:
+            raise RuntimeError(f"attempt {ATTEMPTS[self.tag]} fails")
+        return ATTEMPTS[self.tag]
+
+
+class Slow(Task, timeout=0.2):
+    def build_task(self) -> None:
+        pass
+
+    async def run_task(self) -> None:
+        await anyio.Event().wait()  # never set: only the timeout ends this
+
+
+class Compressed(Task, compress_level=9):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> str:
+        return "x" * self.n
+
+
+class Prefixed(Task, job_prefix=["srun", "-p", "gpu"], retries=0, timeout=None):
+    def build_task(self) -> None:
+        pass
+
+    def run_task(self) -> None:
+        pass
+
+
+# Dedupe.
+
+BUILDS: Counter[str] = Counter()
+
+
+class Shared(Task):
+    def build_task(self, tag: str) -> None:
+        BUILDS[tag] += 1
+        self.tag = tag
+
+    async def run_task(self) -> int:
+        return 1
+
+
+class Left(Task):
+    s: Requires[int]
+
+    def build_task(self, tag: str) -> None:
+        self.s = Shared(tag)
+
+    async def run_task(self) -> int:
+        return self.s + 10
+
+
+class Right(Task):
+    s: Requires[int]
+
+    def build_task(self, tag: str) -> None:
+        self.s = Shared(tag)
+
+    async def run_task(self) -> int:
+        return self.s + 100
+
+
+class Diamond(Task):
+    left: Requires[int]
+    right: Requires[int]
+    twice: RequiresList[int]
+
+    def build_task(self, tag: str) -> None:
+        self.left = Left(tag)
+        self.right = Right(tag)
+        self.twice = [Shared(tag), Shared(tag)]
+
+    async def run_task(self) -> tuple[int, int, list[int]]:
+        return self.left, self.right, self.twice
+
+
+# Task directories.
+
+STAMPS = itertools.count(1)
+
+
+class Stamp(Task):
+    """A new number every time it runs: clearing it makes its dependents see a change."""
+
+    def build_task(self, tag: str) -> None:
+        self.tag = tag
+
+    async def run_task(self) -> int:
+        return next(STAMPS)
+
+
+def _use_directory(task: Any) -> dict[str, Any]:
+    directory = task.task_directory
+    before = sorted(p.name for p in directory.iterdir())
+    (directory / f"run-{task.stamp}.txt").write_text("data")
+    again = sorted(p.name for p in task.task_directory.iterdir())  # a second look keeps it
+    return {"dir": str(directory), "before": before, "again": again, "stamp": task.stamp}
+
+
+class AsyncDir(Task):
+    stamp: Requires[int]
+
+    def build_task(self, tag: str) -> None:
+        self.stamp = Stamp(tag)
+
+    async def run_task(self) -> dict[str, Any]:
+        return _use_directory(self)
+
+
+class SyncDir(Task):
+    stamp: Requires[int]
+
+    def build_task(self, tag: str) -> None:
+        self.stamp = Stamp(tag)
+
+    def run_task(self) -> dict[str, Any]:
+        return _use_directory(self)
+
+
+# Clearing.
+
+
+class Base(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        return self.i
+
+
+class Mid(Task):
+    b: Requires[int]
+
+    def build_task(self, i: int) -> None:
+        self.b = Base(i)
+
+    async def run_task(self) -> int:
+        return self.b * 10
+
+
+class Top(Task):
+    mids: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.mids = [Mid(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.mids)
+
+
+class BadAssignment(Task):
+    a: Requires[int]
+
+    def build_task(self) -> None:
+        self.a = 5  # type: ignore[assignment]  # a ready value must be wrapped in Const
+
+    async def run_task(self) -> int:
+        return self.a
+
+
+def runs(stats: asyncflow.RunStats, cls: type[Task[Any, Any]]) -> tuple[int, int]:
+    """(run, reused) of one class in a run."""
+    s = stats[cls.task_name]
+    return s.run, s.reused
+
+
+# Requirements.
+
+
+async def test_requirement_by_annotation_alone(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        value, stats = await AnnotatedOnly(5).run_with_stats(cache_dir=cache_dir)
+    assert value == 5 + 10
+    assert runs(stats, Num) == (1, 0)
+
+
+async def test_requirement_by_req(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        value, stats = await ReqOnly(4).run_with_stats(cache_dir=cache_dir)
+    assert value == 8 + 100
+    assert runs(stats, Num) == (1, 0)
+
+
+async def test_req_with_collection_annotations(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        value, stats = await ReqCollections(3).run_with_stats(cache_dir=cache_dir)
+    assert value == ([0, 2, 4], {"n": 6})
+    assert runs(stats, Num) == (4, 0)
+
+
+@pytest.mark.parametrize("cls", [QualifiedAnnotation, RuntimeAnnotation])
+async def test_requirement_annotation_spellings(cache_dir: Path, cls: type[Task[Any, Any]]) -> None:
+    with anyio.fail_after(30):
+        assert await cls(21).run(cache_dir=cache_dir) == 42
+
+
+async def test_plain_annotation_is_not_a_requirement(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await PlainAnnotation("hi").run(cache_dir=cache_dir) == "hi:2"
+
+
+async def test_requires_list_reads_as_list(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await ListOf(3).run(cache_dir=cache_dir) == ("list", [0, 2, 4, -1])
+        # Assigned as a tuple, it still reads as a list.
+        assert await ListOf(2, as_tuple=True).run(cache_dir=cache_dir) == ("list", [0, 2, -1])
+
+
+async def test_requires_dict_reads_as_dict(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        kind, value = await DictOf().run(cache_dir=cache_dir)
+    assert kind == "dict"
+    assert value == {"num": 6, "const": 7, 5: 10, "item": 2}
+
+
+async def test_empty_list_and_dict_requirements(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await EmptyList().run(cache_dir=cache_dir) == ([], {})
+
+
+async def test_const_values(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await ConstValues().run(cache_dir=cache_dir) == (3, {1, 2}, None)
+
+
+async def test_item_access(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        value, stats = await Items(4).run_with_stats(cache_dir=cache_dir)
+    assert value == {
+        "k": 4,
+        "first": 4,
+        "deep": 40,
+        "negative": -4,
+        "many": [5, 4, 0],
+        "named": {"whole": {"c": 40}, "k": 4},
+    }
+    # Items are read from their task's one result: no extra nodes.
+    assert runs(stats, Record) == (1, 0)
+    assert runs(stats, Pair) == (1, 0)
+
+
+async def test_missing_item_fails_the_reading_task(cache_dir: Path) -> None:
+    with anyio.fail_after(30), pytest.raises(asyncflow.TaskFailedError) as info:
+        await MissingItem(1).run(cache_dir=cache_dir)
+    assert info.value.task == "MissingItem(1)"
+    assert "nope" in str(info.value)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_item_reference_repr_and_key() -> None:
+    item = Record(1)["a"]["b"]
+    assert repr(item) == "Record(1)['a']['b']"
+    assert isinstance(item, asyncflow.TaskItem)
+    assert item._af_key != Record(1)["a"]._af_key
+
+
+def test_item_key_must_be_keyable() -> None:
+    with pytest.raises(TypeError, match=r"Record\(1\)"):
+        Record(1)[{"a"}]
+
+
+async def test_unwrapped_value_as_requirement_is_refused(cache_dir: Path) -> None:
+    with anyio.fail_after(30), pytest.raises(asyncflow.BuildError) as info:
+        await BadAssignment().run(cache_dir=cache_dir)
+    assert "BadAssignment()" in str(info.value)
+    assert isinstance(info.value.__cause__, TypeError)
+    assert "Const" in str(info.value.__cause__)
+
+
+def test_requirement_with_a_non_req_default_is_refused() -> None:
+    def body(ns: dict[str, Any]) -> None:
+        ns["__annotations__"] = {"a": "Requires[int]"}
+        ns["a"] = 5
+
+    with pytest.raises(asyncflow.TaskDefinitionError, match=r"BadDefault\.a"):
+        types.new_class("BadDefault", (Task,), {}, body)
+
+
+# Bodies.
+
+
+async def test_async_body_runs_on_the_event_loop(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await AsyncThread().run(cache_dir=cache_dir) == threading.get_ident()
+
+
+async def test_sync_body_runs_off_the_event_loop(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        ident = await SyncThread().run(cache_dir=cache_dir)
+    assert isinstance(ident, int)
+    assert ident != threading.get_ident()
+
+
+async def test_sync_body_reads_requirements(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await SyncAdd(3).run(cache_dir=cache_dir) == 6 + 3 + 1
+
+
+async def test_source_task(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await Seven().run(cache_dir=cache_dir) == 7
+        assert await SyncSource().run(cache_dir=cache_dir) == "source"
+    assert Seven() == Seven()
+
+
+def test_source_task_takes_no_arguments() -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError, match=r"Seven"):
+        Seven(1)  # type: ignore[call-arg]
+
+
+async def test_sink_task_gathers_requirements(cache_dir: Path) -> None:
+    prefix = str(cache_dir)
+    with anyio.fail_after(30):
+        value, stats = await Sink(prefix).run_with_stats(cache_dir=cache_dir)
+    assert value is None
+    assert runs(stats, Noted) == (5, 0)
+    assert runs(stats, Sink) == (1, 0)
+    assert sorted(s for s in SINK_SEEN if s.startswith(prefix)) == sorted(
+        f"{prefix}-{s}" for s in ("one", "m0", "m1", "m2", "x")
+    )
+
+
+# Names.
+
+
+def test_task_name_is_module_and_qualname() -> None:
+    assert Num.task_name == f"{__name__}.Num"
+    assert Num.task_name == f"{Num.__module__}.{Num.__qualname__}"
+    assert Outer.Inner.task_name == f"{__name__}.Outer.Inner"
+    assert Seven.task_name == f"{__name__}.Seven"
+    # A subclass gets its own name, not its parent's.
+    assert ListOf.task_name != Task.task_name
+
+
+async def test_stats_are_keyed_by_task_name(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        value, stats = await Outer.Inner().run_with_stats(cache_dir=cache_dir)
+    assert value == "inner"
+    assert set(stats) == {f"{__name__}.Outer.Inner"}
+
+
+def test_repr_is_the_call() -> None:
+    assert repr(Num(3)) == "Num(3)"
+    assert repr(Outer.Inner()) == "Outer.Inner()"
+    assert repr(ListOf(2, as_tuple=True)) == "ListOf(2, True)"
+
+
+# infer_task_type.
+
+
+def test_infer_task_type_returns_the_class() -> None:
+    assert infer_task_type(Num) is Num
+    assert isinstance(Typed, type)
+    assert issubclass(Typed, Task)
+    assert Typed.task_name == f"{__name__}.Typed"
+
+
+async def test_infer_task_type_decorated_class_runs(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await Typed(1).run(cache_dir=cache_dir) == 2
+
+
+_NOT_A_CLASS: tuple[pytest.MarkDecorator, ...] = ()
+
+
+@pytest.mark.parametrize(
+    "thing",
+    [
+        pytest.param(int, id="class"),
+        pytest.param(Num(1), id="instance", marks=_NOT_A_CLASS),
+        pytest.param("Num", id="string", marks=_NOT_A_CLASS),
+    ],
+)
+def test_infer_task_type_refuses_non_tasks(thing: Any) -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError):
+        infer_task_type(thing)
+
+
+# Class keywords.
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("channel", 5),
+        ("channel", ""),
+        ("channel", ["gpu", 3]),
+        ("channel", ["gpu", ""]),
+        ("channel", {"gpu": 1}),
+        ("compress_level", 10),
+        ("compress_level", -2),
+        ("compress_level", "3"),
+        ("compress_level", 1.5),
+        ("compress_level", True),
+        ("job_prefix", "srun"),
+        ("job_prefix", []),
+        ("job_prefix", ["srun", 1]),
+        ("retries", -1),
+        ("retries", 1.5),
+        ("retries", "2"),
+        ("retries", None),
+        ("timeout", 0),
+        ("timeout", -1),
+        ("timeout", "5"),
+        ("timeout", True),
+    ],
+)
+def test_bad_class_keyword_value_is_refused(keyword: str, value: object) -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        types.new_class("BadOptions", (Task,), {keyword: value})
+    assert isinstance(info.value, TypeError)
+    message = str(info.value)
+    assert "BadOptions" in message
+    assert keyword in message
+
+
+def test_unknown_class_keyword_is_refused() -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        types.new_class("Colourful", (Task,), {"colour": "red"})
+    message = str(info.value)
+    assert "Colourful" in message
+    assert "colour" in message
+    assert "channel" in message  # the accepted keywords are listed
+
+
+@pytest.mark.parametrize(
+    "keywords",
+    [
+        {"channel": "gpu"},
+        {"channel": ["gpu", "mem"]},
+        {"channel": ("gpu",)},
+        {"compress_level": 0},
+        {"compress_level": 9},
+        {"job_prefix": ["srun", "-p", "x"]},
+        {"job_prefix": None},
+        {"retries": 0},
+        {"retries": 3, "retry_delay": 0.5, "retry_backoff": 1},
+        {"timeout": 2},
+        {"timeout": 0.5},
+        {"timeout": None},
+    ],
+)
+def test_good_class_keywords_are_accepted(keywords: dict[str, Any]) -> None:
+    cls = types.new_class("GoodOptions", (Task,), keywords)
+    assert issubclass(cls, Task)
+
+
+def test_class_keywords_on_module_level_classes() -> None:
+    # Defining these (above) did not raise; they are tasks like any other.
+    assert Prefixed.task_name == f"{__name__}.Prefixed"
+    assert Compressed.task_name == f"{__name__}.Compressed"
+
+
+def test_class_defining_init_is_refused() -> None:
+    def body(ns: dict[str, Any]) -> None:
+        ns["__init__"] = lambda self, n: None
+
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        types.new_class("HasInit", (Task,), {}, body)
+    message = str(info.value)
+    assert "HasInit" in message
+    assert "__init__" in message
+    assert "build_task" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "limits", "expect_max"),
+    [
+        pytest.param("two", {}, None, id="two-unlimited"),
+        pytest.param("two", {"af-test-a": 1}, 1, id="two-first-channel"),
+        pytest.param("two", {"af-test-b": 1}, 1, id="two-second-channel"),
+        pytest.param("two", {f"{__name__}.OnTwoChannels": 1}, 1, id="two-task-name-channel"),
+        pytest.param("two", {"af-test-a": 2, "af-test-b": 5}, 2, id="two-both-limited"),
+        pytest.param("one", {}, None, id="one-unlimited"),
+        pytest.param("one", {"af-test-c": 1}, 1, id="one-string-channel"),
+        pytest.param("one", {"af-test-a": 1}, None, id="one-other-channel"),
+    ],
+)
+async def test_channel_keyword_is_honoured_by_rate_limits(
+    cache_dir: Path, kind: str, limits: dict[str, int], expect_max: int | None
+) -> None:
+    group = str(cache_dir)
+    with anyio.fail_after(30):
+        _, stats = await Fan(kind, group, 6).run_with_stats(cache_dir=cache_dir, rate_limits=limits)
+    assert stats.run == 7
+    if expect_max is None:
+        assert ACTIVE[f"{group}-max"] > 1  # the measurement can see overlap
+    else:
+        assert ACTIVE[f"{group}-max"] == expect_max
+
+
+async def test_retries_keyword(cache_dir: Path) -> None:
+    tag = str(cache_dir)
+    with anyio.fail_after(30):
+        value, stats = await Flaky(tag, 2).run_with_stats(cache_dir=cache_dir)
+    assert value == 3
+    assert stats[Flaky.task_name].retried == 2
+    assert stats[Flaky.task_name].run == 1
+
+
+async def test_retries_keyword_gives_up(cache_dir: Path) -> None:
+    tag = str(cache_dir)
+    with anyio.fail_after(30), pytest.raises(asyncflow.TaskFailedError) as info:
+        await Flaky(tag, 5).run(cache_dir=cache_dir)
+    assert ATTEMPTS[tag] == 3  # one attempt and two retries
+    assert info.value.task == f"Flaky({tag!r}, 5)"
+
+
+async def test_timeout_keyword(cache_dir: Path) -> None:
+    with anyio.fail_after(30), pytest.raises(asyncflow.TaskFailedError) as info:
+        await Slow().run(cache_dir=cache_dir)
+    assert "Slow()" in str(info.value)
+    assert "timed out" in str(info.value)
+
+
+async def test_compress_level_keyword_round_trips(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await Compressed(100_000).run(cache_dir=cache_dir) == "x" * 100_000
+        assert await Compressed(100_000).result(cache_dir=cache_dir) == "x" * 100_000
+
+
+# Dedupe.
+
+
+async def test_same_node_is_built_once(cache_dir: Path) -> None:
+    tag = str(cache_dir)
+    with anyio.fail_after(30):
+        value, stats = await Diamond(tag).run_with_stats(cache_dir=cache_dir)
+    assert value == (11, 101, [1, 1])
+    assert BUILDS[tag] == 1
+    assert runs(stats, Shared) == (1, 0)
+    assert runs(stats, Left) == (1, 0)
+    assert runs(stats, Right) == (1, 0)
+
+
+# task_directory.
+
+
+@pytest.mark.parametrize("cls", [AsyncDir, SyncDir])
+async def test_task_directory_lifecycle(cache_dir: Path, cls: type[Task[Any, Any]]) -> None:
+    with anyio.fail_after(30):
+        first = await cls("a").run(cache_dir=cache_dir)
+        directory = anyio.Path(first["dir"])
+        assert first["dir"].startswith(str(cache_dir))
+        assert first["before"] == []
+        assert first["again"] == [f"run-{first['stamp']}.txt"]
+        # Kept after the run.
+        assert await (directory / f"run-{first['stamp']}.txt").exists()
+
+        # Another node of the class has a directory of its own.
+        other = await cls("b").run(cache_dir=cache_dir)
+        assert other["dir"] != first["dir"]
+
+        # Re-running the node (its upstream changed) starts from an empty directory.
+        assert await Stamp("a").clear(cache_dir=cache_dir)
+        second, stats = await cls("a").run_with_stats(cache_dir=cache_dir)
+        assert runs(stats, cls) == (1, 0)
+        assert second["dir"] == first["dir"]
+        assert second["stamp"] != first["stamp"]
+        assert second["before"] == []
+        assert second["again"] == [f"run-{second['stamp']}.txt"]
+
+        # Reused from the cache: the directory is left as it is.
+        third, stats = await cls("a").run_with_stats(cache_dir=cache_dir)
+        assert runs(stats, cls) == (0, 1)
+        assert third == second
+        assert await (directory / f"run-{second['stamp']}.txt").exists()
+
+        # clear() removes it; clear_all() removes every one of the class.
+        assert await cls("a").clear(cache_dir=cache_dir)
+        assert not await directory.exists()
+        assert await anyio.Path(other["dir"]).exists()
+        assert await cls.clear_all(cache_dir=cache_dir) == 1
+        assert not await anyio.Path(other["dir"]).exists()
+
+
+# Clearing and staleness.
+
+
+async def test_clear_makes_dependents_stale(cache_dir: Path) -> None:
+    with anyio.fail_after(60):
+        value, stats = await Top(3).run_with_stats(cache_dir=cache_dir)
+        assert value == 30
+        assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((3, 0), (3, 0), (1, 0))
+
+        _, stats = await Top(3).run_with_stats(cache_dir=cache_dir)
+        assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((0, 3), (0, 3), (0, 1))
+
+        assert await Base(1).clear(cache_dir=cache_dir) is True
+        assert await Base(1).clear(cache_dir=cache_dir) is False  # nothing left to remove
+        with pytest.raises(asyncflow.CacheError):
+            await Base(1).result(cache_dir=cache_dir)
+        value, stats = await Top(3).run_with_stats(cache_dir=cache_dir)
+        assert value == 30
+        # The cleared node and everything downstream of it re-run; its siblings do not.
+        assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((1, 2), (1, 2), (1, 0))
+
+        # Clearing a middle node leaves its upstream alone.
+        assert await Mid(2).clear(cache_dir=cache_dir)
+        _, stats = await Top(3).run_with_stats(cache_dir=cache_dir)
+        assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((0, 3), (1, 2), (1, 0))
+
+
+async def test_clear_all_makes_dependents_stale(cache_dir: Path) -> None:
+    with anyio.fail_after(60):
+        await Top(3).run(cache_dir=cache_dir)
+        assert await Mid.clear_all(cache_dir=cache_dir) == 3
+        # Only that class is cleared.
+        assert await Base(0).result(cache_dir=cache_dir) == 0
+        with pytest.raises(asyncflow.CacheError):
+            await Mid(0).result(cache_dir=cache_dir)
+
+        value, stats = await Top(3).run_with_stats(cache_dir=cache_dir)
+        assert value == 30
+        assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((0, 3), (3, 0), (1, 0))
+
+        assert await Base.clear_all(cache_dir=cache_dir) == 3
+        assert await Base.clear_all(cache_dir=cache_dir) == 0
+        _, stats = await Top(3).run_with_stats(cache_dir=cache_dir)
+        assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((3, 0), (3, 0), (1, 0))
+
+
+async def test_clear_on_an_empty_cache(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await Base(1).clear(cache_dir=cache_dir) is False
+        assert await Base.clear_all(cache_dir=cache_dir) == 0
+
+
+# result().
+
+
+async def test_result_of_uncached_task_raises_cache_error(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        # No cache at all yet.
+        with pytest.raises(asyncflow.CacheError) as info:
+            await Num(1).result(cache_dir=cache_dir)
+        assert "Num(1)" in str(info.value)
+        # A cache that holds other nodes.
+        assert await Num(2).run(cache_dir=cache_dir) == 4
+        assert await Num(2).result(cache_dir=cache_dir) == 4
+        with pytest.raises(asyncflow.CacheError, match=r"Num\(1\)"):
+            await Num(1).result(cache_dir=cache_dir)
+
+
+async def test_result_does_not_run_anything(cache_dir: Path) -> None:
+    with anyio.fail_after(30), pytest.raises(asyncflow.CacheError):
+        await Num(5).result(cache_dir=cache_dir)
+    with anyio.fail_after(30), pytest.raises(asyncflow.CacheError):
+        await Num(5).result(cache_dir=cache_dir)
+
+
+# Sync twins.
+
+
+def test_sync_twins_from_plain_code(cache_dir: Path) -> None:
+    assert Top(2).run_graph(cache_dir=cache_dir) == 10
+    value, stats = Top(2).run_graph_with_stats(cache_dir=cache_dir)
+    assert value == 10
+    assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((0, 2), (0, 2), (0, 1))
+    assert Mid(1).get_task_result(cache_dir=cache_dir) == 10
+
+    assert Base(1).clear_task(cache_dir=cache_dir) is True
+    assert Base(1).clear_task(cache_dir=cache_dir) is False
+    with pytest.raises(asyncflow.CacheError):
+        Base(1).get_task_result(cache_dir=cache_dir)
+    _, stats = Top(2).run_graph_with_stats(cache_dir=cache_dir)
+    assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((1, 1), (1, 1), (1, 0))
+
+    assert Mid.clear_all_tasks(cache_dir=cache_dir) == 2
+    with pytest.raises(asyncflow.CacheError):
+        Mid(0).get_task_result(cache_dir=cache_dir)
+    _, stats = Top(2).run_graph_with_stats(cache_dir=cache_dir)
+    assert (runs(stats, Base), runs(stats, Mid), runs(stats, Top)) == ((0, 2), (2, 0), (1, 0))
+
+
+def test_sync_twins_run_twice_in_one_thread(cache_dir: Path) -> None:
+    # Each call starts and closes its own loop.
+    assert Num(1).run_graph(cache_dir=cache_dir) == 2
+    assert Num(2).run_graph(cache_dir=cache_dir) == 4
+
+
+TWINS: dict[str, Callable[[Path], object]] = {
+    "run_graph": lambda d: Num(1).run_graph(cache_dir=d),
+    "run_graph_with_stats": lambda d: Num(1).run_graph_with_stats(cache_dir=d),
+    "get_task_result": lambda d: Num(1).get_task_result(cache_dir=d),
+    "clear_task": lambda d: Num(1).clear_task(cache_dir=d),
+    "clear_all_tasks": lambda d: Num.clear_all_tasks(cache_dir=d),
+}
+
+
+@pytest.mark.parametrize("twin", sorted(TWINS))
+async def test_sync_twin_refuses_inside_event_loop(cache_dir: Path, twin: str) -> None:
+    with pytest.raises(asyncflow.EventLoopRunningError) as info:
+        TWINS[twin](cache_dir)
+    assert isinstance(info.value, RuntimeError)
+    message = str(info.value)
+    assert "await" in message
+    assert twin in message
+    assert not await anyio.Path(cache_dir).exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize("twin", sorted(TWINS))
+async def test_sync_twin_works_from_a_worker_thread(cache_dir: Path, twin: str) -> None:
+    # A thread started by the loop runs no loop itself: the twin may start one there.
+    with anyio.fail_after(30):
+        await Num(1).run(cache_dir=cache_dir)
+        await anyio.to_thread.run_sync(TWINS[twin], cache_dir)
+
+
+TWIN_PAIRS = [
+    ("run_graph", "run"),
+    ("run_graph_with_stats", "run_with_stats"),
+    ("clear_task", "clear"),
+    ("clear_all_tasks", "clear_all"),
+    ("get_task_result", "result"),
+]
+
+
+@pytest.mark.parametrize(("twin", "sibling"), TWIN_PAIRS)
+@pytest.mark.parametrize("owner", [Task, Num], ids=["Task", "subclass"])
+def test_sync_twin_signature_matches_async_sibling(
+    owner: type[Task[Any, Any]], twin: str, sibling: str
+) -> None:
+    sync_fn = getattr(owner, twin)
+    async_fn = getattr(owner, sibling)
+    assert inspect.signature(sync_fn).parameters == inspect.signature(async_fn).parameters
+    assert not inspect.iscoroutinefunction(sync_fn)
+    assert inspect.iscoroutinefunction(async_fn)
+    # A classmethod twin for a classmethod sibling, an instance method for an instance one.
+    assert isinstance(inspect.getattr_static(Task, twin), classmethod) == isinstance(
+        inspect.getattr_static(Task, sibling), classmethod
+    )
