@@ -241,6 +241,10 @@ class _Scheduler:
         signature = self._signature(node)
         if await self._reuse_elsewhere(node, signature):
             self.stats.of(cls.task_name).reused += 1
+            mine = self._flights.get(node.key)
+            if mine is not None:  # tell other runs of this process waiting on it
+                mine.version, mine.value, mine.signature = node.version, node.value, signature
+                self._land(node.key, mine)
             self._settle(self._done(node))
             return
         flight = self._flights[node.key]

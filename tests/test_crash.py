@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio

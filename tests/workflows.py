@@ -47,7 +47,7 @@ on_start: list[Callable[[str], object]] = []
 def record_execution(label: str) -> None:
     """Count one body execution of `label`, in memory and in the log file if any."""
     executions[label] += 1
-    for hook in list(on_start):
+    for hook in on_start:
         hook(label)
     path = os.environ.get(LOG_ENV)
     if path:

@@ -144,7 +144,7 @@ def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -166,6 +166,20 @@ def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
             hint = f"; remove {paths.root(cache_dir)} to start an empty cache"
         raise CacheError(f"the cache index {path} cannot be used ({exc}){hint}") from exc
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
+    # locked" at once (no busy wait) while another process opens the same new cache.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 # Everything below runs on the index's worker thread.

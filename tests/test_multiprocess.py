@@ -1,0 +1,253 @@
+"""Single-flight: a node shared by concurrent runs is computed once (SPEC §2).
+
+Within one process (runs in one event loop) and across processes sharing a cache
+directory (real subprocesses, a real ``kill -9`` of a lease holder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from . import workflows
+from .workflows import LOG_ENV, REPO_ROOT, FanSum, Sleeper, fan_nodes, read_log, script_command
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from asyncflow import RunStats
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bodies run by this process count in `workflows.executions`; only children log.
+    monkeypatch.delenv(LOG_ENV, raising=False)
+    workflows.executions.clear()
+    workflows.on_start.clear()
+
+
+def labels(nodes: list[Any]) -> set[str]:
+    return {repr(t) for t in nodes}
+
+
+async def create_cache(cache_dir: Path) -> None:
+    """Make the cache's index before runs start at once (see test_first_use_...)."""
+    await Sleeper(-1, 0.0).run(cache_dir=cache_dir)
+    workflows.executions.clear()
+
+
+# (a) Concurrent runs in one process.
+
+
+async def test_overlapping_runs_compute_shared_nodes_once(cache_dir: Path) -> None:
+    delay = 0.05
+    spans = [(0, 6), (3, 9), (2, 5)]  # pairs 3..4 are in all three graphs
+    results: dict[tuple[int, int], tuple[int, RunStats]] = {}
+
+    async def run(start: int, stop: int) -> None:
+        results[start, stop] = await FanSum(start, stop, delay).run_with_stats(cache_dir=cache_dir)
+
+    await create_cache(cache_dir)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for start, stop in spans:
+                tg.start_soon(run, start, stop)
+
+    for start, stop in spans:
+        assert results[start, stop][0] == FanSum.expected(start, stop)
+    distinct = set().union(*(labels(fan_nodes(start, stop, delay)) for start, stop in spans))
+    assert set(workflows.executions) == distinct
+    assert Counter(workflows.executions.values()) == {1: len(distinct)}, "a shared node ran twice"
+    assert sum(stats.run for _, stats in results.values()) == len(distinct)
+    for start, stop in spans:
+        stats = results[start, stop][1]
+        assert stats.run + stats.reused == len(fan_nodes(start, stop, delay))
+
+
+async def test_identical_runs_compute_each_node_once(
+    cache_dir: Path, anyio_backend: str, request: pytest.FixtureRequest
+) -> None:
+    delay = 0.05
+    values: list[int] = []
+
+    async def run() -> None:
+        values.append(await FanSum(0, 5, delay).run(cache_dir=cache_dir))
+
+    await create_cache(cache_dir)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(run)
+
+    assert values == [FanSum.expected(0, 5)] * 4
+    assert set(workflows.executions) == labels(fan_nodes(0, 5, delay))
+    assert max(workflows.executions.values()) == 1
+
+
+async def test_run_started_while_shared_bodies_run_waits_for_them(cache_dir: Path) -> None:
+    """A second run that arrives while the first computes the shared leaves awaits them."""
+    delay = 0.3
+    results: dict[str, tuple[int, RunStats]] = {}
+
+    async def run(name: str, start: int, stop: int) -> None:
+        results[name] = await FanSum(start, stop, delay).run_with_stats(cache_dir=cache_dir)
+
+    await create_cache(cache_dir)
+    first_bodies = anyio.Event()
+    workflows.on_start.append(lambda label: first_bodies.set())
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, "first", 0, 4)
+            await first_bodies.wait()
+            assert not results
+            tg.start_soon(run, "second", 1, 5)
+
+    assert results["first"][0] == FanSum.expected(0, 4)
+    assert results["second"][0] == FanSum.expected(1, 5)
+    assert max(workflows.executions.values()) == 1, "a shared node ran twice"
+    # The second run computed only what the first does not have: sleepers 8, 9 and
+    # pair 4, plus its own sum.
+    second = results["second"][1]
+    assert (second.run, second.reused) == (4, 9)
+
+
+# (b) Two processes on one cache directory.
+
+
+def start(cache_dir: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    cmd = script_command(cache_dir, *args)
+    env = {**os.environ, LOG_ENV: str(log)}
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """Wait for `proc` (killing it after `timeout` s) and return what it printed."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the workflow did not finish in {timeout} s: {stderr.decode()[-2000:]}")
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    return json.loads(stdout.decode().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_two_processes_compute_each_node_once(cache_dir: Path, tmp_path: Path) -> None:
+    n, delay = 8, 0.2
+    log = tmp_path / "bodies.log"
+    Sleeper(-1, 0.0).run_graph(cache_dir=cache_dir)  # see test_first_use_...
+    procs = [
+        start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--backend", b)
+        for b in ("asyncio", "trio")
+    ]
+    outputs = [finish(p, timeout=30) for p in procs]
+
+    expected = FanSum.expected(0, n)
+    assert [o["result"] for o in outputs] == [expected, expected]
+    executed = Counter(read_log(log))
+    assert set(executed) == labels(fan_nodes(0, n, delay))
+    assert {label: count for label, count in executed.items() if count > 1} == {}, "a node ran twice"
+    # Between them, the processes ran every node once and reused the other's work.
+    assert sum(o["run"] for o in outputs) == len(executed)
+    assert all(o["run"] + o["reused"] == len(executed) for o in outputs)
+
+
+# (c) A holder killed with SIGKILL does not block the others for the lease's TTL.
+
+
+async def wait_for_lines(log: Path, count: int) -> None:
+    path = anyio.Path(log)
+    while not await path.exists() or len((await path.read_text()).splitlines()) < count:
+        await anyio.sleep(0.01)
+
+
+async def test_waiter_takes_over_from_a_killed_holder(cache_dir: Path, tmp_path: Path) -> None:
+    """B waits for A's leases while A lives, and takes them over seconds after kill -9."""
+    n, delay = 4, 1.0
+    log = tmp_path / "bodies.log"
+    # A runs one sleeper at a time, but takes the leases of all of them at once.
+    cmd = script_command(cache_dir, "fan", str(n), "--delay", str(delay), "--rate-leaf", "1")
+    env = {**os.environ, LOG_ENV: str(log)}
+    with anyio.fail_after(30):
+        async with await anyio.open_process(cmd, cwd=REPO_ROOT, env=env) as holder:
+            try:
+                await wait_for_lines(log, 1)
+                result: list[tuple[int, RunStats]] = []
+                async with anyio.create_task_group() as tg:
+
+                    async def waiter() -> None:
+                        result.append(await FanSum(0, n, delay).run_with_stats(cache_dir=cache_dir))
+
+                    tg.start_soon(waiter)
+                    await anyio.sleep(0.5)
+                    assert not workflows.executions, "B ran a node whose lease A holds"
+                    os.kill(holder.pid, signal.SIGKILL)
+                    # Reap A at once: until then its pid exists, and its leases look held.
+                    assert await holder.wait() == -signal.SIGKILL
+                    killed = time.monotonic()
+                    with anyio.fail_after(10):
+                        while not result:
+                            await anyio.sleep(0.01)
+                    took = time.monotonic() - killed
+            finally:
+                if holder.returncode is None:
+                    holder.kill()
+    value, stats = result[0]
+    assert value == FanSum.expected(0, n)
+    assert stats.run == len(fan_nodes(0, n, delay))  # A finished nothing
+    assert took < 5, f"B took {took:.1f} s after A was killed (the lease TTL is 15 s)"
+    (started,) = read_log(log)  # A started one body, then died
+    assert started.startswith("Sleeper(")
+
+
+def test_process_started_after_a_killed_holder(cache_dir: Path, tmp_path: Path) -> None:
+    """Leases left by a process killed mid-run bind nobody: a new process finishes at once."""
+    n, delay = 6, 0.3
+    log = tmp_path / "bodies.log"
+    holder = start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--rate-leaf", "2")
+    deadline = time.monotonic() + 20
+    while len(read_log(log)) < 3:
+        assert holder.poll() is None, holder.communicate()[1].decode()
+        assert time.monotonic() < deadline, "the holder did not start its bodies"
+        time.sleep(0.005)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.communicate(timeout=10)  # reap it: a zombie's pid still looks alive
+    assert holder.returncode == -signal.SIGKILL
+    before = len(read_log(log))
+
+    started = time.monotonic()
+    out = finish(start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--backend", "trio"), timeout=10)
+    took = time.monotonic() - started
+    assert out["result"] == FanSum.expected(0, n)
+    assert out["run"] + out["reused"] == len(fan_nodes(0, n, delay))
+    assert out["run"] == len(read_log(log)) - before
+    assert took < 10, f"took {took:.1f} s (the lease TTL is 15 s)"
+
+
+# Several openers of a fresh cache at once.
+
+
+def test_first_use_waits_for_a_concurrent_opener(cache_dir: Path) -> None:
+    """While another opener holds the fresh index's write lock, a run waits for it."""
+    index = cache_dir / "asyncflow" / "index.sqlite"
+    index.parent.mkdir(parents=True)
+    # What another process creating this cache holds for a moment.
+    other = sqlite3.connect(index, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, other.execute, ["ROLLBACK"])
+    release.start()
+    try:
+        assert Sleeper(3, 0.0).run_graph(cache_dir=cache_dir) == 9
+    finally:
+        release.join()
+        other.close()
