@@ -107,7 +107,7 @@ async def cached_results(cache_dir: Path) -> set[int]:
             try:
                 value = await task.result(cache_dir=cache_dir)
             except CacheError as exc:
-                assert "has no cached result" in str(exc), f"{task!r}: {exc}"
+                assert "has no cached result" in str(exc), f"{task!r}: {exc}"  # noqa: PT017 - reports which task
                 return
         assert value == expected, f"{task!r}: the cached result is wrong"
         found.add(i)

@@ -167,7 +167,7 @@ def test_two_processes_compute_each_node_once(cache_dir: Path, tmp_path: Path) -
 
 async def wait_for_lines(log: Path, count: int) -> None:
     path = anyio.Path(log)
-    while not await path.exists() or len((await path.read_text()).splitlines()) < count:
+    while not await path.exists() or len((await path.read_text()).splitlines()) < count:  # noqa: ASYNC110 - another process writes it
         await anyio.sleep(0.01)
 
 
@@ -196,7 +196,7 @@ async def test_waiter_takes_over_from_a_killed_holder(cache_dir: Path, tmp_path:
                     assert await holder.wait() == -signal.SIGKILL
                     killed = time.monotonic()
                     with anyio.fail_after(10):
-                        while not result:
+                        while not result:  # noqa: ASYNC110 - set by a sibling task after a kill
                             await anyio.sleep(0.01)
                     took = time.monotonic() - killed
             finally:
