@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -50,6 +51,11 @@ class Workload:
     @property
     def has_floor(self) -> bool:
         return self.kind in ("W2", "W3")
+
+    @property
+    def cache_modes(self) -> tuple[str, ...]:
+        """Cold, warm, and for the fan-out a rerun of the root alone over a warm cache."""
+        return ("cold", "warm", "root-stale") if self.kind == "W2" else ("cold", "warm")
 
 
 FULL = [
@@ -93,9 +99,9 @@ def child(kind: str, size: int, mode: str, cache_dir: str | None, backend: str) 
 
     # Load what `run_with_stats` imports on first use, so the timing is the run's work,
     # not module loading (a long-lived process has paid for it already).
-    import anyio.to_thread  # noqa: F401
-    import asyncflow._cache.store  # noqa: F401
-    import asyncflow._scheduler  # noqa: F401
+    importlib.import_module("anyio.to_thread")
+    importlib.import_module("asyncflow._cache.store")
+    importlib.import_module("asyncflow._scheduler")
 
     out: dict[str, Any] = {}
 
@@ -116,6 +122,8 @@ def child(kind: str, size: int, mode: str, cache_dir: str | None, backend: str) 
             else:
                 root = workloads.SleepySink(size)
                 options["rate_limits"] = {"w4": workloads.W4_LIMIT}
+            if mode == "root-stale":  # a warm cache with only the root's result removed
+                await root.clear(cache_dir=cache_dir)
             t0 = time.perf_counter()
             value, stats = await root.run_with_stats(**options)
             out["wall"] = time.perf_counter() - t0
@@ -173,14 +181,14 @@ class Samples:
 
 
 def measure(w: Workload, repeat: int, backend: str, tmp: Path | None, timeout: float) -> dict[str, Samples]:
-    samples = {"cold": Samples(), "warm": Samples()}
+    samples = {mode: Samples() for mode in w.cache_modes}
     if w.has_floor:
         samples["floor"] = Samples()
         samples["native"] = Samples()
     for i in range(repeat):
         cache = Path(tempfile.mkdtemp(prefix="afbench-", dir=tmp))
         try:
-            for mode in ("cold", "warm"):
+            for mode in w.cache_modes:
                 if samples[mode].error:
                     continue
                 try:
@@ -238,11 +246,17 @@ def rows_for(w: Workload, samples: dict[str, Samples]) -> list[list[str]]:
         if s.error:
             notes.append(f"{len(s.results)} ok, then error")
         runs = sorted({(r["run"], r["reused"]) for r in s.results})
-        counts = ", ".join(f"{a}/{b}" for a, b in runs) if mode in ("cold", "warm") else ""
+        counts = ", ".join(f"{a}/{b}" for a, b in runs) if mode in w.cache_modes else ""
         if mode == "cold" and any(b for _, b in runs):
             notes.append("cold reused nodes?")
         if mode == "warm" and any(a for a, _ in runs):
-            notes.append("warm re-ran nodes")
+            clean = [r["wall"] for r in s.results if r["run"] == 0]
+            notes.append(
+                f"{len(s.results) - len(clean)} of {len(s.results)} warm runs re-ran nodes the cold run "
+                "did not keep" + (f"; clean warm median {statistics.median(clean):.3f} s" if clean else "")
+            )
+        if mode == "root-stale" and any(a != 1 for a, _ in runs):
+            notes.append("expected exactly the root to run")
         if w.kind == "W4" and mode == "cold":
             ideal = w.size * workloads.W4_SLEEP / workloads.W4_LIMIT
             peaks = sorted({r["peak"] for r in s.results})
@@ -289,11 +303,42 @@ def table(rows: list[list[str]]) -> str:
     right = {1, 3, 4, 5, 6, 7, 9}
 
     def line(cells: list[str]) -> str:
-        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        out = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "| " + " | ".join(out) + " |"
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    sep = (
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths))
+        + "|"
+    )
     return "\n".join([line(HEADER), sep, *(line(r) for r in rows)])
+
+
+def engine_state() -> str:
+    """The commit and a hash of asyncflow's sources, to tell which engine was measured."""
+    import hashlib
+
+    package = HERE.parent / "asyncflow"
+    digest = hashlib.sha1()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "asyncflow"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "?", ""
+    return f"commit {commit}{' + uncommitted changes' if dirty else ''}, sources {digest.hexdigest()[:10]}"
 
 
 def main() -> None:
@@ -305,7 +350,9 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, help="where to make the cache directories (default: $TMPDIR)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one child may take")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=["cold", "warm", "floor", "native"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mode", choices=["cold", "warm", "root-stale", "floor", "native"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -317,6 +364,7 @@ def main() -> None:
     repeat = args.repeat or (1 if args.quick else 3)
     chosen = [w for w in (QUICK if args.quick else FULL) if not args.only or w.kind in args.only]
     started = time.perf_counter()
+    engine = engine_state()
     rows: list[list[str]] = []
     for w in chosen:
         print(f"{w.label} ...", file=sys.stderr)
@@ -329,6 +377,9 @@ def main() -> None:
         f"{datetime.date.today()}, median of {repeat}"
         f"{' (quick)' if args.quick else ''}, {time.perf_counter() - started:.0f} s in all"
     )
+    print(f"engine: {engine}")
+    if engine_state() != engine:
+        print(f"WARNING: asyncflow changed while measuring (now {engine_state()}); rerun")
     print()
     print(table(rows))
 
