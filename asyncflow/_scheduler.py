@@ -26,7 +26,7 @@ from ._limits import Limits, hold
 from ._requires import REQS, VALUES, resolve
 from ._runners.base import Runners
 from ._source import source_hash
-from ._stats import RunStats, StatsBuilder
+from ._stats import Counts, RunStats, StatsBuilder
 
 if TYPE_CHECKING:
     from ._options import Settings
@@ -34,20 +34,32 @@ if TYPE_CHECKING:
     from ._task import Task
 
 # Node states
-WAITING, QUEUED, RUNNING, DONE, FAILED = range(5)
+WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED = range(6)  # FRESH: planned to be reused
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
 
 
 class _InFlight:
     """A node being computed by a run of this process; other runs wait on it."""
 
-    __slots__ = ("done", "signature", "value", "version")
+    __slots__ = ("_event", "landed", "signature", "value", "version")
 
     def __init__(self) -> None:
         self.signature = ""  # set with the version when the body succeeded
-        self.done = anyio.Event()
         self.version: str | None = None  # set when the body succeeded
         self.value: Any = MISSING
+        self.landed = False
+        self._event: anyio.Event | None = None  # made only when another run waits
+
+    async def wait(self) -> None:
+        if not self.landed:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+
+    def land(self) -> None:
+        self.landed = True
+        if self._event is not None:
+            self._event.set()
 
 
 # (thread, index path, node key) -> the run computing it. Runs in one event loop share
@@ -145,11 +157,12 @@ class _Scheduler:
         stale: list[Node] = []
         for node in self.graph:
             record = self.records.get(node.key)
-            if all(d.version is not None for d in node.deps) and self._is_current(
+            if all(d.state == FRESH for d in node.deps) and self._is_current(
                 node, record, self._signature(node)
             ):
                 assert record is not None
                 node.version = record.version
+                node.state = FRESH
             else:
                 stale.append(node)
         return stale
@@ -173,7 +186,7 @@ class _Scheduler:
 
     def _land(self, key: str, flight: _InFlight) -> None:
         """Publish how `key` ended (a version, or None) to other runs of this process."""
-        flight.done.set()
+        flight.land()
         flight_key = (*self._flight_prefix, key)
         if _IN_FLIGHT.get(flight_key) is flight:
             del _IN_FLIGHT[flight_key]
@@ -201,10 +214,7 @@ class _Scheduler:
         queue = deque(ready)
         while queue:
             node = queue.popleft()
-            record = self.records.get(node.key)
-            if self._is_current(node, record, self._signature(node)):
-                assert record is not None
-                node.version = record.version
+            if node.state == FRESH:  # its version was set by _plan
                 self.stats.of(type(node.task).task_name).reused += 1
                 queue.extend(self._done(node))
             else:
@@ -284,7 +294,7 @@ class _Scheduler:
             if other is None:
                 self._flights[key] = _IN_FLIGHT[flight_key] = _InFlight()
                 break
-            await other.done.wait()
+            await other.wait()
             if other.version is not None and other.signature == signature:
                 node.version = other.version
                 node.value = other.value
@@ -311,10 +321,14 @@ class _Scheduler:
 
     async def _inputs(self, node: Node) -> dict[str, Any]:
         """Resolve the requirements of `node`'s task, loading cached deps' results."""
-        for dep in node.deps:
-            if dep.value is MISSING:
+        missing = [dep for dep in node.deps if dep.value is MISSING]
+        if missing:
+            wanted: list[tuple[str, str]] = []
+            for dep in missing:
                 assert dep.version is not None, "asyncflow bug: a dep is done without a version"
-                value = await self.session.load(dep.key, dep.version)
+                wanted.append((dep.key, dep.version))
+            loaded = await self.session.load_many(wanted)
+            for dep, value in zip(missing, loaded, strict=True):
                 if dep.value is MISSING:  # another dependent may have loaded it meanwhile
                     dep.value = value
         by_key = {d.key: d for d in node.deps}
@@ -342,36 +356,48 @@ class _Scheduler:
         """Run the body (with retries and timeouts) under the node's limiters."""
         task = node.task
         cls = type(task)
-        options = cls._af_options
         runner, limiters = self._pick(cls)
         values = await self._inputs(node)
         counts = self.stats.of(cls.task_name)
         state = task.__dict__
         state["_af_cache_root"] = self.settings.cache_dir
-        attempt = 0
         try:
-            async with hold(limiters):
-                while True:
-                    state[VALUES] = values
-                    state["_af_dir_pending"] = True
-                    started = time.time()
-                    t0 = anyio.current_time()
-                    try:
-                        with anyio.fail_after(options.timeout):
-                            outcome = await runner.run(task)
-                    except Exception as exc:
-                        if attempt >= options.retries:
-                            raise _failure(task, exc, options.timeout, attempt) from exc
-                        counts.retried += 1
-                        await anyio.sleep(options.retry_delay * options.retry_backoff**attempt)
-                        attempt += 1
-                        continue
-                    counts.run += 1
-                    counts.durations.append(anyio.current_time() - t0)
-                    return outcome, started, time.time()
+            if limiters:
+                async with hold(limiters):
+                    return await self._attempts(task, runner, values, counts)
+            return await self._attempts(task, runner, values, counts)
         finally:
             state.pop(VALUES, None)
             state.pop("_af_dir_pending", None)
+
+    async def _attempts(
+        self, task: Task[Any, Any], runner: Runner, values: dict[str, Any], counts: Counts
+    ) -> tuple[Outcome, float, float]:
+        """Run the body until it succeeds or its retries are spent."""
+        options = type(task)._af_options
+        state = task.__dict__
+        attempt = 0
+        while True:
+            state[VALUES] = values
+            state["_af_dir_pending"] = True
+            started = time.time()
+            t0 = time.perf_counter()
+            try:
+                if options.timeout is None:
+                    outcome = await runner.run(task)
+                else:
+                    with anyio.fail_after(options.timeout):
+                        outcome = await runner.run(task)
+            except Exception as exc:
+                if attempt >= options.retries:
+                    raise _failure(task, exc, options.timeout, attempt) from exc
+                counts.retried += 1
+                await anyio.sleep(options.retry_delay * options.retry_backoff**attempt)
+                attempt += 1
+                continue
+            counts.run += 1
+            counts.durations.append(time.perf_counter() - t0)
+            return outcome, started, time.time()
 
     def _fail(self, node: Node, error: TaskFailedError) -> None:
         node.state = FAILED

@@ -73,7 +73,7 @@ class RunStats(Mapping[str, ClassStats]):
 
 
 @dataclass
-class _Counts:
+class Counts:
     run: int = 0
     reused: int = 0
     failed: int = 0
@@ -86,12 +86,12 @@ class StatsBuilder:
     """Mutable counts kept by the scheduler while a run goes on."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, _Counts] = {}
+        self._counts: dict[str, Counts] = {}
 
-    def of(self, task_name: str) -> _Counts:
+    def of(self, task_name: str) -> Counts:
         counts = self._counts.get(task_name)
         if counts is None:
-            counts = self._counts[task_name] = _Counts()
+            counts = self._counts[task_name] = Counts()
         return counts
 
     def freeze(self, elapsed: float) -> RunStats:

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from . import workflows
-from .workflows import LOG_ENV, REPO_ROOT, FanSum, Sleeper, fan_nodes, read_log, script_command
+from .workflows import LOG_ENV, REPO_ROOT, FanSum, Sleeper, fan_nodes, log_pids, read_log, script_command
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,25 +40,18 @@ def labels(nodes: list[Any]) -> set[str]:
     return {repr(t) for t in nodes}
 
 
-async def create_cache(cache_dir: Path) -> None:
-    """Make the cache's index before runs start at once (see test_first_use_...)."""
-    await Sleeper(-1, 0.0).run(cache_dir=cache_dir)
-    workflows.executions.clear()
-
-
 # (a) Concurrent runs in one process.
 
 
 async def test_overlapping_runs_compute_shared_nodes_once(cache_dir: Path) -> None:
     delay = 0.05
-    spans = [(0, 6), (3, 9), (2, 5)]  # pairs 3..4 are in all three graphs
+    spans = [(0, 8), (2, 10), (4, 12), (1, 9)]  # pairs 4..7 are in all four graphs
     results: dict[tuple[int, int], tuple[int, RunStats]] = {}
 
     async def run(start: int, stop: int) -> None:
         results[start, stop] = await FanSum(start, stop, delay).run_with_stats(cache_dir=cache_dir)
 
-    await create_cache(cache_dir)
-    with anyio.fail_after(20):
+    with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             for start, stop in spans:
                 tg.start_soon(run, start, stop)
@@ -74,16 +67,13 @@ async def test_overlapping_runs_compute_shared_nodes_once(cache_dir: Path) -> No
         assert stats.run + stats.reused == len(fan_nodes(start, stop, delay))
 
 
-async def test_identical_runs_compute_each_node_once(
-    cache_dir: Path, anyio_backend: str, request: pytest.FixtureRequest
-) -> None:
+async def test_identical_runs_compute_each_node_once(cache_dir: Path) -> None:
     delay = 0.05
     values: list[int] = []
 
     async def run() -> None:
         values.append(await FanSum(0, 5, delay).run(cache_dir=cache_dir))
 
-    await create_cache(cache_dir)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             for _ in range(4):
@@ -102,7 +92,6 @@ async def test_run_started_while_shared_bodies_run_waits_for_them(cache_dir: Pat
     async def run(name: str, start: int, stop: int) -> None:
         results[name] = await FanSum(start, stop, delay).run_with_stats(cache_dir=cache_dir)
 
-    await create_cache(cache_dir)
     first_bodies = anyio.Event()
     workflows.on_start.append(lambda label: first_bodies.set())
     with anyio.fail_after(20):
@@ -121,7 +110,7 @@ async def test_run_started_while_shared_bodies_run_waits_for_them(cache_dir: Pat
     assert (second.run, second.reused) == (4, 9)
 
 
-# (b) Two processes on one cache directory.
+# (b) Processes started together on one cache directory.
 
 
 def start(cache_dir: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -139,27 +128,45 @@ def finish(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
         stdout, stderr = proc.communicate()
         pytest.fail(f"the workflow did not finish in {timeout} s: {stderr.decode()[-2000:]}")
     assert proc.returncode == 0, stderr.decode()[-2000:]
-    return json.loads(stdout.decode().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(stdout.decode().splitlines()[-1])
 
 
-def test_two_processes_compute_each_node_once(cache_dir: Path, tmp_path: Path) -> None:
-    n, delay = 8, 0.2
+@pytest.mark.parametrize(
+    ("spans", "backends"),
+    [
+        ([(0, 8), (0, 8)], ["asyncio", "trio"]),  # the same workflow
+        ([(0, 8), (4, 12), (2, 10)], ["trio", "asyncio", "trio"]),  # overlapping ones
+    ],
+    ids=["same", "overlapping"],
+)
+def test_processes_started_together_compute_each_node_once(
+    spans: list[tuple[int, int]], backends: list[str], cache_dir: Path, tmp_path: Path
+) -> None:
+    """Processes started at once on a new cache directory share its nodes' work."""
+    delay = 0.2
     log = tmp_path / "bodies.log"
-    Sleeper(-1, 0.0).run_graph(cache_dir=cache_dir)  # see test_first_use_...
+    # Four sleepers at a time: each run lasts about a second, so the processes overlap.
+    options = ["--delay", str(delay), "--rate-leaf", "4"]
     procs = [
-        start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--backend", b)
-        for b in ("asyncio", "trio")
+        start(cache_dir, log, "fan", str(stop), "--start", str(first), "--backend", backend, *options)
+        for (first, stop), backend in zip(spans, backends, strict=True)
     ]
     outputs = [finish(p, timeout=30) for p in procs]
 
-    expected = FanSum.expected(0, n)
-    assert [o["result"] for o in outputs] == [expected, expected]
+    assert [o["result"] for o in outputs] == [FanSum.expected(*span) for span in spans]
+    graphs = [labels(fan_nodes(first, stop, delay)) for first, stop in spans]
     executed = Counter(read_log(log))
-    assert set(executed) == labels(fan_nodes(0, n, delay))
+    assert set(executed) == set().union(*graphs)
     assert {label: count for label, count in executed.items() if count > 1} == {}, "a node ran twice"
-    # Between them, the processes ran every node once and reused the other's work.
+    # Between them, the processes ran every node once and reused the others' work.
     assert sum(o["run"] for o in outputs) == len(executed)
-    assert all(o["run"] + o["reused"] == len(executed) for o in outputs)
+    for out, graph in zip(outputs, graphs, strict=True):
+        assert out["run"] + out["reused"] == len(graph)
+    # A node only one process needs is run by that process.
+    by_pid = log_pids(log)
+    for i, (out, graph) in enumerate(zip(outputs, graphs, strict=True)):
+        own = graph.difference(*(g for j, g in enumerate(graphs) if j != i))
+        assert {by_pid[label] for label in own} <= {out["pid"]}
 
 
 # (c) A holder killed with SIGKILL does not block the others for the lease's TTL.
@@ -173,7 +180,7 @@ async def wait_for_lines(log: Path, count: int) -> None:
 
 async def test_waiter_takes_over_from_a_killed_holder(cache_dir: Path, tmp_path: Path) -> None:
     """B waits for A's leases while A lives, and takes them over seconds after kill -9."""
-    n, delay = 4, 1.0
+    n, delay = 4, 2.0
     log = tmp_path / "bodies.log"
     # A runs one sleeper at a time, but takes the leases of all of them at once.
     cmd = script_command(cache_dir, "fan", str(n), "--delay", str(delay), "--rate-leaf", "1")
@@ -183,6 +190,7 @@ async def test_waiter_takes_over_from_a_killed_holder(cache_dir: Path, tmp_path:
             try:
                 await wait_for_lines(log, 1)
                 result: list[tuple[int, RunStats]] = []
+                took = float("inf")
                 async with anyio.create_task_group() as tg:
 
                     async def waiter() -> None:
@@ -205,7 +213,7 @@ async def test_waiter_takes_over_from_a_killed_holder(cache_dir: Path, tmp_path:
     value, stats = result[0]
     assert value == FanSum.expected(0, n)
     assert stats.run == len(fan_nodes(0, n, delay))  # A finished nothing
-    assert took < 5, f"B took {took:.1f} s after A was killed (the lease TTL is 15 s)"
+    assert took < 7, f"B took {took:.1f} s after A was killed (the lease TTL is 15 s)"
     (started,) = read_log(log)  # A started one body, then died
     assert started.startswith("Sleeper(")
 
@@ -226,7 +234,7 @@ def test_process_started_after_a_killed_holder(cache_dir: Path, tmp_path: Path) 
     before = len(read_log(log))
 
     started = time.monotonic()
-    out = finish(start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--backend", "trio"), timeout=10)
+    out = finish(start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--backend", "trio"), timeout=14)
     took = time.monotonic() - started
     assert out["result"] == FanSum.expected(0, n)
     assert out["run"] + out["reused"] == len(fan_nodes(0, n, delay))

@@ -9,7 +9,7 @@ across processes, even those killed with SIGKILL.
 
 Run as a script::
 
-    python -m tests.workflows CACHE_DIR WORKFLOW N [--delay S] [--rate-leaf K] [--backend B]
+    python -m tests.workflows CACHE_DIR {crash,fan} N [--delay S] [--start S] [--rate-leaf K] [--backend B]
 
 prints one JSON line ``{"result": ..., "run": ..., "reused": ..., "pid": ...}``.
 """
@@ -41,7 +41,7 @@ executions: Counter[str] = Counter()
 """Body executions in this process, by node label."""
 
 on_start: list[Callable[[str], object]] = []
-"""Called with the node label when a body starts (tests hook events here)."""
+"""Called with the node label when a body starts, in the body's thread (tests hook events here)."""
 
 
 def record_execution(label: str) -> None:
@@ -65,6 +65,12 @@ def read_log(path: Path) -> list[str]:
     return [line.split("\t")[0] for line in path.read_text().splitlines()]
 
 
+def log_pids(path: Path) -> dict[str, int]:
+    """Return which process (the last one) ran each node of a log file."""
+    rows = (line.split("\t") for line in path.read_text().splitlines())
+    return {label: int(pid) for label, pid in rows}
+
+
 def checksum(value: object) -> int:
     """Fold a leaf's result into an int, so groups stay small."""
     if isinstance(value, int):
@@ -72,7 +78,7 @@ def checksum(value: object) -> int:
     if isinstance(value, bytes):
         return zlib.crc32(value)
     if isinstance(value, list):
-        return sum(value)  # pyright: ignore[reportUnknownArgumentType]
+        return sum(value)
     raise TypeError(f"unexpected leaf result {type(value)}")
 
 
@@ -276,9 +282,9 @@ class FanSum(Task):
         return sum(i * i for i in range(2 * start, 2 * stop))
 
 
-def fan_workflow(n: int, delay: float) -> FanSum:
-    """Return a sum over `n` pairs of sleepers (2n sleepers, n pairs, 1 sum)."""
-    return FanSum(0, n, delay)
+def fan_workflow(n: int, delay: float, start: int = 0) -> FanSum:
+    """Return a sum over pairs ``start..n-1`` of sleepers (2 sleepers per pair, 1 sum)."""
+    return FanSum(start, n, delay)
 
 
 def fan_nodes(start: int, stop: int, delay: float) -> list[Task[Any, Any]]:
@@ -292,9 +298,9 @@ def fan_nodes(start: int, stop: int, delay: float) -> list[Task[Any, Any]]:
 # The command line the tests start.
 
 
-def script_command(cache_dir: Path, workflow: str, n: int, *options: str) -> list[str]:
-    """Return the argv that runs a workflow here in a new Python (cwd: `REPO_ROOT`)."""
-    return [sys.executable, "-m", "tests.workflows", str(cache_dir), workflow, str(n), *options]
+def script_command(cache_dir: Path, *args: str) -> list[str]:
+    """Return the argv that runs ``main(cache_dir, *args)`` in a new Python (cwd: `REPO_ROOT`)."""
+    return [sys.executable, "-m", "tests.workflows", str(cache_dir), *args]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,12 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workflow", choices=["crash", "fan"])
     parser.add_argument("n", type=int)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--start", type=int, default=0, help="first pair of the fan workflow")
     parser.add_argument("--rate-leaf", type=int, default=0)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args(argv)
-    root = (
-        crash_workflow(args.n, args.delay) if args.workflow == "crash" else fan_workflow(args.n, args.delay)
-    )
+    if args.workflow == "crash":
+        root: Task[Any, Any] = crash_workflow(args.n, args.delay)
+    else:
+        root = fan_workflow(args.n, args.delay, args.start)
     limits = {"leaf": args.rate_leaf} if args.rate_leaf else {}
     run = partial(root.run_with_stats, cache_dir=args.cache_dir, rate_limits=limits)
     result, stats = anyio.run(run, backend=args.backend)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +18,13 @@ GZIP = 1
 INLINE_MAX = 64 * 1024  # larger encoded results go to a file of their own
 
 
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def dumps(value: object) -> bytes:
     """Pickle a value (by value where its class cannot be imported elsewhere)."""
+    if type(value) in _PLAIN:  # the standard pickler is 5x faster and means the same here
+        return pickle.dumps(value, protocol=5)
     data: bytes = cloudpickle.dumps(value, protocol=5)  # pyright: ignore[reportUnknownMemberType]  # untyped
     return data
 

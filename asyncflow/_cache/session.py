@@ -157,6 +157,10 @@ class CacheSession:
         """Return the cached result of `key` at `version`."""
         return await self._load.submit((key, version))
 
+    async def load_many(self, wanted: Sequence[tuple[str, str]]) -> list[Any]:
+        """Return the cached results of many ``(key, version)`` pairs in one thread call."""
+        return await self.index.call(index.load, self.cache_dir, wanted)
+
     async def _acquire_batch(self, keys: list[str]) -> Sequence[tuple[str | None, Record | None]]:
         return await self.index.call(index.acquire, self.owner, LEASE_TTL, keys)
 
