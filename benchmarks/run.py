@@ -4,8 +4,10 @@
 
 For every workload and repeat, a fresh temporary cache directory is made; one child
 process runs the workload cold (empty cache), a second child runs it again warm (same
-cache, everything reusable). W2 and W3 are also run as plain coroutines (floor.py) for
-the event-loop floor. Each child times the run call itself (not interpreter start or
+cache, everything reusable); for W2 a third clears the root's result and runs again
+(root-stale: one node runs, reading every leaf from the cache). W2 and W3 are also run
+as plain coroutines (floor.py) for the event-loop floor, with anyio's task group and
+with the backend's own (native). Each child times the run call itself (not interpreter start or
 imports) and reports its peak RSS; the parent measures the cache on disk and prints a
 markdown table of medians. ``--one`` is the child's mode.
 """
@@ -234,8 +236,9 @@ def rows_for(w: Workload, samples: dict[str, Samples]) -> list[list[str]]:
     floor_wall = floor.median("wall") if floor and floor.results else None
     rows: list[list[str]] = []
     for mode, s in samples.items():
-        if s.error and not s.results:
-            rows.append([w.label, "", mode, "ERROR", "", "", "", "", "", s.error.splitlines()[0]])
+        if not s.results:
+            why = s.error.splitlines()[0] if s.error else "not run: an earlier step of the same cache failed"
+            rows.append([w.label, "", mode, "ERROR" if s.error else "-", "", "", "", "", "", "", why])
             continue
         wall = s.median("wall")
         walls = [r["wall"] for r in s.results]
