@@ -32,6 +32,7 @@ class Node:
         "deps",
         "key",
         "remaining",
+        "signature",
         "state",
         "task",
         "value",
@@ -49,6 +50,7 @@ class Node:
         self.consumers = 0
         self.state = 0
         self.version: str | None = None
+        self.signature: str | None = None
         self.value: Any = MISSING
 
     def __repr__(self) -> str:

@@ -10,13 +10,14 @@ for the cache. Settling is a loop over a queue, never a recursion.
 from __future__ import annotations
 
 import hashlib
-import os
+import secrets
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from ._cache.index import Entry, Record
 from ._cache.session import CacheSession, open_session
@@ -110,6 +111,12 @@ class _Scheduler:
         self._flight_prefix = (threading.get_ident(), str(session.cache_dir))
         self._flights: dict[str, _InFlight] = {}  # nodes this run registered in _IN_FLIGHT
         self._holders: dict[str, str | None] = {}  # lease holder per planned-stale node
+        # Versions must be unique per write across processes and runs: a random prefix
+        # per run, then a counter (os.urandom per node costs ~20 us).
+        self._version_prefix = secrets.token_hex(8)
+        self._written = 0
+        self._ready: deque[Node] = deque()  # stale nodes whose deps are done, for workers
+        self._spare = 0  # workers started and not busy with a node
         self._per_class: dict[type, tuple[Runner, tuple[anyio.CapacityLimiter, ...]]] = {}
 
     # The run.
@@ -158,7 +165,7 @@ class _Scheduler:
         for node in self.graph:
             record = self.records.get(node.key)
             if all(d.state == FRESH for d in node.deps) and self._is_current(
-                node, record, self._signature(node)
+                node, record, self._signature(node, keep=True)
             ):
                 assert record is not None
                 node.version = record.version
@@ -198,11 +205,19 @@ class _Scheduler:
 
     # Settling: fresh nodes complete at once, stale ones get a task.
 
-    def _signature(self, node: Node) -> str:
-        """Hash the versions of `node`'s deps and its Const values, as a record keeps it."""
+    def _signature(self, node: Node, *, keep: bool = False) -> str:
+        """Hash the versions of `node`'s deps and its Const values, as a record keeps it.
+
+        With `keep` (the deps' versions are final), the hash is kept for later calls.
+        """
+        if node.signature is not None:
+            return node.signature
         parts = [d.version or "" for d in node.deps]
         parts.append(node.consts)
-        return hashlib.blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
+        signature = hashlib.blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
+        if keep:
+            node.signature = signature
+        return signature
 
     def _is_current(self, node: Node, record: Record | None, deps: str) -> bool:
         if record is None or record.deps != deps:
@@ -210,7 +225,7 @@ class _Scheduler:
         return not self.settings.detect_source_change or record.source == self.sources[type(node.task)]
 
     def _settle(self, ready: list[Node]) -> None:
-        assert self._tg is not None, "asyncflow bug: settling outside the run's task group"
+        """Complete the fresh nodes among `ready` (and what they make ready); queue the rest."""
         queue = deque(ready)
         while queue:
             node = queue.popleft()
@@ -219,7 +234,35 @@ class _Scheduler:
                 queue.extend(self._done(node))
             else:
                 node.state = QUEUED
-                self._tg.start_soon(self._run_node, node, name=repr(node.task))
+                self._ready.append(node)
+        self._ensure_spare()
+
+    def _ensure_spare(self) -> None:
+        """Keep one worker free while nodes wait, so a body that blocks never holds up others.
+
+        Workers are spawned lazily: quick bodies run one after another in a couple of
+        workers (a task spawn costs more than a trivial body), while bodies that wait
+        (sleep, I/O, a limiter) each end up with a worker of their own.
+        """
+        if self._ready and self._spare == 0:
+            assert self._tg is not None, "asyncflow bug: launching outside the run's task group"
+            self._spare += 1
+            self._tg.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        try:
+            while self._ready:
+                node = self._ready.popleft()
+                self._spare -= 1
+                self._ensure_spare()
+                await self._run_stale(node)
+                self._spare += 1
+                await anyio.lowlevel.checkpoint()  # let others in; deliver cancellation
+            self._spare -= 1
+        except Exception as exc:  # the cache failed, or asyncflow has a bug: stop the run
+            self.errors.append(exc)
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
 
     def _done(self, node: Node) -> list[Node]:
         """Mark `node` done; return the dependents that became ready."""
@@ -237,15 +280,8 @@ class _Scheduler:
 
     # A stale node's task.
 
-    async def _run_node(self, node: Node) -> None:
-        try:
-            await self._run_stale(node)
-        except Exception as exc:  # the cache failed, or asyncflow has a bug: stop the run
-            self.errors.append(exc)
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
-
     async def _run_stale(self, node: Node) -> None:
+        """Reuse or compute one stale node, then settle its dependents."""
         task = node.task
         cls = type(task)
         signature = self._signature(node)
@@ -268,7 +304,8 @@ class _Scheduler:
             self._fail(node, error)
             return
         else:
-            flight.version = version = os.urandom(8).hex()
+            self._written += 1
+            flight.version = version = f"{self._version_prefix}{self._written:x}"
             flight.value = outcome.value
             flight.signature = signature
         finally:

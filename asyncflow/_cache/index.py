@@ -205,26 +205,27 @@ def acquire(
     else the owner holding it; `record` is the node's record as of now.
     """
     now = time.time()
-    out: list[tuple[str | None, Record | None]] = []
+    holders: dict[str, str] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for key in keys:
-            row = conn.execute("SELECT owner, expires FROM leases WHERE key=?", (key,)).fetchone()
-            holder: str | None = None
-            if row is not None and row[0] != owner and owner_alive(row[0], row[1], now):
-                holder = row[0]
-            else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO leases (key, owner, expires) VALUES (?, ?, ?)",
-                    (key, owner, now + ttl),
-                )
-            rec = conn.execute("SELECT source, version, deps FROM nodes WHERE key=?", (key,)).fetchone()
-            out.append((holder, None if rec is None else Record(*rec)))
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(f"SELECT key, owner, expires FROM leases WHERE key IN ({marks})", chunk)
+            holders.update(
+                (key, holder)
+                for key, holder, expires in rows.fetchall()
+                if holder != owner and owner_alive(holder, expires, now)
+            )
+        conn.executemany(
+            "INSERT OR REPLACE INTO leases (key, owner, expires) VALUES (?, ?, ?)",
+            [(key, owner, now + ttl) for key in keys if key not in holders],
+        )
+        records = lookup(conn, keys)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return out
+    return [(holders.get(key), records.get(key)) for key in keys]
 
 
 def poll(conn: sqlite3.Connection, keys: Sequence[str]) -> list[bool]:

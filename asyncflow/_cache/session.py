@@ -31,7 +31,8 @@ O = TypeVar("O")  # noqa: E741 - its outcome
 
 LEASE_TTL = 15.0  # seconds a lease binds without renewal: how long a crashed holder blocks
 _BATCH_MAX = 5000
-_SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
+_SHUTDOWN_GRACE = 30.0
+_COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)  # seconds the final, shielded flush may take
 
 
 class _Slot:
@@ -187,16 +188,26 @@ class CacheSession:
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
+            if len(self._pending) < _BATCH_MAX:
+                # Gather what finishes in the next moment into the same transaction: a
+                # chain of quick tasks would otherwise commit every node on its own.
+                await anyio.sleep(_COALESCE)
             self._wake = anyio.Event()
             try:
-                await self.write_pending()
+                await self.write_pending(drain=False)
             except Exception as exc:  # reported when the session closes
                 self.write_error = exc
                 return
 
-    async def write_pending(self) -> None:
-        """Write every queued result, lease release and failure note."""
-        while self._pending or self._released or self._failures:
+    async def write_pending(self, *, drain: bool = True) -> None:
+        """Write the queued results, lease releases and failure notes.
+
+        Args:
+            drain: also write what is queued while writing; else only what is queued now.
+        """
+        rounds = -1 if drain else max(1, -(-len(self._pending) // _BATCH_MAX))
+        while (self._pending or self._released or self._failures) and rounds != 0:
+            rounds -= 1
             entries, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
             released, self._released = self._released, []
             failures, self._failures = self._failures, []
