@@ -117,6 +117,7 @@ class _Scheduler:
         self._written = 0
         self._ready: deque[Node] = deque()  # stale nodes whose deps are done, for workers
         self._spare = 0  # workers started and not busy with a node
+        self._busy = 0  # workers running a node
         self._per_class: dict[type, tuple[Runner, tuple[anyio.CapacityLimiter, ...]]] = {}
 
     # The run.
@@ -246,16 +247,23 @@ class _Scheduler:
         """
         if self._ready and self._spare == 0:
             assert self._tg is not None, "asyncflow bug: launching outside the run's task group"
-            self._spare += 1
-            self._tg.start_soon(self._worker)
+            # As many spares as workers are busy: when bodies wait, the pool doubles each
+            # turn of the loop instead of growing by one.
+            for _ in range(min(len(self._ready), max(1, self._busy))):
+                self._spare += 1
+                self._tg.start_soon(self._worker)
 
     async def _worker(self) -> None:
         try:
             while self._ready:
                 node = self._ready.popleft()
                 self._spare -= 1
+                self._busy += 1
                 self._ensure_spare()
-                await self._run_stale(node)
+                try:
+                    await self._run_stale(node)
+                finally:
+                    self._busy -= 1
                 self._spare += 1
                 await anyio.lowlevel.checkpoint()  # let others in; deliver cancellation
             self._spare -= 1

@@ -6,6 +6,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -268,3 +269,37 @@ def test_sync_twin_runs_outside_a_loop(cache_dir: Path) -> None:
 async def test_sync_twin_refuses_inside_a_loop(cache_dir: Path) -> None:
     with pytest.raises(EventLoopRunningError, match=r"await task\.run\(\)"):
         Total(3).run_graph(cache_dir=cache_dir)
+
+
+BARRIER: dict[str, Any] = {}
+
+
+class Meet(Task):
+    """Finishes only once every Meet of the run has started: needs them all at once."""
+
+    def build_task(self, i: int, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> int:
+        BARRIER["started"] += 1
+        if BARRIER["started"] == self.n:
+            BARRIER["event"].set()
+        await BARRIER["event"].wait()
+        return 1
+
+
+class MeetAll(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [Meet(i, n) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.parts)
+
+
+@pytest.mark.parametrize("n", [2, 300])
+async def test_waiting_bodies_all_run_at_once(cache_dir: Path, n: int) -> None:
+    BARRIER.update(started=0, event=anyio.Event())
+    with anyio.fail_after(10):
+        assert await MeetAll(n).run(cache_dir=cache_dir) == n
