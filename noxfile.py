@@ -22,7 +22,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """pyright, strict on asyncflow/."""
-    session.install("-e", ".", "pyright>=1.1.390", "pytest>=8", "trio>=0.27", "nox")
+    # exceptiongroup: pyright checks the Python 3.10 branch of _errors.py too.
+    session.install("-e", ".", "pyright>=1.1.390", "pytest>=8", "trio>=0.27", "nox", "exceptiongroup")
     session.run("pyright")
 
 

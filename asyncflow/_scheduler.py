@@ -72,9 +72,13 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
     """Build the graph of `root`, run what is stale, and return root's result and stats."""
     started = time.perf_counter()
     graph, sources = await anyio.to_thread.run_sync(_prepare, root, settings)
+    value = None
     async with open_session(settings.cache_dir) as session:
         scheduler = _Scheduler(graph, sources, settings, session)
-        value = await scheduler.run()
+        try:
+            value = await scheduler.run()
+        except Exception as exc:  # raised below, not wrapped by the session's task group
+            scheduler.errors.append(exc)
     scheduler.raise_failures()
     return value, scheduler.stats.freeze(time.perf_counter() - started)
 

@@ -132,11 +132,26 @@ class _Params:
         self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         self.names = [p.name for p in params]
 
+    def encode(self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Return the canonical text of a call's arguments.
+
+        Raises:
+            TaskDefinitionError: the arguments do not fit `build_task`, or one has no key.
+        """
+        try:
+            if self.simple and not kwargs and len(args) == len(self.names):
+                # The common case, without binding: plain positional parameters.
+                return ", ".join(map(_keys.encode, args, self.names))
+            bound = self.bind(owner, args, kwargs)
+            return _keys.encode_call(bound)
+        except _keys.UnsupportedValueError as exc:
+            bound = self.bind(owner, args, kwargs)
+            raise TaskDefinitionError(_argument_message(owner, bound, exc)) from None
+
     def bind(
         self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> list[tuple[str, object, bool]]:
-        if self.simple and not kwargs and len(args) == len(self.names):
-            return [(n, a, False) for n, a in zip(self.names, args, strict=False)]
+        """Bind a call to `build_task`'s parameters: ``(name, value, keyword-only)`` each."""
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
@@ -201,11 +216,7 @@ class Task(TaskLike[R], Generic[P, R]):
     def __init__(self, *args: P.args, **kwargs: P.kwargs) -> None:
         cls = type(self)
         label = cls.__qualname__
-        bound = cls._af_params.bind(label, args, kwargs)
-        try:
-            text = _keys.encode_call(bound)
-        except _keys.UnsupportedValueError as exc:
-            raise TaskDefinitionError(_argument_message(label, bound, exc)) from None
+        text = cls._af_params.encode(label, args, kwargs)
         state = self.__dict__
         state["_af_args"] = (args, kwargs)
         state["_af_argtext"] = text

@@ -149,3 +149,16 @@ async def test_garbage_index_is_a_clear_error(cache_dir: Path) -> None:
     (cache_dir / "asyncflow" / "index.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(CacheError, match="remove"):
         await Plain().run(cache_dir=cache_dir)
+
+
+async def test_cache_error_during_a_run_is_not_wrapped(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncflow._cache import session
+
+    async def broken(self: object, keys: object) -> object:
+        raise CacheError("the disk is on fire")
+
+    monkeypatch.setattr(session.CacheSession, "acquire_many", broken)
+    with pytest.raises(CacheError, match="on fire"):
+        await Plain().run(cache_dir=cache_dir)
