@@ -65,7 +65,7 @@ class CycleError(GraphError):
 
     def __init__(self, message: str, *, cycle: Sequence[str]) -> None:
         super().__init__(message)
-        self.cycle = tuple(cycle)
+        self.cycle: tuple[str, ...] = tuple(cycle)
 
 
 class TaskFailedError(AsyncflowError):
@@ -89,7 +89,7 @@ class TaskFailedError(AsyncflowError):
     ) -> None:
         super().__init__(message)
         self.task = task
-        self.command = None if command is None else tuple(command)
+        self.command: tuple[str, ...] | None = None if command is None else tuple(command)
         self.returncode = returncode
         self.stderr_tail = stderr_tail
 

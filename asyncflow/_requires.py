@@ -44,7 +44,7 @@ class Const(TaskLike[T_co]):
     __slots__ = ("_token", "value")
 
     def __init__(self, value: T_co) -> None:
-        self.value = value
+        self.value: T_co = value
         self._token: str | None = None
 
     def __repr__(self) -> str:
@@ -114,8 +114,8 @@ def _items(value: Any) -> list[object] | None:  # Any: checked here
 class Requirement:
     """The run-time behaviour shared by `Requires`, `RequiresList` and `RequiresDict`."""
 
-    kind = "one"
-    name = "?"
+    kind: str = "one"
+    name: str = "?"
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name

@@ -50,7 +50,8 @@ async def main(n: int, k: int, cache_dir: str) -> None:
         )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Parse the command line and run `main`."""
     parser = argparse.ArgumentParser(description="Run the binomial DAG twice.")
     parser.add_argument("n", type=int, nargs="?", default=40)
     parser.add_argument("k", type=int, nargs="?", default=20)
@@ -58,3 +59,7 @@ if __name__ == "__main__":
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     args = parser.parse_args()
     anyio.run(main, args.n, args.k, args.cache_dir, backend=args.backend)
+
+
+if __name__ == "__main__":
+    cli()
