@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -303,3 +306,91 @@ async def test_waiting_bodies_all_run_at_once(cache_dir: Path, n: int) -> None:
     BARRIER.update(started=0, event=anyio.Event())
     with anyio.fail_after(10):
         assert await MeetAll(n).run(cache_dir=cache_dir) == n
+
+
+THREADS = {"now": 0, "peak": 0}
+THREADS_LOCK = threading.Lock()
+
+
+class Blocking(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        with THREADS_LOCK:
+            THREADS["now"] += 1
+            THREADS["peak"] = max(THREADS["peak"], THREADS["now"])
+        time.sleep(0.05)
+        with THREADS_LOCK:
+            THREADS["now"] -= 1
+        return self.i
+
+
+class BlockingAll(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [Blocking(i) for i in range(n)]
+
+    def run_task(self) -> int:
+        return sum(self.parts)
+
+
+async def test_max_workers_caps_threads(cache_dir: Path) -> None:
+    THREADS.update(now=0, peak=0)
+    with anyio.fail_after(20):
+        assert await BlockingAll(8).run(cache_dir=cache_dir, max_workers=2) == 28
+    assert THREADS["peak"] == 2
+
+
+class Forever(Task):
+    def run_task(self) -> int:
+        time.sleep(60)
+        return 1
+
+
+async def test_cancelling_a_process_body_ends_its_worker(cache_dir: Path) -> None:
+    started = time.monotonic()
+    with anyio.move_on_after(2) as scope:
+        await Forever().run(cache_dir=cache_dir, executor="process")
+    assert scope.cancelled_caught
+    assert time.monotonic() - started < 10  # not the body's 60 s
+
+
+MAIN_SCRIPT = """
+import sys
+from asyncflow import Task, RequiresList
+
+class Square(Task):  # defined in __main__: workers get it by value
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        return self.i * self.i
+
+class Total(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [Square(i) for i in range(n)]
+
+    def run_task(self) -> int:
+        return sum(self.parts)
+
+if __name__ == "__main__":
+    print(Total(5).run_graph(cache_dir=sys.argv[1], executor="process"))
+"""
+
+
+def test_process_executor_with_tasks_in_main(tmp_path: Path) -> None:
+    script = tmp_path / "taskfile.py"
+    script.write_text(MAIN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "30"
