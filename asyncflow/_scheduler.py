@@ -208,7 +208,7 @@ class _Scheduler:
             if node.state not in (DONE, FAILED):
                 self.stats.of(type(node.task).task_name).skipped += 1
 
-    # Settling: fresh nodes complete at once, stale ones get a task.
+    # Settling: fresh nodes complete at once, stale ones queue for the workers.
 
     def _signature(self, node: Node, *, keep: bool = False) -> str:
         """Hash the versions of `node`'s deps and its Const values, as a record keeps it.
@@ -290,7 +290,7 @@ class _Scheduler:
                 ready.append(dependent)
         return ready
 
-    # A stale node's task.
+    # A stale node, in a worker.
 
     async def _run_stale(self, node: Node) -> None:
         """Reuse or compute one stale node, then settle its dependents."""
