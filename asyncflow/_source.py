@@ -10,11 +10,16 @@ import ast
 import hashlib
 import inspect
 import textwrap
+import threading
 import weakref
 
 from ._errors import TaskDefinitionError
 
 _HASHES: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+# CPython 3.11's parser is not safe to run in two threads at once ("SystemError: AST
+# constructor recursion depth mismatch", gh-106905), and concurrent runs hash sources in
+# worker threads: one at a time.
+_PARSING = threading.Lock()
 
 
 class _DropDocstrings(ast.NodeTransformer):
@@ -62,6 +67,11 @@ def source_hash(cls: type, own_bases: tuple[type, ...]) -> str:
     cached = _HASHES.get(cls)
     if cached is not None:
         return cached
+    with _PARSING:
+        return _hash_class(cls, own_bases)
+
+
+def _hash_class(cls: type, own_bases: tuple[type, ...]) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for klass in cls.__mro__:
         if klass in own_bases or klass is object or not _is_task_class(klass, own_bases):

@@ -11,29 +11,12 @@ from __future__ import annotations
 
 import anyio
 
-from asyncflow import Const, Req, Requires, RequiresList, SinkTask, Task
+from asyncflow import Const, Requires, RequiresList, SinkTask, Task
 
 # W1
+from asyncflow.examples.binomial import Choose
 
-
-class Choose(Task):
-    """Binomial coefficient: Choose(n-1, k-1) + Choose(n-1, k); Const(0)/Const(1) at the edges."""
-
-    prev1: Requires[int]
-    prev2: Requires[int] = Req()
-
-    def build_task(self, n: int, k: int) -> None:
-        if 0 < k < n:
-            self.prev1 = Choose(n - 1, k - 1)
-            self.prev2 = Choose(n - 1, k)
-        elif k == 0 or k == n:
-            self.prev1 = Const(0)
-            self.prev2 = Const(1)
-        else:
-            raise ValueError(f"{(n, k)}")
-
-    async def run_task(self) -> int:
-        return self.prev1 + self.prev2
+__all__ = ["Chain", "Choose", "Leaf", "Sleepy", "SleepySink", "Sum"]
 
 
 # W2

@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -23,7 +24,7 @@ from .._errors import CacheError
 from . import blobs, paths
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Generator, Iterable, Sequence
     from pathlib import Path
 
 T = TypeVar("T")
@@ -137,6 +138,18 @@ class Index:
         await anyio.to_thread.run_sync(self._conn.close, limiter=self._lock)
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Generator[None, None, None]:
+    """Hold SQLite's write lock for the block; commit it, or roll back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
     path = paths.index_path(cache_dir)
     if not create and not path.exists():
@@ -154,12 +167,11 @@ def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
                 f"this one reads {SCHEMA_VERSION}); upgrade asyncflow or use another cache_dir"
             )
         if version < SCHEMA_VERSION:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            with _transaction(conn):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.DatabaseError as exc:
         hint = ""
         if "not a database" in str(exc) or "malformed" in str(exc):
@@ -206,8 +218,7 @@ def acquire(
     """
     now = time.time()
     holders: dict[str, str] = {}
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         for chunk in _chunks(keys):
             marks = ",".join("?" * len(chunk))
             rows = conn.execute(f"SELECT key, owner, expires FROM leases WHERE key IN ({marks})", chunk)
@@ -221,10 +232,6 @@ def acquire(
             [(key, owner, now + ttl) for key in keys if key not in holders],
         )
         records = lookup(conn, keys)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return [(holders.get(key), records.get(key)) for key in keys]
 
 
@@ -268,8 +275,7 @@ def commit(
              None if path else data, path, len(data), e.started, e.finished)
         )  # fmt: skip
     now = time.time()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         old_files = _files_of(conn, [e.key for e in entries])
         conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         conn.executemany("DELETE FROM failures WHERE key=?", [(e.key,) for e in entries])
@@ -281,10 +287,6 @@ def commit(
             "INSERT OR REPLACE INTO failures VALUES (?,?,?,?)",
             [(k, name, err, now) for k, name, err in failures],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     _unlink(cache_dir, old_files)
 
 
@@ -299,44 +301,44 @@ def load(conn: sqlite3.Connection, cache_dir: Path, wanted: Sequence[tuple[str, 
     Raises:
         CacheError: a result is gone or was replaced by another version meanwhile.
     """
+    rows: dict[str, tuple[str, int, bytes | None, str | None]] = {}
+    keys = [key for key, _ in wanted]
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT key, version, codec, data, path FROM nodes WHERE key IN ({marks})"
+        for key, version, codec, data, path in conn.execute(query, chunk):
+            rows[key] = (version, codec, data, path)
     out: list[Any] = []
     for key, version in wanted:
-        row = conn.execute(
-            "SELECT codec, data, path FROM nodes WHERE key=? AND version=?", (key, version)
-        ).fetchone()
-        if row is None:
+        row = rows.get(key)
+        if row is None or row[0] != version:
             raise CacheError(
                 f"the cached result of {key} was removed or replaced while this run used it; run again"
             )
-        codec, data, path = row
+        _, codec, data, path = row
         if path is not None:
             data = (paths.results_dir(cache_dir) / path).read_bytes()
+        assert data is not None, "asyncflow bug: a record has neither data nor a file"
         out.append(blobs.decode(codec, data))
     return out
 
 
 def delete(conn: sqlite3.Connection, cache_dir: Path, keys: Sequence[str]) -> int:
     """Remove the records (and result files) of `keys`; return how many existed."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         files = _files_of(conn, keys)
         removed = 0
         for chunk in _chunks(keys):
             marks = ",".join("?" * len(chunk))
             removed += conn.execute(f"DELETE FROM nodes WHERE key IN ({marks})", chunk).rowcount
             conn.execute(f"DELETE FROM failures WHERE key IN ({marks})", chunk)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     _unlink(cache_dir, files)
     return removed
 
 
 def delete_class(conn: sqlite3.Connection, cache_dir: Path, task_name: str) -> int:
     """Remove every record (and result file) of one task class; return how many."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         files = [
             p
             for (p,) in conn.execute(
@@ -345,10 +347,6 @@ def delete_class(conn: sqlite3.Connection, cache_dir: Path, task_name: str) -> i
         ]
         removed = conn.execute("DELETE FROM nodes WHERE task_name=?", (task_name,)).rowcount
         conn.execute("DELETE FROM failures WHERE task_name=?", (task_name,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     _unlink(cache_dir, files)
     return removed
 
