@@ -35,6 +35,12 @@ def type_name(value: object) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+def a_type(value: object) -> str:
+    """Name the type of `value` with its article: ``an int``, ``a set``."""
+    name = type_name(value)
+    return ("an " if name[0].lower() in "aeiou" else "a ") + name
+
+
 def _float(value: float) -> str:
     # repr() round-trips and keeps 1.0 apart from 1; nan/inf have no literal form.
     if math.isfinite(value):

@@ -14,6 +14,7 @@ from typing_extensions import Self
 
 from . import _keys
 from ._cache import blobs
+from ._errors import TaskDefinitionError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -81,9 +82,9 @@ class TaskItem(TaskLike[T_co]):
             try:
                 _keys.encode(key)
             except _keys.UnsupportedValueError:
-                raise TypeError(
+                raise TaskDefinitionError(
                     f"{base!r}[{key!r}]: an item key must be an int, str, float, bool or None, "
-                    f"got {_keys.type_name(key)}"
+                    f"got {_keys.a_type(key)}"
                 ) from None
         base_key = getattr(base, "_af_key", None)
         # An item of a Const has no canonical key: it cannot be a task argument.
@@ -157,7 +158,7 @@ class Requirement:
         got = _keys.type_name(value)
         if items is not None:
             bad = next(v for v in items if not _is_single(v))
-            got = f"a {got} holding a {_keys.type_name(bad)}"
+            got = f"{_keys.a_type(value)} holding {_keys.a_type(bad)}"
         raise TypeError(f"{obj!r}.{self.name} must be {what} of tasks, task items or Const(value), got {got}")
 
 

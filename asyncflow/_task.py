@@ -361,7 +361,7 @@ def _argument_message(
     where = f"argument {param!r} is" if exc.path == param else f"argument {param!r} holds, at {exc.path},"
     shown = ", ".join("..." if n == param else _safe_repr(v) for n, v, _ in bound)
     return (
-        f"{label}({shown}): {where} a {_keys.type_name(exc.value)}, which cannot be part of a "
+        f"{label}({shown}): {where} {_keys.a_type(exc.value)}, which cannot be part of a "
         f"cache key; pass {_keys.ACCEPTED}"
     )
 
