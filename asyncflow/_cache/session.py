@@ -1,10 +1,12 @@
 """One run's use of the cache: batched reads, leases and writes over one `Index`.
 
-Nodes ask one at a time (``await session.acquire(key)``); the session gathers every
-request made meanwhile into one worker-thread call and one transaction, so a run of
-10,000 nodes makes a handful of SQLite transactions, not 10,000. Results are written
-behind the run (dependents read them from memory) and flushed before the run returns,
-also when it fails or is cancelled: a finished result is never thrown away.
+The scheduler leases every node it plans to run in one call (`acquire_many`); a node
+that must ask again later (``await session.acquire(key)``) shares a worker-thread call
+and a transaction with every request made meanwhile. A run of 10,000 nodes makes a
+handful of SQLite transactions, not 10,000. Results are written behind the run
+(dependents read them from memory), gathered for a moment so that quick tasks share a
+transaction, and flushed before the run returns, also when it fails or is cancelled: a
+finished result is never thrown away.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ I = TypeVar("I")  # noqa: E741 - an item
 O = TypeVar("O")  # noqa: E741 - its outcome
 
 LEASE_TTL = 15.0  # seconds a lease binds without renewal: how long a crashed holder blocks
-_BATCH_MAX = 5000
-_SHUTDOWN_GRACE = 30.0
-_COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)  # seconds the final, shielded flush may take
+_BATCH_MAX = 5000  # nodes per transaction
+_SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
+_COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)
 
 
 class _Slot:
@@ -74,7 +76,7 @@ class Batcher(Generic[I, O]):
                         slot.error = exc
                         slot.event.set()
                     continue
-                for (_, slot), outcome in zip(batch, outcomes, strict=False):
+                for (_, slot), outcome in zip(batch, outcomes, strict=True):
                     slot.value = outcome
                     slot.event.set()
 
@@ -122,12 +124,11 @@ class CacheSession:
         self._pending: list[Entry] = []
         self._released: list[str] = []
         self._failures: list[tuple[str, str, str]] = []
-        self._wrote = anyio.Event()
         self._wake = anyio.Event()
         self.write_error: Exception | None = None
         self._acquire = Batcher[str, "tuple[str | None, Record | None]"](self._acquire_batch)
         self._poll = Batcher[str, bool](self._poll_batch)
-        self._load = Batcher["tuple[str, str]", Any](self._load_batch)
+        self._load = Batcher["tuple[str, str]", Any](self.load_many)
 
     def services(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """Return the background loops the session needs while a run goes on."""
@@ -147,7 +148,7 @@ class CacheSession:
         """Like `acquire` for many keys at once (a transaction per few thousand)."""
         out: list[tuple[str | None, Record | None]] = []
         for i in range(0, len(keys), _BATCH_MAX):
-            out.extend(await self.index.call(index.acquire, self.owner, LEASE_TTL, keys[i : i + _BATCH_MAX]))
+            out.extend(await self._acquire_batch(keys[i : i + _BATCH_MAX]))
         return out
 
     async def held(self, key: str) -> bool:
@@ -162,14 +163,11 @@ class CacheSession:
         """Return the cached results of many ``(key, version)`` pairs in one thread call."""
         return await self.index.call(index.load, self.cache_dir, wanted)
 
-    async def _acquire_batch(self, keys: list[str]) -> Sequence[tuple[str | None, Record | None]]:
+    async def _acquire_batch(self, keys: Sequence[str]) -> Sequence[tuple[str | None, Record | None]]:
         return await self.index.call(index.acquire, self.owner, LEASE_TTL, keys)
 
     async def _poll_batch(self, keys: list[str]) -> Sequence[bool]:
         return await self.index.call(index.poll, keys)
-
-    async def _load_batch(self, wanted: list[tuple[str, str]]) -> Sequence[Any]:
-        return await self.index.call(index.load, self.cache_dir, wanted)
 
     # Writes, behind the run.
 
