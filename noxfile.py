@@ -41,5 +41,5 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Time the benchmark workloads (cold and warm) and print a table."""
-    session.install("-e", ".")
+    session.install("-e", ".", "trio>=0.27")
     session.run("python", "benchmarks/run.py", *session.posargs)
