@@ -7,7 +7,7 @@ location) and ``AF_DETECT_SOURCE_CHANGE`` (``0`` turns source hashing off).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ class RunOptions(TypedDict, total=False):
     """Threads (or processes) available to plain ``def`` bodies."""
     executor: ExecutorOption
     """Where plain ``def`` bodies run: ``"thread"`` (default), ``"process"`` or an Executor."""
+    prefixes: Mapping[str, Sequence[str]]
+    """Job prefix per channel (``{"gpu": ["srun", "-p", "gpu"]}``); wins over ``job_prefix``."""
     cache_dir: str | os.PathLike[str]
     """Cache location; default ``$AF_CACHE_DIR``, else ``./.cache``."""
     detect_source_change: bool
@@ -51,6 +53,7 @@ class Settings:
     rate_limits: Mapping[str, int] = field(default_factory=dict[str, int])
     max_workers: int | None = None
     executor: ExecutorOption = "thread"
+    prefixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict[str, tuple[str, ...]])
     detect_source_change: bool = True
     on_error: OnError = "cancel"
 
@@ -111,6 +114,21 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     executor = options.get("executor", "thread")
     if executor not in ("thread", "process") and not isinstance(executor, Executor):
         raise _fail("executor", executor, '"thread", "process" or a concurrent.futures.Executor')
+    prefixes: dict[str, tuple[str, ...]] = {}
+    raw_prefixes: Any = options.get("prefixes", {})
+    expected = 'a dict {channel: [command, args...]}, e.g. {"gpu": ["srun", "-p", "gpu"]}'
+    if not isinstance(raw_prefixes, Mapping):
+        raise _fail("prefixes", raw_prefixes, expected)
+    entries: list[tuple[Any, Any]] = list(raw_prefixes.items())  # pyright: ignore[reportUnknownArgumentType]  # user input
+    for channel, prefix in entries:
+        if (
+            not isinstance(channel, str)
+            or not isinstance(prefix, (list, tuple))
+            or not prefix
+            or not all(isinstance(a, str) for a in prefix)  # pyright: ignore[reportUnknownVariableType]
+        ):
+            raise _fail("prefixes", options["prefixes"], expected)
+        prefixes[channel] = tuple(prefix)  # pyright: ignore[reportUnknownArgumentType]
     detect = options.get("detect_source_change")
     if detect is None:
         detect = _env_flag("AF_DETECT_SOURCE_CHANGE", True)
@@ -124,6 +142,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         rate_limits=limits,
         max_workers=max_workers,
         executor=executor,
+        prefixes=prefixes,
         detect_source_change=detect,
         on_error=on_error,
     )

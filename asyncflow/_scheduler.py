@@ -439,6 +439,8 @@ class _Scheduler:
                         outcome = await runner.run(task)
             except Exception as exc:
                 if attempt >= options.retries:
+                    if isinstance(exc, TaskFailedError):  # a runner's own, with its facts
+                        raise
                     raise _failure(task, exc, options.timeout, attempt) from exc
                 counts.retried += 1
                 await anyio.sleep(options.retry_delay * options.retry_backoff**attempt)

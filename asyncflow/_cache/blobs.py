@@ -12,6 +12,7 @@ import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped; wrappe
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from types import ModuleType
 
 RAW = 0
 GZIP = 1
@@ -27,6 +28,11 @@ def dumps(value: object) -> bytes:
         return pickle.dumps(value, protocol=5)
     data: bytes = cloudpickle.dumps(value, protocol=5)  # pyright: ignore[reportUnknownMemberType]  # untyped
     return data
+
+
+def register_by_value(module: ModuleType) -> None:
+    """Pickle what `module` defines by value: another process could not import it."""
+    cloudpickle.register_pickle_by_value(module)  # pyright: ignore[reportUnknownMemberType]  # untyped
 
 
 def loads(data: bytes) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
+
 if TYPE_CHECKING:
     from .._options import Settings
     from .._task import Task
@@ -42,6 +44,11 @@ class Runners:
         from .process import ExecutorRunner, ProcessRunner
 
         self._loop = LoopRunner()
+        self._prefixes = settings.prefixes
+        self._cache_dir = settings.cache_dir
+        self._by_prefix: dict[tuple[str, ...], Runner] = {}
+        # max_workers also bounds jobs started through prefixes, all prefixes together.
+        self._jobs = None if settings.max_workers is None else anyio.CapacityLimiter(settings.max_workers)
         executor = settings.executor
         self._sync: Runner
         if executor == "thread":
@@ -53,4 +60,25 @@ class Runners:
 
     def pick(self, cls: type[Task[Any, Any]]) -> Runner:
         """Return the runner for the bodies of `cls`."""
+        prefix = self.prefix_for(cls)
+        if prefix is not None:
+            from .prefix import PrefixRunner
+
+            runner = self._by_prefix.get(prefix)
+            if runner is None:
+                runner = self._by_prefix[prefix] = PrefixRunner(prefix, self._cache_dir, limiter=self._jobs)
+            return runner
         return self._loop if cls._af_async else self._sync
+
+    def prefix_for(self, cls: type[Task[Any, Any]]) -> tuple[str, ...] | None:
+        """Return the job prefix of `cls`, if any.
+
+        A run-time ``prefixes`` entry wins over the class's ``job_prefix``. Among the
+        class's channels, its own (`task_name`) is looked up first, then the channels it
+        declares, in their order: the first that has a prefix decides.
+        """
+        for channel in (cls.task_name, *cls._af_options.channels):
+            prefix = self._prefixes.get(channel)
+            if prefix is not None:
+                return prefix
+        return cls._af_options.job_prefix

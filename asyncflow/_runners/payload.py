@@ -1,0 +1,121 @@
+"""The files a job runs from and answers with; both ends agree on them. No event loop here.
+
+A job directory ``<cache_dir>/asyncflow/jobs/<id>/`` lives under the cache directory,
+which on a cluster is a shared filesystem (unlike /tmp), so a compute node can read the
+payload and write the result. The worker never opens the SQLite index.
+
+- ``sys_path.json``: the parent's ``sys.path``, so the worker imports what it imports.
+- ``payload.pkl``: cloudpickle of the task, its requirements resolved to values. Classes
+  whose module a worker could not import by name (a taskfile loaded by path,
+  ``__main__``, a notebook cell) travel by value.
+- ``result.pkl``: cloudpickle of ``Answer``, written to a temporary name and renamed, so
+  the parent reads all of it or nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._cache import blobs, paths
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .._task import Task
+
+PAYLOAD = "payload.pkl"
+SYS_PATH = "sys_path.json"  # read before the payload: unpickling it may import modules
+RESULT = "result.pkl"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a worker sends back: the pickled result, or the exception and its traceback."""
+
+    pickled: bytes | None
+    error: BaseException | None = None
+    error_type: str = ""
+    error_text: str = ""
+    traceback: str = ""
+
+
+def _importable_elsewhere(module_name: str) -> bool:
+    """Tell whether another interpreter with our sys.path can import `module_name`."""
+    module = sys.modules.get(module_name)
+    if module_name == "__main__" or module is None:
+        return False
+    # Search the path as a new interpreter would: importlib.util.find_spec would answer
+    # from sys.modules, where a taskfile loaded by path sits under any name.
+    parent, _, _ = module_name.rpartition(".")
+    search = sys.path if not parent else getattr(sys.modules.get(parent), "__path__", None)
+    if search is None:
+        return False
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(module_name, list(search))
+    except (ImportError, ValueError):
+        return False
+    origin = getattr(module, "__file__", None)
+    return spec is not None and (origin is None or spec.origin == origin)
+
+
+def write_payload(cache_dir: Path, job_id: str, task: Task[Any, Any]) -> Path:
+    """Write a job's payload; return its directory."""
+    module_name = type(task).__module__
+    if not _importable_elsewhere(module_name):
+        blobs.register_by_value(sys.modules[module_name])
+    job = paths.root(cache_dir) / "jobs" / job_id
+    job.mkdir(parents=True, exist_ok=True)
+    (job / SYS_PATH).write_text(json.dumps(sys.path))
+    blobs.write_atomic(job / PAYLOAD, job, blobs.dumps(task))
+    return job
+
+
+def read_payload(job: Path) -> Task[Any, Any]:
+    """Read a payload (worker side), extending ``sys.path`` with the parent's first."""
+    for entry in json.loads((job / SYS_PATH).read_text()):
+        if entry not in sys.path:
+            sys.path.append(entry)
+    task: Task[Any, Any] = blobs.loads((job / PAYLOAD).read_bytes())
+    return task
+
+
+def write_answer(job: Path, answer: Answer) -> None:
+    """Write the worker's answer atomically (worker side)."""
+    try:
+        data = blobs.dumps(answer)
+    except Exception:  # an exception that does not pickle: send its text only
+        data = blobs.dumps(Answer(None, None, answer.error_type, answer.error_text, answer.traceback))
+    blobs.write_atomic(job / RESULT, job, data)
+
+
+def failure(exc: BaseException) -> Answer:
+    """Describe an exception raised by a body, for `write_answer`."""
+    return Answer(
+        None,
+        exc,
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        str(exc),
+        "".join(traceback.format_exception(exc)),
+    )
+
+
+def read_answer(job: Path) -> Answer | None:
+    """Read a worker's answer; None when it wrote none (it crashed or was killed)."""
+    try:
+        data = (job / RESULT).read_bytes()
+    except FileNotFoundError:
+        return None
+    answer = blobs.loads(data)
+    assert isinstance(answer, Answer), "asyncflow bug: a result file holds something else"
+    return answer
+
+
+def remove(job: Path) -> None:
+    """Remove a job directory (after its answer is read)."""
+    shutil.rmtree(job, ignore_errors=True)
