@@ -7,13 +7,16 @@ location) and ``AF_DETECT_SOURCE_CHANGE`` (``0`` turns source hashing off).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, TypeGuard, Union
 
 from ._errors import OptionError
+
+if TYPE_CHECKING:
+    from ._runners.base import Placement, Where
 
 ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor]  # noqa: UP007 - evaluated at run time on 3.10
 OnError = Literal["cancel", "continue"]
@@ -28,8 +31,10 @@ class RunOptions(TypedDict, total=False):
     """Threads (or processes) available to plain ``def`` bodies."""
     executor: ExecutorOption
     """Where plain ``def`` bodies run: ``"thread"`` (default), ``"process"`` or an Executor."""
-    prefixes: Mapping[str, Sequence[str]]
-    """Job prefix per channel (``{"gpu": ["srun", "-p", "gpu"]}``); wins over ``job_prefix``."""
+    prefixes: Mapping[str, Sequence[str] | Placement]
+    """Job prefix (or a placement such as `Slurm`) per channel; wins over ``job_prefix``."""
+    hosts: Mapping[str, str | Placement]
+    """SSH host per channel: ``"ssh://user@host:port"`` or a `Host`."""
     cache_dir: str | os.PathLike[str]
     """Cache location; default ``$AF_CACHE_DIR``, else ``./.cache``."""
     detect_source_change: bool
@@ -53,7 +58,8 @@ class Settings:
     rate_limits: Mapping[str, int] = field(default_factory=dict[str, int])
     max_workers: int | None = None
     executor: ExecutorOption = "thread"
-    prefixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict[str, tuple[str, ...]])
+    prefixes: Mapping[str, Where] = field(default_factory=dict[str, "Where"])
+    hosts: Mapping[str, Placement] = field(default_factory=dict[str, "Placement"])
     detect_source_change: bool = True
     on_error: OnError = "cancel"
 
@@ -86,6 +92,33 @@ def _fail(name: str, value: object, expected: str) -> OptionError:
     return OptionError(f"run option {name}={value!r} is invalid: expected {expected}")
 
 
+def is_placement(value: object) -> TypeGuard[Placement]:
+    """Tell whether `value` is a placement (`Slurm`, `Host`, ...): hashable, with make_runner."""
+    return callable(getattr(value, "make_runner", None)) and isinstance(value, Hashable)
+
+
+def as_where(value: object) -> Where | None:
+    """Return a job prefix as a tuple of strings, or a placement as is; None if neither."""
+    if is_placement(value):
+        return value
+    if isinstance(value, (list, tuple)):
+        items: list[object] = list(value)  # pyright: ignore[reportUnknownArgumentType]  # user input
+        if items and all(isinstance(a, str) for a in items):
+            return tuple(str(a) for a in items)
+    return None
+
+
+def _channel_map(options: Mapping[str, Any], name: str, expected: str) -> list[tuple[str, Any]]:
+    raw: Any = options.get(name, {})
+    if not isinstance(raw, Mapping):
+        raise _fail(name, raw, expected)
+    entries: list[tuple[Any, Any]] = list(raw.items())  # pyright: ignore[reportUnknownArgumentType]  # user input
+    for channel, _ in entries:
+        if not isinstance(channel, str):
+            raise _fail(name, options[name], expected)
+    return entries
+
+
 def settings_from(options: Mapping[str, Any]) -> Settings:
     """Validate `options` (a `RunOptions`) once, with defaults and environment applied.
 
@@ -114,21 +147,24 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     executor = options.get("executor", "thread")
     if executor not in ("thread", "process") and not isinstance(executor, Executor):
         raise _fail("executor", executor, '"thread", "process" or a concurrent.futures.Executor')
-    prefixes: dict[str, tuple[str, ...]] = {}
-    raw_prefixes: Any = options.get("prefixes", {})
-    expected = 'a dict {channel: [command, args...]}, e.g. {"gpu": ["srun", "-p", "gpu"]}'
-    if not isinstance(raw_prefixes, Mapping):
-        raise _fail("prefixes", raw_prefixes, expected)
-    entries: list[tuple[Any, Any]] = list(raw_prefixes.items())  # pyright: ignore[reportUnknownArgumentType]  # user input
-    for channel, prefix in entries:
-        if (
-            not isinstance(channel, str)
-            or not isinstance(prefix, (list, tuple))
-            or not prefix
-            or not all(isinstance(a, str) for a in prefix)  # pyright: ignore[reportUnknownVariableType]
-        ):
+    prefixes: dict[str, Where] = {}
+    expected = 'a dict {channel: [command, args...] or Slurm(...)}, e.g. {"gpu": ["srun", "-p", "gpu"]}'
+    for channel, prefix in _channel_map(options, "prefixes", expected):
+        where = as_where(prefix)
+        if where is None:
             raise _fail("prefixes", options["prefixes"], expected)
-        prefixes[channel] = tuple(prefix)  # pyright: ignore[reportUnknownArgumentType]
+        prefixes[channel] = where
+    hosts: dict[str, Placement] = {}
+    expected = 'a dict {channel: "ssh://user@host:port" or Host(...)}'
+    for channel, host in _channel_map(options, "hosts", expected):
+        if isinstance(host, str):
+            from ._runners.ssh import parse_host_url  # only when hosts are used
+
+            hosts[channel] = parse_host_url(host)
+        elif is_placement(host):
+            hosts[channel] = host
+        else:
+            raise _fail("hosts", options["hosts"], expected)
     detect = options.get("detect_source_change")
     if detect is None:
         detect = _env_flag("AF_DETECT_SOURCE_CHANGE", True)
@@ -143,6 +179,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         max_workers=max_workers,
         executor=executor,
         prefixes=prefixes,
+        hosts=hosts,
         detect_source_change=detect,
         on_error=on_error,
     )

@@ -19,7 +19,7 @@ from typing_extensions import ParamSpec, Unpack
 from . import _keys
 from ._cache import paths
 from ._errors import TaskDefinitionError
-from ._options import CacheOptions, RunOptions, resolve_cache_dir, settings_from
+from ._options import CacheOptions, RunOptions, as_where, resolve_cache_dir, settings_from
 from ._requires import REQS, REQUIRES_KINDS, Requirement, TaskLike
 from ._sync import run_blocking
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
     from pathlib import Path
 
+    from ._runners.base import Where
     from ._stats import RunStats
 
 P = ParamSpec("P")
@@ -40,7 +41,7 @@ class ClassOptions:
 
     channels: tuple[str, ...] = ()
     compress_level: int = 0
-    job_prefix: tuple[str, ...] | None = None
+    job_prefix: Where | None = None
     retries: int = 0
     retry_delay: float = 1.0
     retry_backoff: float = 2.0
@@ -68,11 +69,10 @@ def _class_options(cls: type, base: ClassOptions, given: dict[str, Any]) -> Clas
         out["compress_level"] = level
     if "job_prefix" in given:
         prefix = given["job_prefix"]
-        if prefix is not None and (
-            not isinstance(prefix, (list, tuple)) or not prefix or not all(isinstance(a, str) for a in prefix)  # pyright: ignore[reportUnknownVariableType]
-        ):
-            raise bad("job_prefix", 'a non-empty list of strings, e.g. ["srun", "-p", "gpu"]')
-        out["job_prefix"] = None if prefix is None else tuple(prefix)  # pyright: ignore[reportUnknownArgumentType]
+        where = None if prefix is None else as_where(prefix)
+        if prefix is not None and where is None:
+            raise bad("job_prefix", 'a non-empty list of strings, e.g. ["srun", "-p", "gpu"], or Slurm(...)')
+        out["job_prefix"] = where
     if "retries" in given:
         if type(given["retries"]) is not int or given["retries"] < 0:
             raise bad("retries", "an int >= 0")

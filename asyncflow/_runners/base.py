@@ -8,11 +8,13 @@ scheduler never asks which runner it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .._options import Settings
     from .._task import Task
 
@@ -36,6 +38,21 @@ class Runner(Protocol):
         ...
 
 
+class Placement(Protocol):
+    """Somewhere other than this process that bodies can run: a Slurm setup, an SSH host.
+
+    Placements are hashable values (frozen dataclasses): a run makes one runner per
+    distinct placement and shares it between classes.
+    """
+
+    def make_runner(self, cache_dir: Path, limiter: anyio.CapacityLimiter | None) -> Runner:
+        """Return a runner for this placement; `limiter` bounds its jobs (``max_workers``)."""
+        ...
+
+
+Where: TypeAlias = "tuple[str, ...] | Placement"  # a job prefix (argv) or a placement
+
+
 class Runners:
     """The runners of one run, made on first use and picked per task class."""
 
@@ -45,9 +62,10 @@ class Runners:
 
         self._loop = LoopRunner()
         self._prefixes = settings.prefixes
+        self._hosts = settings.hosts
         self._cache_dir = settings.cache_dir
-        self._by_prefix: dict[tuple[str, ...], Runner] = {}
-        # max_workers also bounds jobs started through prefixes, all prefixes together.
+        self._elsewhere: dict[Where, Runner] = {}
+        # max_workers also bounds jobs run elsewhere, all prefixes and hosts together.
         self._jobs = None if settings.max_workers is None else anyio.CapacityLimiter(settings.max_workers)
         executor = settings.executor
         self._sync: Runner
@@ -60,25 +78,32 @@ class Runners:
 
     def pick(self, cls: type[Task[Any, Any]]) -> Runner:
         """Return the runner for the bodies of `cls`."""
-        prefix = self.prefix_for(cls)
-        if prefix is not None:
-            from .prefix import PrefixRunner
+        where = self.where(cls)
+        if where is None:
+            return self._loop if cls._af_async else self._sync
+        runner = self._elsewhere.get(where)
+        if runner is None:
+            if isinstance(where, tuple):
+                from .prefix import PrefixRunner
 
-            runner = self._by_prefix.get(prefix)
-            if runner is None:
-                runner = self._by_prefix[prefix] = PrefixRunner(prefix, self._cache_dir, limiter=self._jobs)
-            return runner
-        return self._loop if cls._af_async else self._sync
+                runner = PrefixRunner(where, self._cache_dir, limiter=self._jobs)
+            else:
+                runner = where.make_runner(self._cache_dir, self._jobs)
+            self._elsewhere[where] = runner
+        return runner
 
-    def prefix_for(self, cls: type[Task[Any, Any]]) -> tuple[str, ...] | None:
-        """Return the job prefix of `cls`, if any.
+    def where(self, cls: type[Task[Any, Any]]) -> Where | None:
+        """Return where the bodies of `cls` run when not in this process, else None.
 
-        A run-time ``prefixes`` entry wins over the class's ``job_prefix``. Among the
-        class's channels, its own (`task_name`) is looked up first, then the channels it
-        declares, in their order: the first that has a prefix decides.
+        Run-time options win over the class's ``job_prefix``. The class's channels are
+        looked up in order, its own (`task_name`) first, then the ones it declares; at
+        each, a ``prefixes`` entry before a ``hosts`` entry. The first match decides.
         """
         for channel in (cls.task_name, *cls._af_options.channels):
             prefix = self._prefixes.get(channel)
             if prefix is not None:
                 return prefix
+            host = self._hosts.get(channel)
+            if host is not None:
+                return host
         return cls._af_options.job_prefix
