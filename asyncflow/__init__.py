@@ -25,6 +25,7 @@ from ._requires import RequiresDict as RequiresDict
 from ._requires import RequiresList as RequiresList
 from ._requires import TaskItem as TaskItem
 from ._requires import TaskLike as TaskLike
+from ._runners.slurm import Slurm as Slurm
 from ._stats import ClassStats as ClassStats
 from ._stats import RunStats as RunStats
 from ._task import SinkTask as SinkTask
@@ -52,6 +53,7 @@ __all__ = [
     "RunOptions",
     "RunStats",
     "SinkTask",
+    "Slurm",
     "SourceTask",
     "Task",
     "TaskDefinitionError",

@@ -63,20 +63,20 @@ class PrefixRunner:
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         try:
             if self._limiter is None:
-                returncode = await _execute(command, label, tail)
+                returncode = await execute(command, label, tail)
             else:
                 async with self._limiter:
-                    returncode = await _execute(command, label, tail)
+                    returncode = await execute(command, label, tail)
             answer = await anyio.to_thread.run_sync(payload.read_answer, job)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(payload.remove, job)
         if returncode == 0 and answer is not None and answer.pickled is not None:
             return Outcome(blobs.loads(answer.pickled), answer.pickled)
-        raise _job_failure(label, command, returncode, answer, "".join(tail))
+        raise job_failure(label, command, returncode, answer, "".join(tail))
 
 
-async def _execute(command: list[str], label: str, tail: deque[str]) -> int:
+async def execute(command: list[str], label: str, tail: deque[str]) -> int:
     """Run `command` to its end, relaying its output; stop it if cancelled."""
     try:
         process = await anyio.open_process(command, stdin=subprocess.DEVNULL)
@@ -88,12 +88,12 @@ async def _execute(command: list[str], label: str, tail: deque[str]) -> int:
         async with anyio.create_task_group() as tg:
             assert process.stdout is not None
             assert process.stderr is not None
-            tg.start_soon(_relay, process.stdout, sys.stdout, label, None)
-            tg.start_soon(_relay, process.stderr, sys.stderr, label, tail)
+            tg.start_soon(relay, process.stdout, sys.stdout, label, None)
+            tg.start_soon(relay, process.stderr, sys.stderr, label, tail)
             await process.wait()
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await _stop(process)
+            await stop(process)
         raise
     finally:
         with anyio.CancelScope(shield=True):
@@ -102,7 +102,7 @@ async def _execute(command: list[str], label: str, tail: deque[str]) -> int:
     return process.returncode
 
 
-async def _stop(process: Process) -> None:
+async def stop(process: Process) -> None:
     """Terminate `process`, then kill it if it is still there after the grace period."""
     if process.returncode is not None:
         return
@@ -114,26 +114,26 @@ async def _stop(process: Process) -> None:
     await process.wait()
 
 
-async def _relay(stream: ByteReceiveStream, out: TextIO, label: str, tail: deque[str] | None) -> None:
+async def relay(stream: ByteReceiveStream, out: TextIO, label: str, tail: deque[str] | None) -> None:
     """Copy `stream` to `out` line by line, each line prefixed with ``[label]``."""
     pending = ""
     async for chunk in TextReceiveStream(stream, errors="replace"):
         pending += chunk
         *lines, pending = pending.split("\n")
         for line in lines:
-            _emit(out, label, line, tail)
+            emit(out, label, line, tail)
     if pending:
-        _emit(out, label, pending, tail)
+        emit(out, label, pending, tail)
 
 
-def _emit(out: TextIO, label: str, line: str, tail: deque[str] | None) -> None:
+def emit(out: TextIO, label: str, line: str, tail: deque[str] | None) -> None:
     out.write(f"[{label}] {line}\n")
     out.flush()
     if tail is not None:
         tail.append(line + "\n")
 
 
-def _job_failure(
+def job_failure(
     label: str, command: list[str], returncode: int, answer: payload.Answer | None, stderr_tail: str
 ) -> TaskFailedError:
     if answer is not None and answer.error_type:

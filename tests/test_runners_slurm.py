@@ -1,0 +1,138 @@
+"""Bodies as real Slurm jobs: srun and sbatch styles, output, errors, cancellation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncflow import RequiresList, Slurm, Task, TaskFailedError
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and "idle" in done.stdout
+
+
+pytestmark = pytest.mark.skipif(
+    not _slurm_up(), reason="no Slurm cluster answers; start one with: bash tests/services/slurm-up.sh"
+)
+
+SRUN = Slurm(time="00:05:00")
+SBATCH = Slurm(time="00:05:00", style="sbatch")
+
+
+def squeue_names() -> list[str]:
+    done = subprocess.run(
+        ["squeue", "-h", "-o", "%j"], capture_output=True, text=True, timeout=10, check=True
+    )
+    return [n for n in done.stdout.split() if n.startswith("asyncflow-")]
+
+
+class OnNode(Task, channel="cluster"):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> dict[str, object]:
+        print(f"job {self.i} says hello", flush=True)
+        return {"i": self.i, "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID")}
+
+
+class Many(Task):
+    parts: RequiresList[dict[str, object]]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [OnNode(i) for i in range(n)]
+
+    async def run_task(self) -> list[object]:
+        return [p["job"] for p in self.parts]
+
+
+@pytest.mark.parametrize("slurm", [SRUN, SBATCH], ids=["srun", "sbatch"])
+async def test_bodies_run_as_slurm_jobs(
+    cache_dir: Path, slurm: Slurm, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with anyio.fail_after(90):
+        jobs = await Many(3).run(cache_dir=cache_dir, prefixes={"cluster": slurm})
+    assert all(job is not None for job in jobs)
+    assert len(set(jobs)) == 3  # three jobs
+    out, _ = capfd.readouterr()
+    assert "[OnNode(1)] job 1 says hello" in out
+    _, stats = await Many(3).run_with_stats(cache_dir=cache_dir, prefixes={"cluster": slurm})
+    assert stats.run == 0
+
+
+class Fails(Task, job_prefix=SRUN):
+    def run_task(self) -> None:
+        raise KeyError("no such sample")
+
+
+async def test_a_failing_job(cache_dir: Path) -> None:
+    with anyio.fail_after(60), pytest.raises(TaskFailedError) as info:
+        await Fails().run(cache_dir=cache_dir)
+    error = info.value
+    assert str(error).startswith("Fails() failed: KeyError: 'no such sample'")
+    assert error.command is not None
+    assert error.command[0] == "srun"
+    assert error.returncode != 0
+    assert isinstance(error.__cause__, KeyError)
+
+
+class Long(Task):
+    def build_task(self, pidfile: str) -> None:
+        self.pidfile = pidfile
+
+    def run_task(self) -> None:
+        Path(self.pidfile).write_text(str(os.getpid()))
+        time.sleep(120)
+
+
+@pytest.mark.parametrize("slurm", [SRUN, SBATCH], ids=["srun", "sbatch"])
+async def test_cancellation_cancels_the_job(cache_dir: Path, tmp_path: Path, slurm: Slurm) -> None:
+    pidfile = tmp_path / "pid"
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: Long(str(pidfile)).run(cache_dir=cache_dir, prefixes={Long.task_name: slurm})
+            )
+            while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110 - a job writes it
+                await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+        # The job leaves the queue and its process is gone (slurmstepd may take a moment).
+        while squeue_names():  # noqa: ASYNC110 - Slurm's state, polled
+            await anyio.sleep(0.2)
+        pid = int(pidfile.read_text())
+        while _alive(pid):  # noqa: ASYNC110 - another process
+            await anyio.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie waiting for slurmstepd to reap it counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_slurm_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="style"):
+        Slurm(style="qsub")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="extra"):
+        Slurm(extra=[1])  # type: ignore[list-item]
+    assert Slurm(extra=["--gres=gpu:1"]) == Slurm(extra=("--gres=gpu:1",))
