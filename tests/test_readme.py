@@ -1,4 +1,7 @@
-"""The README's Python snippets run, in order, as one notebook-like session would."""
+"""The README's ``python`` snippets run, in order, as one notebook-like session would.
+
+Blocks fenced as ``py`` are illustrations that need a cluster or a host; they are not run.
+"""
 
 from __future__ import annotations
 
