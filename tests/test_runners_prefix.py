@@ -268,3 +268,49 @@ async def test_max_workers_bounds_jobs(cache_dir: Path, tmp_path: Path) -> None:
         running += 1 if kind == "start" else -1
         peak = max(peak, running)
     assert peak == 1
+
+
+class Stubborn(Task, job_prefix=["env"]):
+    def build_task(self, pidfile: str) -> None:
+        self.pidfile = pidfile
+
+    def run_task(self) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL can end it
+        Path(self.pidfile).write_text(str(os.getpid()))
+        time.sleep(60)
+
+
+async def test_a_job_that_ignores_sigterm_is_killed(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncflow._runners import prefix
+
+    monkeypatch.setattr(prefix, "GRACE", 0.5)
+    pidfile = tmp_path / "pid"
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: Stubborn(str(pidfile)).run(cache_dir=cache_dir))
+            while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110 - another process writes it
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
+
+
+class TooSlow(Task, job_prefix=["env"], timeout=1):
+    def build_task(self, pidfile: str) -> None:
+        self.pidfile = pidfile
+
+    def run_task(self) -> None:
+        Path(self.pidfile).write_text(str(os.getpid()))
+        time.sleep(60)
+
+
+async def test_timeout_ends_the_job(cache_dir: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    with anyio.fail_after(30), pytest.raises(TaskFailedError, match=r"timed out after 1 s"):
+        await TooSlow(str(pidfile)).run(cache_dir=cache_dir)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
