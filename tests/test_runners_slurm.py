@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -13,22 +12,9 @@ import pytest
 
 from asyncflow import RequiresList, Slurm, Task, TaskFailedError
 
+from .service_env import requires_slurm
 
-def _slurm_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    try:
-        done = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0 and "idle" in done.stdout
-
-
-pytestmark = pytest.mark.skipif(
-    not _slurm_up(), reason="no Slurm cluster answers; start one with: bash tests/services/slurm-up.sh"
-)
+pytestmark = [pytest.mark.slurm, requires_slurm]
 
 SRUN = Slurm(time="00:05:00")
 SBATCH = Slurm(time="00:05:00", style="sbatch")
