@@ -314,3 +314,49 @@ async def test_timeout_ends_the_job(cache_dir: Path, tmp_path: Path) -> None:
         await TooSlow(str(pidfile)).run(cache_dir=cache_dir)
     with pytest.raises(ProcessLookupError):
         os.kill(int(pidfile.read_text()), 0)
+
+
+class Counted(Task, job_prefix=["env"]):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    def run_task(self) -> int:
+        with open(self.log, "a") as f:
+            f.write("ran\n")
+        time.sleep(0.2)
+        return 42
+
+
+async def test_concurrent_runs_share_a_prefixed_node(cache_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    results: list[int] = []
+
+    async def run() -> None:
+        results.append(await Counted(str(log)).run(cache_dir=cache_dir))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(run)
+    assert results == [42, 42, 42]
+    assert log.read_text() == "ran\n"
+
+
+class FlakyJob(Task, job_prefix=["env"], retries=2, retry_delay=0):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    def run_task(self) -> str:
+        with open(self.log, "a") as f:
+            f.write("try\n")
+        if len(Path(self.log).read_text().splitlines()) < 3:
+            raise RuntimeError("not yet")
+        return "done"
+
+
+async def test_retries_of_a_prefixed_body(cache_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with anyio.fail_after(60):
+        value, stats = await FlakyJob(str(log)).run_with_stats(cache_dir=cache_dir)
+    assert value == "done"
+    assert stats[FlakyJob.task_name].retried == 2
