@@ -26,6 +26,7 @@ from ._requires import RequiresList as RequiresList
 from ._requires import TaskItem as TaskItem
 from ._requires import TaskLike as TaskLike
 from ._runners.slurm import Slurm as Slurm
+from ._runners.ssh import Host as Host
 from ._stats import ClassStats as ClassStats
 from ._stats import RunStats as RunStats
 from ._task import SinkTask as SinkTask
@@ -43,6 +44,7 @@ __all__ = [
     "CycleError",
     "EventLoopRunningError",
     "GraphError",
+    "Host",
     "HostError",
     "MissingRequirementError",
     "OptionError",

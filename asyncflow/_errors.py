@@ -112,7 +112,22 @@ class CacheError(AsyncflowError):
 
 
 class HostError(AsyncflowError, OSError):
-    """A remote host cannot be used (unreachable, refused authentication, ...)."""
+    """A remote host cannot be used (unreachable, refused authentication, ...).
+
+    Attributes:
+        host: the host as a URL, e.g. ``ssh://root@127.0.0.1:2222``.
+        reason: what failed, one of ``"host-key"`` (not in known_hosts, or changed),
+            ``"refused"`` (nothing listens on the port), ``"unreachable"`` (no route,
+            timeout, unknown name, connection lost), ``"auth"`` (key refused or
+            unreadable), ``"python"`` (no remote interpreter, or no asyncflow for it),
+            ``"workdir"`` (no SFTP, or no job directory), ``"sessions"`` (the server
+            allows a single session per connection).
+    """
+
+    def __init__(self, message: str, *, host: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.reason = reason
 
 
 class EventLoopRunningError(AsyncflowError, RuntimeError):

@@ -143,6 +143,8 @@ class _Scheduler:
             self._count_skipped()
             for key, flight in self._flights.items():  # wake other runs waiting on leftovers
                 self._land(key, flight)
+            with anyio.CancelScope(shield=True):  # e.g. SSH connections, also on cancel
+                await self.runners.aclose()
         root = graph.root
         if root.state != DONE:
             return None

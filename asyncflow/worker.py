@@ -5,12 +5,20 @@ wherever it places jobs; the parent wrote the payload to ``JOB_DIR`` and reads t
 from it. The worker never opens the cache's SQLite index. Exit status: 0 when the body
 returned, 1 when it raised (the answer holds the exception), 2 when the payload could
 not be read.
+
+``--exit-on-stdin-eof`` (what SSH hosts pass): exit at once, with status 129, when stdin
+reaches its end. Closing an SSH channel does not stop a command that runs without a
+pty, and sshd refuses signals for root logins; but it does close the command's stdin,
+so this is how cancelling a remote job ends the worker. A daemon thread waits on stdin;
+the body still runs in the main thread.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -19,14 +27,36 @@ import anyio
 from ._cache import blobs
 from ._runners import payload
 
+USAGE = "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR"
+HANGUP = 129  # exit status when stdin ends first (128 + SIGHUP, as a hung-up terminal gives)
+
+
+def exit_on_stdin_eof() -> None:
+    """Start a daemon thread that ends this process as soon as stdin reaches its end."""
+
+    def watch() -> None:
+        try:
+            while os.read(0, 65536):  # the fd, not sys.stdin: no buffering, no None
+                pass
+        except OSError:  # no stdin at all: nothing holds this job open either
+            pass
+        os._exit(HANGUP)  # no cleanup: the body must not outlive the cancelled job
+
+    threading.Thread(target=watch, name="asyncflow-stdin-eof", daemon=True).start()
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job in ``argv[1]`` (default: this process's arguments)."""
-    args = sys.argv if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m asyncflow.worker JOB_DIR", file=sys.stderr)  # noqa: T201
+    """Run the job whose directory `argv` names (default: this process's arguments)."""
+    args = list(sys.argv if argv is None else argv)[1:]
+    watch_stdin = "--exit-on-stdin-eof" in args
+    if watch_stdin:
+        args.remove("--exit-on-stdin-eof")
+    if len(args) != 1 or args[0].startswith("-"):
+        print(USAGE, file=sys.stderr)  # noqa: T201
         return 2
-    job = Path(args[1])
+    if watch_stdin:
+        exit_on_stdin_eof()
+    job = Path(args[0])
     try:
         task = payload.read_payload(job)
     except Exception:

@@ -8,7 +8,7 @@ scheduler never asks which runner it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
@@ -35,6 +35,15 @@ class Runner(Protocol):
 
         Cancelling the caller must stop the body (or abandon it, for threads).
         """
+        ...
+
+
+@runtime_checkable
+class Closing(Protocol):
+    """A runner that holds something for the whole run (SSH connections) and lets go at its end."""
+
+    async def aclose(self) -> None:
+        """Release what the runner holds; called once, when the run ends."""
         ...
 
 
@@ -91,6 +100,12 @@ class Runners:
                 runner = where.make_runner(self._cache_dir, self._jobs)
             self._elsewhere[where] = runner
         return runner
+
+    async def aclose(self) -> None:
+        """Let the runners that hold connections close them: the run has ended."""
+        for runner in self._elsewhere.values():
+            if isinstance(runner, Closing):
+                await runner.aclose()
 
     def where(self, cls: type[Task[Any, Any]]) -> Where | None:
         """Return where the bodies of `cls` run when not in this process, else None.

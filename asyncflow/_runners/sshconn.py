@@ -1,0 +1,346 @@
+"""The asyncio side of SSH hosts: the connections to one host, and jobs run over them.
+
+Everything here runs in the SSH thread's event loop (see `ssh.py`), which is always
+asyncio, because asyncssh is; never in the caller's loop, which may be trio. The code
+still uses anyio (task groups, cancel scopes, events) on top of that loop, so
+cancellation reaches it the same way as everywhere else. asyncssh costs about 0.3 s to
+import, so this module is imported only when a run first uses a host.
+
+A pool opens connections on demand, one at a time, up to ``Host.connections``. Each
+connection holds one SFTP session for the job files and runs up to
+``Host.sessions_per_connection - 1`` jobs at once: OpenSSH refuses a session beyond
+its ``MaxSessions`` (10 by default) with "open failed", so a job that finds every
+connection busy waits for a slot or a new connection instead. A server that allows
+fewer sessions than configured is learnt from its refusal, and the job waits again.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shlex
+import socket
+import sys
+from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+import asyncssh
+from anyio.abc import ByteReceiveStream
+
+from .._errors import HostError
+from . import payload
+from .prefix import TAIL_LINES, relay
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .ssh import Host
+
+DEFAULT_WORKDIR = ".cache/asyncflow/jobs"  # relative to the remote home directory
+STOP_GRACE = 5.0  # seconds for a cancelled worker to exit after its stdin closes
+CLEANUP_TIMEOUT = 10.0  # seconds for removing a job directory or closing a connection
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a remote job ended: its exit status and the tail of its stderr."""
+
+    command: tuple[str, ...]  # an OpenSSH command line that would run the same job
+    returncode: int
+    stderr_tail: str
+
+
+@dataclass(eq=False)
+class _Connection:
+    ssh: asyncssh.SSHClientConnection
+    sftp: asyncssh.SFTPClient
+    capacity: int  # jobs at once (sessions minus the SFTP one)
+    busy: int = 0
+
+
+class _SessionRefused(Exception):
+    """The server refused a new session on a connection (its MaxSessions was reached)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Pool:
+    """The connections of one run to one host; `run_job` runs a job on one of them."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._connections: list[_Connection] = []
+        self._capacity = host.sessions_per_connection - 1  # lowered if the server refuses
+        self._limit = host.connections  # lowered if the host takes no more connections
+        self._opening = False
+        self._failure: HostError | None = None  # the last failed attempt to connect
+        self._failures = 0
+        self._changed = anyio.Event()
+        self._jobs_dir = ""  # absolute remote directory, set by the first connection
+
+    async def run_job(self, job: Path, label: str) -> JobEnd:
+        """Upload the job in local directory `job`, run it, download its answer into `job`."""
+        while True:
+            connection = await self._acquire()
+            try:
+                return await self._run_on(connection, job, label)
+            except _SessionRefused as refused:
+                # Sessions open: SFTP's and this connection's other jobs. The server takes no
+                # more, so this job waits for one of them, as do later ones.
+                self._capacity = connection.capacity = max(connection.busy - 1, 0)
+                if self._capacity == 0:
+                    raise HostError(
+                        f"{self.host.url}: the server refused a second session on a connection "
+                        f"({refused.reason}); asyncflow needs two, one for SFTP and one per job: "
+                        "raise MaxSessions in its sshd_config",
+                        host=self.host.url,
+                        reason="sessions",
+                    ) from None
+            except (OSError, asyncssh.Error) as exc:
+                if not connection.ssh.is_closed():
+                    raise
+                raise HostError(
+                    f"{self.host.url}: lost the connection while running {label}: {exc}",
+                    host=self.host.url,
+                    reason="unreachable",
+                ) from exc
+            finally:
+                connection.busy -= 1
+                if connection.ssh.is_closed() and connection in self._connections:
+                    self._connections.remove(connection)
+                self._notify()
+
+    async def aclose(self) -> None:
+        """Close every connection (the run has ended)."""
+        connections, self._connections = self._connections, []
+        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+            for connection in connections:
+                connection.sftp.exit()
+                connection.ssh.close()
+            for connection in connections:
+                await connection.ssh.wait_closed()
+
+    # Connections.
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _acquire(self) -> _Connection:
+        """Take a job slot on a connection, opening one if all are busy and the cap allows."""
+        while True:
+            # A connection the server closed goes once its last job has seen that.
+            self._connections = [c for c in self._connections if c.busy or not c.ssh.is_closed()]
+            for connection in self._connections:
+                if connection.busy < connection.capacity and not connection.ssh.is_closed():
+                    connection.busy += 1
+                    return connection
+            if not self._opening and len(self._connections) < self._limit:
+                self._opening = True
+                try:
+                    connection = await self._open()
+                except HostError as exc:
+                    if not self._connections:
+                        self._failure = exc
+                        self._failures += 1
+                        raise
+                    # The host takes no more connections now: queue on those it took.
+                    self._limit = len(self._connections)
+                    continue
+                finally:
+                    self._opening = False
+                    self._notify()
+                connection.busy += 1
+                self._connections.append(connection)
+                return connection
+            failures, changed = self._failures, self._changed
+            await changed.wait()
+            failure = self._failure
+            if self._failures > failures and failure is not None and not self._connections:
+                # Fail with the attempt this job waited on, rather than each retrying in turn.
+                raise HostError(str(failure), host=failure.host, reason=failure.reason) from failure
+
+    async def _open(self) -> _Connection:
+        host = self.host
+        known_hosts, key_file = _local_files(host)
+        try:
+            with anyio.fail_after(host.connect_timeout):
+                # () is asyncssh's "default" (the local user name; ~/.ssh keys and the agent),
+                # where None would mean "none".
+                ssh = await asyncssh.connect(
+                    host.host,
+                    host.port,
+                    username=() if host.user is None else host.user,
+                    client_keys=() if key_file is None else [key_file],
+                    known_hosts=known_hosts,
+                )
+        except (OSError, asyncssh.Error, ValueError) as exc:
+            raise _connect_error(host, exc, known_hosts) from exc
+        try:
+            sftp = await ssh.start_sftp_client()
+            if not self._jobs_dir:
+                self._jobs_dir = await self._make_jobs_dir(sftp)
+        except BaseException as exc:
+            ssh.close()
+            if isinstance(exc, (OSError, asyncssh.Error)):
+                raise HostError(
+                    f"{host.url}: cannot use SFTP, or create the job directory "
+                    f"{host.workdir or '~/' + DEFAULT_WORKDIR!r} there: {exc}; check the server's "
+                    "`Subsystem sftp` line, or pass Host(workdir=...) a writable directory",
+                    host=host.url,
+                    reason="workdir",
+                ) from exc
+            raise
+        return _Connection(ssh, sftp, self._capacity)
+
+    async def _make_jobs_dir(self, sftp: asyncssh.SFTPClient) -> str:
+        workdir = self.host.workdir or DEFAULT_WORKDIR
+        if workdir.startswith("~/"):
+            workdir = workdir[2:]
+        if not posixpath.isabs(workdir):
+            workdir = posixpath.join(await sftp.realpath("."), workdir)
+        await sftp.makedirs(workdir, exist_ok=True)
+        return workdir
+
+    # Jobs.
+
+    async def _run_on(self, connection: _Connection, job: Path, label: str) -> JobEnd:
+        remote = posixpath.join(self._jobs_dir, job.name)
+        sftp = connection.sftp
+        await sftp.mkdir(remote)
+        try:
+            await sftp.put([job / payload.SYS_PATH, job / payload.PAYLOAD], remote)
+            command = self.host.worker_command(remote)
+            try:
+                process = await connection.ssh.create_process(command, encoding=None)
+            except asyncssh.ChannelOpenError as exc:
+                raise _SessionRefused(exc.reason) from exc
+            returncode, tail = await _watch(process, label)
+            with suppress(asyncssh.SFTPNoSuchFile):  # no answer: the exit status and stderr tell why
+                await sftp.get(posixpath.join(remote, payload.RESULT), job / payload.RESULT)
+        finally:
+            # Suppressed: when the connection is gone, nothing more can be done from here.
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
+                await sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
+        return JobEnd(self.host.ssh_command(command), returncode, tail)
+
+
+async def _watch(process: asyncssh.SSHClientProcess[bytes], label: str) -> tuple[int, str]:
+    """Relay the job's output until it exits; end it if cancelled. Returns its exit status."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay, _Reader(process.stdout), sys.stdout, label, None)
+            tg.start_soon(relay, _Reader(process.stderr), sys.stderr, label, tail)
+        await process.wait_closed()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _stop(process)
+        raise
+    returncode = process.returncode
+    if returncode is None:
+        raise ConnectionError("the channel closed without an exit status")
+    return returncode, "".join(tail)
+
+
+async def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
+    """End a remote worker: close its stdin (it runs with ``--exit-on-stdin-eof``), then the channel.
+
+    Signals would not do: sshd refuses them for root logins, and closing the channel
+    alone leaves a command without a pty running.
+    """
+    try:
+        process.stdin.write_eof()
+        with anyio.move_on_after(STOP_GRACE):
+            await process.wait_closed()
+    except (OSError, asyncssh.Error):
+        pass  # already gone, or the connection is: then sshd closes the stdin itself
+    finally:
+        process.close()
+
+
+class _Reader(ByteReceiveStream):
+    """An asyncssh reader seen as an anyio byte stream, so `prefix.relay` can read it."""
+
+    def __init__(self, reader: asyncssh.SSHReader[bytes]) -> None:
+        self._reader = reader
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self._reader.read(max_bytes)
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _local_files(host: Host) -> tuple[str | None, str | None]:
+    """Return the known_hosts and key files to use, ``~`` expanded; None where unset."""
+    key_file = None if host.key_file is None else os.path.expanduser(host.key_file)
+    if host.known_hosts is None:
+        return None, key_file
+    known_hosts = os.path.expanduser(host.known_hosts)
+    if not os.path.exists(known_hosts):
+        raise HostError(
+            f"{host.url}: cannot check the host key: the known_hosts file {known_hosts} does not "
+            f"exist; after checking the key's fingerprint, add it with `{_keyscan(host)} >> "
+            f"{host.known_hosts}`, or pass Host(known_hosts=...) another file",
+            host=host.url,
+            reason="host-key",
+        )
+    return known_hosts, key_file
+
+
+def _keyscan(host: Host) -> str:
+    port = "" if host.port == 22 else f"-p {host.port} "
+    return f"ssh-keyscan {port}{shlex.quote(host.host)}"
+
+
+def _connect_error(host: Host, exc: BaseException, known_hosts: str | None) -> HostError:
+    """Say why connecting to `host` failed, and what to do about it."""
+    where = f"{host.url}:"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        entry = host.host if host.port == 22 else f"[{host.host}]:{host.port}"
+        message = (
+            f"{where} the host key is not trusted: it is missing from {known_hosts}, or differs "
+            f"from the key recorded there ({exc.reason}); if the host is new, check its fingerprint "
+            f"and add it with `{_keyscan(host)} >> {known_hosts}`; if its key changed, find out why "
+            f"before replacing it (`ssh-keygen -R '{entry}' -f {known_hosts}`)"
+        )
+        reason = "host-key"
+    elif isinstance(exc, asyncssh.PermissionDenied):
+        key = "the default keys and agent" if host.key_file is None else f"the key {host.key_file}"
+        message = (
+            f"{where} authentication failed for user {host.user or '(local user name)'} with {key}; "
+            "add the public key to the remote ~/.ssh/authorized_keys, or pass Host(key_file=..., "
+            "user=...)"
+        )
+        reason = "auth"
+    elif isinstance(exc, (asyncssh.KeyImportError, FileNotFoundError)):
+        message = f"{where} cannot read the client key {host.key_file}: {exc}; pass Host(key_file=...) a readable, unencrypted private key"
+        reason = "auth"
+    elif isinstance(exc, ConnectionRefusedError):
+        message = (
+            f"{where} connection refused: nothing listens on port {host.port} of {host.host}; check "
+            "the host name and port, and that sshd runs there"
+        )
+        reason = "refused"
+    elif isinstance(exc, socket.gaierror):
+        message = f"{where} unknown host name {host.host!r} ({exc.strerror}); check the spelling, or use its address"
+        reason = "unreachable"
+    elif isinstance(exc, TimeoutError):
+        message = (
+            f"{where} no answer within {host.connect_timeout:g} s; check that the host is up and "
+            "reachable from here, or raise Host(connect_timeout=...)"
+        )
+        reason = "unreachable"
+    else:
+        message = f"{where} cannot connect: {type(exc).__name__}: {exc}"
+        reason = "unreachable"
+    return HostError(message, host=host.url, reason=reason)
