@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -360,3 +361,56 @@ async def test_retries_of_a_prefixed_body(cache_dir: Path, tmp_path: Path) -> No
         value, stats = await FlakyJob(str(log)).run_with_stats(cache_dir=cache_dir)
     assert value == "done"
     assert stats[FlakyJob.task_name].retried == 2
+
+
+KILL_SCRIPT = """
+import os, sys, time
+from asyncflow import RequiresList, Task
+
+class Leaf(Task, job_prefix=["env"]):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        with open(os.environ["AF_LOG"], "a") as f:
+            f.write(f"{self.i}\\n")
+        time.sleep(0.05)
+        return self.i * self.i
+
+class Total(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [Leaf(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.parts)
+
+if __name__ == "__main__":
+    print(Total(int(sys.argv[2])).run_graph(cache_dir=sys.argv[1], max_workers=4))
+"""
+
+
+def test_kill_9_while_prefixed_jobs_run(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text(KILL_SCRIPT)
+    cache = tmp_path / "cache"
+    log = tmp_path / "log"
+    env = {**os.environ, "AF_LOG": str(log)}
+    n = 24
+    command = [sys.executable, str(script), str(cache), str(n)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while (not log.exists() or len(log.read_text().splitlines()) < 8) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the workflow did not start its jobs"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    # The same workflow, run again (a new process: the taskfile is its __main__), completes
+    # from whatever the killed one kept, and the index is whole.
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sum(i * i for i in range(n)))
+    conn = sqlite3.connect(cache / "asyncflow" / "index.sqlite")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
