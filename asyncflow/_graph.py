@@ -8,6 +8,7 @@ chain 10,000 deep builds like a fan-out of 100,000.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import BuildError, CycleError, MissingRequirementError
@@ -55,6 +56,11 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.task!r}>"
+
+
+def signature(dep_versions: list[str], consts: str) -> str:
+    """Hash the versions of a node's deps and its Const values, as its record keeps them."""
+    return hashlib.blake2b("\0".join([*dep_versions, consts]).encode(), digest_size=12).hexdigest()
 
 
 class Graph:

@@ -9,7 +9,6 @@ for the cache. Settling is a loop over a queue, never a recursion.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 import time
@@ -22,7 +21,7 @@ import anyio.lowlevel
 from ._cache.index import Entry, Record
 from ._cache.session import CacheSession, open_session
 from ._errors import TaskFailedError, WorkflowFailedError
-from ._graph import MISSING, Graph, Node, build_graph
+from ._graph import MISSING, Graph, Node, build_graph, signature
 from ._limits import Limits, hold
 from ._requires import REQS, VALUES, resolve
 from ._runners.base import Runners
@@ -219,12 +218,10 @@ class _Scheduler:
         """
         if node.signature is not None:
             return node.signature
-        parts = [d.version or "" for d in node.deps]
-        parts.append(node.consts)
-        signature = hashlib.blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
+        value = signature([d.version or "" for d in node.deps], node.consts)
         if keep:
-            node.signature = signature
-        return signature
+            node.signature = value
+        return value
 
     def _is_current(self, node: Node, record: Record | None, deps: str) -> bool:
         if record is None or record.deps != deps:

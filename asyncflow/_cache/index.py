@@ -208,6 +208,22 @@ def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
     return out
 
 
+def times_and_failures(
+    conn: sqlite3.Connection, keys: Sequence[str]
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """Return ``(started, finished)`` of the records of `keys`, and their last failures."""
+    times: dict[str, tuple[float, float]] = {}
+    failures: dict[str, str] = {}
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        for key, started, finished in conn.execute(
+            f"SELECT key, started, finished FROM nodes WHERE key IN ({marks})", chunk
+        ):
+            times[key] = (started, finished)
+        failures.update(conn.execute(f"SELECT key, error FROM failures WHERE key IN ({marks})", chunk))
+    return times, failures
+
+
 def acquire(
     conn: sqlite3.Connection, owner: str, ttl: float, keys: Sequence[str]
 ) -> list[tuple[str | None, Record | None]]:
