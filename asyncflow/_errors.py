@@ -132,3 +132,16 @@ class HostError(AsyncflowError, OSError):
 
 class EventLoopRunningError(AsyncflowError, RuntimeError):
     """A blocking twin (`run_graph`, ...) was called where an event loop already runs."""
+
+
+class GraphvizError(AsyncflowError):
+    """A graph image could not be written with Graphviz.
+
+    Attributes:
+        reason: ``"missing"`` (no ``dot`` program), ``"format"`` (the file name's suffix
+            is not ``.svg``, ``.png`` or ``.pdf``) or ``"failed"`` (``dot`` exited with an error).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

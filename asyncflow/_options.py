@@ -41,6 +41,8 @@ class RunOptions(TypedDict, total=False):
     """Re-run a task whose class source changed; default on (``AF_DETECT_SOURCE_CHANGE=0``)."""
     on_error: OnError
     """``"cancel"`` (default) stops at the first failure; ``"continue"`` finishes the rest."""
+    progress: bool
+    """Show live progress per task class on a terminal (log lines otherwise); default off."""
 
 
 class CacheOptions(TypedDict, total=False):
@@ -62,6 +64,7 @@ class Settings:
     hosts: Mapping[str, Placement] = field(default_factory=dict[str, "Placement"])
     detect_source_change: bool = True
     on_error: OnError = "cancel"
+    progress: bool = False
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -173,6 +176,9 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     on_error = options.get("on_error", "cancel")
     if on_error not in ("cancel", "continue"):
         raise _fail("on_error", on_error, '"cancel" or "continue"')
+    progress = options.get("progress", False)
+    if not isinstance(progress, bool):
+        raise _fail("progress", progress, "True or False")
     return Settings(
         cache_dir=resolve_cache_dir(options.get("cache_dir")),
         rate_limits=limits,
@@ -182,4 +188,5 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         hosts=hosts,
         detect_source_change=detect,
         on_error=on_error,
+        progress=progress,
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,6 +31,7 @@ from ._stats import Counts, RunStats, StatsBuilder
 
 if TYPE_CHECKING:
     from ._options import Settings
+    from ._progress import RunProgress
     from ._runners.base import Outcome, Runner
     from ._task import Task
 
@@ -75,7 +77,8 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
     async with open_session(settings.cache_dir) as session:
         scheduler = _Scheduler(graph, sources, settings, session)
         try:
-            value = await scheduler.run()
+            with scheduler.progress or nullcontext():
+                value = await scheduler.run()
         except Exception as exc:  # raised below, not wrapped by the session's task group
             scheduler.errors.append(exc)
     scheduler.raise_failures()
@@ -122,6 +125,12 @@ class _Scheduler:
         self._spare = 0  # workers started and not busy with a node
         self._busy = 0  # workers running a node
         self._per_class: dict[type, tuple[Runner, tuple[anyio.CapacityLimiter, ...]]] = {}
+        # None unless asked for, so a run without progress pays one test per node event.
+        self.progress: RunProgress | None = None
+        if settings.progress:
+            from ._progress import RunProgress  # rich is imported only when it is used
+
+            self.progress = RunProgress(Counter(type(n.task).task_name for n in graph))
 
     # The run.
 
@@ -235,6 +244,8 @@ class _Scheduler:
             node = queue.popleft()
             if node.state == FRESH:  # its version was set by _plan
                 self.stats.of(type(node.task).task_name).reused += 1
+                if self.progress is not None:
+                    self.progress.reused(type(node.task).task_name)
                 queue.extend(self._done(node))
             else:
                 node.state = QUEUED
@@ -298,6 +309,8 @@ class _Scheduler:
         signature = self._signature(node)
         if await self._reuse_elsewhere(node, signature):
             self.stats.of(cls.task_name).reused += 1
+            if self.progress is not None:
+                self.progress.reused(cls.task_name)
             mine = self._flights.get(node.key)
             if mine is not None:  # tell other runs of this process waiting on it
                 mine.version, mine.value, mine.signature = node.version, node.value, signature
@@ -307,6 +320,8 @@ class _Scheduler:
         flight = self._flights[node.key]
         try:
             node.state = RUNNING
+            if self.progress is not None:
+                self.progress.started(cls.task_name)
             outcome, started, finished = await self._compute(node)
         except anyio.get_cancelled_exc_class():
             self.session.release_nowait(node.key)
@@ -319,6 +334,8 @@ class _Scheduler:
             flight.version = version = f"{self._version_prefix}{self._written:x}"
             flight.value = outcome.value
             flight.signature = signature
+            if self.progress is not None:
+                self.progress.ran(cls.task_name)
         finally:
             self._land(node.key, flight)
         self.session.store_nowait(
@@ -452,6 +469,8 @@ class _Scheduler:
     def _fail(self, node: Node, error: TaskFailedError) -> None:
         node.state = FAILED
         self.stats.of(type(node.task).task_name).failed += 1
+        if self.progress is not None:
+            self.progress.failed(type(node.task).task_name)
         self.failures.append(error)
         self.session.release_nowait(node.key, (type(node.task).task_name, str(error)))
         if self.settings.on_error == "cancel" and self._tg is not None:

@@ -224,6 +224,35 @@ def times_and_failures(
     return times, failures
 
 
+class ClassSummary(NamedTuple):
+    """What the index holds for one task class (`asyncflow status`)."""
+
+    task_name: str
+    nodes: int
+    size: int  # bytes of the stored (encoded) results
+    last_run: float | None  # when the newest result finished (epoch seconds)
+    last_failure: tuple[str, str, float] | None  # (key, error, at) of the newest failure
+
+
+def summarize(conn: sqlite3.Connection) -> list[ClassSummary]:
+    """Return per task class: results held, their bytes, the last run and the last failure."""
+    counts: dict[str, tuple[int, int, float | None]] = {}
+    for name, nodes, size, finished in conn.execute(
+        "SELECT task_name, count(*), coalesce(sum(size), 0), max(finished) FROM nodes GROUP BY task_name"
+    ):
+        counts[name] = (nodes, size, finished)
+    failures: dict[str, tuple[str, str, float]] = {}
+    # SQLite takes the bare columns of an aggregate query from the row holding max(at).
+    for name, key, error, at in conn.execute(
+        "SELECT task_name, key, error, max(at) FROM failures GROUP BY task_name"
+    ):
+        failures[name] = (key, error, at)
+    return [
+        ClassSummary(name, *counts.get(name, (0, 0, None)), failures.get(name))
+        for name in sorted(counts.keys() | failures.keys())
+    ]
+
+
 def acquire(
     conn: sqlite3.Connection, owner: str, ttl: float, keys: Sequence[str]
 ) -> list[tuple[str | None, Record | None]]:

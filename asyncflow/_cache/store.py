@@ -1,4 +1,4 @@
-"""Cache operations outside a run: read one result, clear nodes or a whole class."""
+"""Cache operations outside a run: read one result, clear nodes or a whole class, summarize."""
 
 from __future__ import annotations
 
@@ -62,6 +62,17 @@ async def clear_class(cache_dir: Path, task_name: str) -> int:
         await idx.close()
     await anyio.to_thread.run_sync(_remove_dirs, [paths.class_data_dir(cache_dir, task_name)])
     return removed
+
+
+async def summarize(cache_dir: Path) -> list[index.ClassSummary] | None:
+    """Return what the cache holds per task class; None when `cache_dir` has no index."""
+    idx = await Index.open(cache_dir, create=False)
+    if idx is None:
+        return None
+    try:
+        return await idx.call(index.summarize)
+    finally:
+        await idx.close()
 
 
 def _remove_dirs(dirs: Sequence[Path]) -> None:

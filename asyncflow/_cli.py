@@ -1,0 +1,620 @@
+"""The ``asyncflow`` command line: ``run``, ``graph``, ``status``, ``clear``.
+
+Exit statuses: 0 success, 1 a task failed (or the graph or cache could not be used),
+2 a usage error (missing taskfile, no such entrypoint, bad option value), 130 on Ctrl-C.
+Each command has one async implementation, started with `anyio.run`; the library does the
+work, this module only parses, loads the taskfile and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import logging
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._errors import AsyncflowError, CacheError, GraphError, OptionError, TaskFailedError, WorkflowFailedError
+from ._options import resolve_cache_dir
+from ._task import Task
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Sequence
+    from types import ModuleType
+
+    from ._explain import NodeStatus
+    from ._options import RunOptions
+    from ._render import Format
+
+log = logging.getLogger("asyncflow")
+
+PROG = "asyncflow"
+OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be (exit status 2)."""
+
+
+def _write(text: str = "", *, err: bool = False) -> None:
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+# Loading a taskfile.
+
+
+def _module_name(path: Path) -> str:
+    """Name the taskfile's module: its stem, unless that would shadow another module.
+
+    The name is part of every task's `task_name` and so of its cache keys: it must be the
+    same on every run of the same file, hence a hash of the path rather than a counter.
+    """
+    stem = path.stem
+    found = importlib.machinery.PathFinder.find_spec(stem, sys.path) if stem.isidentifier() else None
+    taken = (
+        not stem.isidentifier()
+        or stem in sys.modules
+        or (found is not None and found.origin != str(path))  # the taskfile itself may be on the path
+    )
+    if not taken:
+        return stem
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    safe = "".join(c if c.isalnum() else "_" for c in stem)
+    return f"_asyncflow_taskfile_{safe}_{digest}"
+
+
+def load_taskfile(file: str) -> ModuleType:
+    """Import a taskfile by path, registered in `sys.modules` under a stable unique name.
+
+    Raises:
+        UsageError: the file is missing or raised while being imported.
+    """
+    path = Path(file).absolute()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise UsageError(f"taskfile {file} {what}; give the path of a Python file defining a Main task")
+    name = _module_name(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"taskfile {file} cannot be imported as Python (name it *.py)")
+    module = importlib.util.module_from_spec(spec)
+    # Like `python FILE`: modules next to the taskfile can be imported from it.
+    sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        log.error("loading taskfile %s failed", file, exc_info=exc)
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        raise UsageError(f"taskfile {file} raised while being imported: {last}") from exc
+    from ._cache import blobs
+
+    # Worker processes cannot import a file loaded by path: send its classes by value.
+    blobs.register_by_value(module)
+    return module
+
+
+def _task_classes(module: ModuleType) -> dict[str, type[Task[Any, Any]]]:
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, Task) and value.__module__ == module.__name__
+    }
+
+
+def entrypoint(module: ModuleType, file: str, name: str) -> Task[Any, Any]:
+    """Return ``NAME()`` from the taskfile: a Task subclass called without arguments.
+
+    Raises:
+        UsageError: no such name, not a task class, or it needs arguments.
+    """
+    value: object = getattr(module, name, None)
+    classes = ", ".join(sorted(_task_classes(module))) or "none"
+    if value is None:
+        raise UsageError(
+            f"taskfile {file} has no task {name!r} (its task classes: {classes}); "
+            f"define class {name}(Task) or pick one with -e NAME"
+        )
+    shown = f"{type(value).__name__} {value!r}"
+    if not (isinstance(value, type) and issubclass(value, Task)):
+        raise UsageError(f"{name} in {file} is {shown}, not a Task subclass (its task classes: {classes})")
+    cls: type[Task[Any, Any]] = value  # pyright: ignore[reportUnknownVariableType]  # any Task subclass
+    try:
+        return cls()
+    except AsyncflowError as exc:
+        first = str(exc).splitlines()[0]
+        raise UsageError(
+            f"entrypoint {name} must take no arguments, but {first}; "
+            f"add a task without parameters that requires it, and run that"
+        ) from exc
+
+
+def _cache_dir(option: str | None, taskfile: str | None) -> Path:
+    """``--cache-dir``, else ``$AF_CACHE_DIR``, else ``.cache`` next to the taskfile (or here)."""
+    if option is not None:
+        return Path(option).absolute()
+    import os
+
+    if os.environ.get("AF_CACHE_DIR") or taskfile is None:
+        return resolve_cache_dir(None)
+    return Path(taskfile).absolute().parent / ".cache"
+
+
+# Parsing option values.
+
+
+def _rate_limits(text: str) -> dict[str, int]:
+    try:
+        value: object = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--rate-limits {text!r} is not valid JSON ({exc}); "
+            "give an object of channel names to positive ints, e.g. --rate-limits '{\"gpu\": 2}'"
+        ) from exc
+    if isinstance(value, dict):
+        items: list[tuple[object, object]] = list(value.items())  # pyright: ignore[reportUnknownArgumentType]  # JSON
+        if all(isinstance(k, str) and type(v) is int and v >= 1 for k, v in items):
+            return {str(k): int(v) for k, v in items}  # pyright: ignore[reportArgumentType]  # checked above
+    raise UsageError(
+        f"--rate-limits {text!r} is not an object of channel names to positive ints; "
+        'e.g. --rate-limits \'{"gpu": 2, "mymod.Train": 4}\''
+    )
+
+
+def _prefixes(entries: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        channel, sep, command = entry.partition("=")
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise UsageError(f"--prefix {entry!r}: the command cannot be split like a shell ({exc})") from exc
+        if not sep or not channel or not argv:
+            raise UsageError(
+                f"--prefix {entry!r} is not CHANNEL=COMMAND; e.g. --prefix 'gpu=srun -p gpu --gres=gpu:1'"
+            )
+        out[channel] = argv
+    return out
+
+
+def _log_level(text: str) -> int:
+    level = logging.getLevelNamesMapping().get(text.upper()) if sys.version_info >= (3, 11) else None
+    if level is None and text.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        level = int(getattr(logging, text.upper()))
+    if level is not None:
+        return level
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"unknown log level {text!r}; use DEBUG, INFO, WARNING or ERROR")
+
+
+# The commands.
+
+
+@dataclass
+class RunArgs:
+    """The parsed arguments of ``asyncflow run``."""
+
+    taskfile: str
+    entry: str
+    cache_dir: str | None
+    max_workers: int | None
+    executor: str | None
+    rate_limits: str | None
+    prefix: list[str]
+    detect_source_change: bool | None
+    force_entrypoint: bool
+    on_error: str | None
+    progress: bool = True
+
+
+async def cmd_run(args: RunArgs) -> int:
+    """Run the taskfile's entrypoint; report its result, or which tasks failed."""
+    root = entrypoint(load_taskfile(args.taskfile), args.taskfile, args.entry)
+    cache_dir = _cache_dir(args.cache_dir, args.taskfile)
+    options: RunOptions = {"cache_dir": cache_dir}
+    if args.max_workers is not None:
+        options["max_workers"] = args.max_workers
+    if args.executor == "process":
+        options["executor"] = "process"
+    if args.rate_limits is not None:
+        options["rate_limits"] = _rate_limits(args.rate_limits)
+    if args.prefix:
+        options["prefixes"] = _prefixes(args.prefix)
+    if args.detect_source_change is not None:
+        options["detect_source_change"] = args.detect_source_change
+    if args.on_error == "continue":
+        options["on_error"] = "continue"
+    options["progress"] = args.progress
+    if args.force_entrypoint and await root.clear(cache_dir=cache_dir):
+        log.info("removed the cached result of %r (--force-entrypoint)", root)
+    log.info("running %r with the cache in %s", root, cache_dir)
+    try:
+        value, stats = await root.run_with_stats(**options)
+    except OptionError as exc:
+        raise UsageError(str(exc)) from exc
+    except (TaskFailedError, WorkflowFailedError) as exc:
+        errors = [exc] if isinstance(exc, TaskFailedError) else _flatten(exc)
+        for error in errors:
+            log.error("%s", str(error).splitlines()[0], exc_info=error)
+        _write(f"{PROG}: {len(errors)} task(s) failed:", err=True)
+        for error in errors:
+            _write(f"  {error.task}: {_last_line(error)}", err=True)
+        if log.isEnabledFor(logging.ERROR):
+            _write("(full tracebacks in the log above)", err=True)
+        return FAILED
+    text = repr(value)
+    _write(f"{root!r} = {text if len(text) <= 200 else text[:197] + '...'}")
+    _write(f"{stats.run} run, {stats.reused} from cache in {stats.elapsed:.2f} s")
+    return OK
+
+
+def _flatten(group: WorkflowFailedError) -> list[TaskFailedError]:
+    return [e for e in group.exceptions if isinstance(e, TaskFailedError)]
+
+
+def _last_line(error: TaskFailedError) -> str:
+    """The failure in one line: the original exception's last line, else the message's first."""
+    cause = error.__cause__
+    if isinstance(cause, BaseException):
+        return traceback.format_exception_only(type(cause), cause)[-1].strip()
+    return str(error).splitlines()[0]
+
+
+async def cmd_graph(taskfile: str, entry: str, cache_dir: str | None, fmt: Format, output: str | None) -> int:
+    """Print (or write) the graph with each node's fresh/stale state and reason."""
+    from ._errors import GraphvizError
+    from ._explain import explain
+    from ._render import IMAGE_FORMATS, render, write_image
+
+    root = entrypoint(load_taskfile(taskfile), taskfile, entry)
+    statuses: list[NodeStatus] = await explain(root, cache_dir=_cache_dir(cache_dir, taskfile))
+    image = output is not None and Path(output).suffix.lower().lstrip(".") in IMAGE_FORMATS
+    text = render(statuses, "dot" if image else fmt)
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return OK
+    try:
+        if image:
+            await anyio.to_thread.run_sync(write_image, text, Path(output))
+        else:
+            await anyio.Path(output).write_text(text if text.endswith("\n") else text + "\n")
+    except GraphvizError as exc:
+        if exc.reason == "format":
+            raise UsageError(str(exc)) from exc
+        _write(f"{PROG} graph: {exc}", err=True)
+        return FAILED
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write it ({exc})") from exc
+    _write(f"wrote {output}")
+    return OK
+
+
+async def cmd_status(cache_dir: str | None, as_json: bool) -> int:
+    """Show per task class what the cache holds."""
+    from ._cache.store import summarize
+
+    where = _cache_dir(cache_dir, None)
+    classes = await summarize(where)
+    if as_json:
+        doc = {
+            "cache_dir": str(where),
+            "classes": [
+                {
+                    "task_name": c.task_name,
+                    "nodes": c.nodes,
+                    "bytes": c.size,
+                    "last_run": c.last_run,
+                    "last_failure": None
+                    if c.last_failure is None
+                    else {"task": c.last_failure[0], "error": c.last_failure[1], "at": c.last_failure[2]},
+                }
+                for c in classes or []
+            ],
+        }
+        _write(json.dumps(doc, indent=2))
+        return OK
+    if classes is None:
+        _write(f"no asyncflow cache in {where} (nothing has run with this --cache-dir)")
+        return OK
+    _write(f"cache: {where}")
+    rows = [("task class", "nodes", "bytes", "last run", "last failure")]
+    for c in classes:
+        failure = "-"
+        if c.last_failure is not None:
+            _, error, at = c.last_failure
+            failure = f"{_when(at)} {error.splitlines()[0]}"
+        rows.append(
+            (c.task_name, str(c.nodes), _size(c.size), _when(c.last_run) if c.last_run else "-", failure)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        cells = [r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2]), r[3].ljust(widths[3])]
+        _write("  ".join([*cells, r[4]]).rstrip())
+    return OK
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("asyncflow bug: unreachable")
+
+
+async def cmd_clear(taskfile: str, entry: str, cache_dir: str | None, all_of: list[str]) -> int:
+    """Remove cached results; report what was removed and what became stale."""
+    from ._cache import index
+    from ._cache.index import Index
+    from ._cache.store import clear_class, clear_nodes
+    from ._explain import explain
+
+    module = load_taskfile(taskfile)
+    root = entrypoint(module, taskfile, entry)
+    where = _cache_dir(cache_dir, taskfile)
+    names = [_class_name(module, taskfile, c) for c in all_of]
+    before = {s.key: s for s in await explain(root, cache_dir=where)}
+    removed: list[str] = []
+    if names:
+        for name in names:
+            count = await clear_class(where, name)
+            _write(f"removed {count} result(s) of {name}")
+            removed.extend(k for k, s in before.items() if s.task_name == name)
+    else:
+        idx = await Index.open(where, create=False)
+        held: dict[str, index.Record] = {}
+        if idx is not None:
+            try:
+                held = await idx.call(index.lookup, list(before))
+            finally:
+                await idx.close()
+        await clear_nodes(where, [s.task for s in before.values() if s.key in held])
+        removed = [k for k in before if k in held]
+        _write(f"removed {len(removed)} result(s) of the graph of {root!r}: {_some(before, removed)}")
+    after = await explain(root, cache_dir=where)
+    stale = [
+        s.key for s in after if s.state != "fresh" and before[s.key].state == "fresh" and s.key not in removed
+    ]
+    if stale:
+        _write(f"now stale ({len(stale)}): {_some(before, stale)}")
+    else:
+        _write("nothing else became stale")
+    return OK
+
+
+def _some(statuses: dict[str, NodeStatus], keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(statuses[k].task) for k in keys[:limit])
+    more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return (shown + more) or "none"
+
+
+def _class_name(module: ModuleType, taskfile: str, name: str) -> str:
+    """A class of the taskfile by name, or any class by its `task_name`, as a `task_name`."""
+    value = getattr(module, name, None)
+    if isinstance(value, type) and issubclass(value, Task):
+        return value.task_name
+    if "." in name:
+        return name
+    classes = ", ".join(sorted(_task_classes(module))) or "none"
+    raise UsageError(
+        f"--all-of {name}: taskfile {taskfile} has no task class {name!r} (its task classes: {classes}); "
+        "give a class of the taskfile, or a task_name such as mypackage.module.Class"
+    )
+
+
+# The parser.
+
+
+def _add_taskfile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("taskfile", metavar="TASKFILE", help="a Python file defining the tasks")
+    parser.add_argument(
+        "-e",
+        "--entrypoint",
+        dest="entry",
+        default="Main",
+        metavar="NAME",
+        help="the task class to use, taking no arguments (default: Main)",
+    )
+
+
+def _add_cache_dir(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help=f"the cache directory (default: $AF_CACHE_DIR, else {default})"
+    )
+
+
+_LEVEL = "log level: DEBUG, INFO (default), WARNING or ERROR"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of the whole command line."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run asyncflow workflows and look after their cache.",
+        epilog="exit status: 0 success, 1 a task failed, 2 usage error",
+    )
+    parser.add_argument(
+        "-l", "--loglevel", type=_log_level, default=logging.INFO, metavar="LEVEL", help=_LEVEL
+    )
+    # -l is also accepted after the command; there it overrides only when given.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-l", "--loglevel", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL", help=_LEVEL
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a taskfile's Main task (only what is stale)",
+        description="Run the Main task of TASKFILE (or -e NAME): everything stale upstream of it, "
+        "in parallel, then print its result.",
+        epilog="exit status: 0 success, 1 a task failed (a summary follows the log), 2 usage error",
+    )
+    _add_taskfile(run)
+    _add_cache_dir(run, ".cache next to TASKFILE")
+    run.add_argument(
+        "-w", "--max-workers", type=int, metavar="N", help="threads (or processes) for plain def bodies"
+    )
+    run.add_argument(
+        "-t",
+        "--executor",
+        choices=["thread", "process"],
+        help="where plain def bodies run: worker threads (default) or worker processes",
+    )
+    run.add_argument(
+        "--rate-limits",
+        metavar="JSON",
+        help="at most n tasks of a channel at once, as JSON: '{\"gpu\": 2}' (a channel is a "
+        "class's channel= keyword or its task_name)",
+    )
+    run.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        metavar="CHANNEL=COMMAND",
+        help="run the bodies of CHANNEL's tasks through COMMAND (split like a shell), "
+        "e.g. 'gpu=srun -p gpu'; repeatable",
+    )
+    run.add_argument(
+        "-D",
+        "--detect-source-change",
+        dest="detect_source_change",
+        action="store_const",
+        const=True,
+        help="re-run tasks whose class source changed (default, unless $AF_DETECT_SOURCE_CHANGE=0)",
+    )
+    run.add_argument(
+        "--no-detect-source-change",
+        dest="detect_source_change",
+        action="store_const",
+        const=False,
+        help="reuse cached results even when their class source changed",
+    )
+    run.add_argument(
+        "--force-entrypoint",
+        action="store_true",
+        help="re-run the entrypoint task even if its cached result is fresh",
+    )
+    run.add_argument(
+        "--on-error",
+        choices=["cancel", "continue"],
+        help="on a failure, cancel the rest (default) or finish every branch that does not depend on it",
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress per task class: live lines on a terminal, log lines otherwise (default: on)",
+    )
+
+    graph = sub.add_parser(
+        "graph",
+        parents=[common],
+        help="draw the task graph, each node marked fresh or stale (and why)",
+        description="Print the graph of TASKFILE's Main task (or -e NAME), each node fresh, stale "
+        "or failed, with why it is stale.",
+    )
+    _add_taskfile(graph)
+    _add_cache_dir(graph, ".cache next to TASKFILE")
+    graph.add_argument(
+        "--format", choices=["mermaid", "dot", "text"], default="text", help="output format (default: text)"
+    )
+    graph.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE instead of stdout; a .png, .svg or .pdf FILE is drawn by Graphviz's dot",
+    )
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="what the cache holds, per task class",
+        description="Per task class: results cached, their bytes, the last run and the last failure.",
+    )
+    _add_cache_dir(status, "./.cache")
+    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+    clear = sub.add_parser(
+        "clear",
+        parents=[common],
+        help="remove cached results",
+        description="Remove the cached results of the graph of TASKFILE's Main task (or -e NAME), or with "
+        "--all-of every result of a class; report what was removed and what became stale.",
+    )
+    _add_taskfile(clear)
+    _add_cache_dir(clear, ".cache next to TASKFILE")
+    clear.add_argument(
+        "--all-of",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="remove every cached result of CLASS (a class of the taskfile, or a task_name) instead; repeatable",
+    )
+    return parser
+
+
+def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
+    """Bind the parsed namespace (untyped: argparse) to its command's coroutine function."""
+    a: Any = ns  # argparse gives Any attributes; each is checked by its parser above
+    if a.command == "run":
+        if a.max_workers is not None and a.max_workers < 1:
+            raise UsageError(f"-w/--max-workers {a.max_workers}: give a positive number of workers")
+        run_args = RunArgs(
+            a.taskfile,
+            a.entry,
+            a.cache_dir,
+            a.max_workers,
+            a.executor,
+            a.rate_limits,
+            a.prefix,
+            a.detect_source_change,
+            a.force_entrypoint,
+            a.on_error,
+            a.progress,
+        )
+        return lambda: cmd_run(run_args)
+    if a.command == "graph":
+        return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
+    if a.command == "status":
+        return lambda: cmd_status(a.cache_dir, a.json)
+    assert a.command == "clear", "asyncflow bug: a subcommand without an implementation"
+    return lambda: cmd_clear(a.taskfile, a.entry, a.cache_dir, a.all_of)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return its exit status (the console script exits with it)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    level: int = ns.loglevel
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return anyio.run(_command(ns))  # _command may raise UsageError too
+    except UsageError as exc:
+        _write(f"{PROG} {ns.command}: error: {exc}", err=True)
+        return USAGE
+    except (GraphError, CacheError) as exc:
+        _write(f"{PROG} {ns.command}: {type(exc).__name__}: {exc}", err=True)
+        return FAILED
+    except KeyboardInterrupt:
+        _write(f"{PROG}: interrupted", err=True)
+        return INTERRUPTED

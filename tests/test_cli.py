@@ -1,0 +1,262 @@
+"""The command line, run for real in subprocesses on taskfiles written to tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TASKS = """
+from asyncflow import RequiresList, Task
+
+
+class Square(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        return self.i * self.i
+
+
+class Main(Task):
+    parts: RequiresList[int]
+
+    def build_task(self) -> None:
+        self.parts = [Square(i) for i in range(4)]
+
+    async def run_task(self) -> int:
+        return sum(self.parts)
+
+
+class Other(Task):
+    def build_task(self) -> None:
+        pass
+
+    async def run_task(self) -> str:
+        return "other"
+
+
+class Takes(Task):
+    def build_task(self, x: int) -> None:
+        self.x = x
+
+    async def run_task(self) -> int:
+        return self.x
+
+
+NOT_A_TASK = 3
+"""
+
+FAILING = """
+from asyncflow import RequiresList, Task
+
+
+class Fragile(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> float:
+        return 1 / self.i
+
+
+class Main(Task):
+    parts: RequiresList[float]
+
+    def build_task(self) -> None:
+        self.parts = [Fragile(i) for i in range(3)]
+
+    async def run_task(self) -> float:
+        return sum(self.parts)
+"""
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "asyncflow"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AF_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def cli(*args: str | Path, cwd: Path, script: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the command line (python -m asyncflow, or the console script) and capture it."""
+    head = [str(CONSOLE_SCRIPT)] if script else [sys.executable, "-m", "asyncflow"]
+    return subprocess.run(
+        [*head, *map(str, args)], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def taskfile(tmp_path: Path) -> Path:
+    path = tmp_path / "flow.py"
+    path.write_text(textwrap.dedent(TASKS))
+    return path
+
+
+@pytest.fixture
+def failing(tmp_path: Path) -> Path:
+    path = tmp_path / "fails.py"
+    path.write_text(textwrap.dedent(FAILING))
+    return path
+
+
+def test_run_twice_reuses_the_cache_next_to_the_taskfile(taskfile: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    first = cli("run", taskfile, cwd=elsewhere)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["Main() = 14", first.stdout.splitlines()[1]]
+    assert first.stdout.splitlines()[1].startswith("5 run, 0 from cache")
+    assert (tmp_path / ".cache" / "asyncflow" / "index.sqlite").exists()
+    assert not (elsewhere / ".cache").exists()
+    second = cli("run", taskfile, "-l", "WARNING", cwd=elsewhere, script=True)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines()[1].startswith("0 run, 5 from cache")
+    assert second.stderr == ""  # -l WARNING after the command silences the INFO lines
+
+
+def test_run_options(taskfile: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    args = ["-w", "2", "-t", "process", "--rate-limits", '{"flow.Square": 1}', "--no-detect-source-change"]
+    done = cli("-l", "DEBUG", "run", taskfile, "--cache-dir", cache, *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Main() = 14" in done.stdout
+    assert (cache / "asyncflow" / "index.sqlite").exists()
+    again = cli(
+        "run", taskfile, "--cache-dir", cache, "--force-entrypoint", "--no-detect-source-change", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert "1 run, 4 from cache" in again.stdout
+    # Results made without source hashes count as "code changed" once detection is back on.
+    detect = cli("run", taskfile, "--cache-dir", cache, "-D", cwd=tmp_path)
+    assert "5 run, 0 from cache" in detect.stdout
+    other = cli("run", taskfile, "--cache-dir", cache, "-e", "Other", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert "Other() = 'other'" in other.stdout
+
+
+def test_run_through_a_prefix(taskfile: Path, tmp_path: Path) -> None:
+    done = cli("run", taskfile, "--prefix", "flow.Square=env AF_X=1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Main() = 14" in done.stdout
+
+
+def test_a_failure_exits_1_with_a_summary(failing: Path, tmp_path: Path) -> None:
+    done = cli("run", failing, "--on-error", "continue", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr  # the full traceback is in the log
+    summary = done.stderr[done.stderr.index("asyncflow: 1 task(s) failed:") :]
+    assert "  Fragile(0): ZeroDivisionError: division by zero" in summary
+    status = cli("status", "--cache-dir", tmp_path / ".cache", "--json", cwd=tmp_path)
+    classes = {c["task_name"]: c for c in json.loads(status.stdout)["classes"]}
+    assert classes["fails.Fragile"]["nodes"] == 2  # Fragile(1), Fragile(2) were kept
+    failure = classes["fails.Fragile"]["last_failure"]
+    assert failure["task"] == "fails.Fragile(0)"
+    assert "ZeroDivisionError" in failure["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.py"], "taskfile missing.py does not exist"),
+        (
+            ["run", "{taskfile}", "-e", "Nope"],
+            "has no task 'Nope' (its task classes: Main, Other, Square, Takes)",
+        ),
+        (["run", "{taskfile}", "-e", "NOT_A_TASK"], "NOT_A_TASK in {taskfile} is int 3, not a Task subclass"),
+        (["run", "{taskfile}", "-e", "Takes"], "entrypoint Takes must take no arguments"),
+        (["run", "{taskfile}", "--rate-limits", "{gpu: 1}"], "--rate-limits '{gpu: 1}' is not valid JSON"),
+        (
+            ["run", "{taskfile}", "--rate-limits", '{"gpu": 0}'],
+            "is not an object of channel names to positive ints",
+        ),
+        (["run", "{taskfile}", "--prefix", "gpu"], "--prefix 'gpu' is not CHANNEL=COMMAND"),
+        (["run", "{taskfile}", "-w", "0"], "-w/--max-workers 0: give a positive number"),
+        (["run", "{taskfile}", "-t", "gpu"], "argument -t/--executor: invalid choice: 'gpu'"),
+        (["run", "{broken}"], "raised while being imported: NameError: name 'undefined' is not defined"),
+        (
+            ["clear", "{taskfile}", "--all-of", "Nope"],
+            "--all-of Nope: taskfile {taskfile} has no task class 'Nope'",
+        ),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_usage_errors_exit_2_naming_the_problem(
+    args: list[str], message: str, taskfile: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("x = undefined\n")
+    done = cli(
+        *[a.replace("{taskfile}", str(taskfile)).replace("{broken}", str(broken)) for a in args], cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert message.replace("{taskfile}", str(taskfile)) in done.stderr
+    assert done.stdout == ""
+
+
+def test_status_without_a_cache(tmp_path: Path) -> None:
+    done = cli("status", cwd=tmp_path)
+    assert done.returncode == 0
+    assert f"no asyncflow cache in {tmp_path / '.cache'}" in done.stdout
+    as_json = cli("status", "--json", cwd=tmp_path)
+    assert json.loads(as_json.stdout) == {"cache_dir": str(tmp_path / ".cache"), "classes": []}
+
+
+def test_status_per_class(taskfile: Path, tmp_path: Path) -> None:
+    assert cli("run", taskfile, cwd=tmp_path).returncode == 0
+    done = cli("status", cwd=tmp_path, script=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"cache: {tmp_path / '.cache'}"
+    assert lines[1].split()[:4] == ["task", "class", "nodes", "bytes"]
+    assert lines[3].split()[:2] == ["flow.Square", "4"]
+    doc = json.loads(cli("status", "--json", cwd=tmp_path).stdout)
+    square = next(c for c in doc["classes"] if c["task_name"] == "flow.Square")
+    assert square["nodes"] == 4
+    assert square["bytes"] > 0
+    assert square["last_run"] > 0
+    assert square["last_failure"] is None
+
+
+def test_clear_reports_removed_and_stale(taskfile: Path, tmp_path: Path) -> None:
+    assert cli("run", taskfile, cwd=tmp_path).returncode == 0
+    done = cli("clear", taskfile, "--all-of", "Square", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["removed 4 result(s) of flow.Square", "now stale (1): Main()"]
+    again = cli("run", taskfile, cwd=tmp_path)
+    assert "5 run, 0 from cache" in again.stdout
+    everything = cli("clear", taskfile, cwd=tmp_path)
+    assert everything.returncode == 0, everything.stderr
+    assert everything.stdout.splitlines() == [
+        "removed 5 result(s) of the graph of Main(): Square(0), Square(1), Square(2), Square(3), Main()",
+        "nothing else became stale",
+    ]
+    assert "5 run, 0 from cache" in cli("run", taskfile, cwd=tmp_path).stdout
+
+
+def test_graph_text(taskfile: Path, tmp_path: Path) -> None:
+    pytest.importorskip("asyncflow._render")
+    before = cli("graph", taskfile, cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    assert "[stale]  Main()" in before.stdout
+    assert cli("run", taskfile, cwd=tmp_path).returncode == 0
+    after = cli("graph", taskfile, "--format", "mermaid", "--output", tmp_path / "g.mmd", cwd=tmp_path)
+    assert after.returncode == 0, after.stderr
+    assert "Main()" in (tmp_path / "g.mmd").read_text()
+
+
+def test_graph_image_needs_graphviz(taskfile: Path, tmp_path: Path) -> None:
+    pytest.importorskip("asyncflow._render")
+    done = cli("graph", taskfile, "--output", tmp_path / "g.svg", cwd=tmp_path)
+    if shutil.which("dot") is None:
+        assert done.returncode == 1
+        assert "Graphviz is not installed" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "g.svg").read_text().lstrip().startswith("<")
