@@ -23,7 +23,7 @@ from . import payload
 from .base import Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
     from anyio.abc import ByteReceiveStream, Process
@@ -60,20 +60,38 @@ class PrefixRunner:
         )
         command = self.command(job)
         label = repr(task)
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        try:
-            if self._limiter is None:
-                returncode = await execute(command, label, tail)
-            else:
-                async with self._limiter:
-                    returncode = await execute(command, label, tail)
-            answer = await anyio.to_thread.run_sync(payload.read_answer, job)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(payload.remove, job)
-        if returncode == 0 and answer is not None and answer.pickled is not None:
-            return Outcome(blobs.loads(answer.pickled), answer.pickled)
-        raise job_failure(label, command, returncode, answer, "".join(tail))
+        return await run_job(job, command, label, self._limiter, lambda tail: execute(command, label, tail))
+
+
+async def run_job(
+    job: Path,
+    command: list[str],
+    label: str,
+    limiter: anyio.CapacityLimiter | None,
+    launch: Callable[[deque[str]], Awaitable[int]],
+) -> Outcome:
+    """Launch a job whose payload is in `job` (under `limiter`), then read its answer.
+
+    `launch` runs the job to its end and returns its exit status, keeping the last lines
+    of its stderr in the deque it is given. The job directory is removed in any case.
+
+    Raises:
+        TaskFailedError: the job failed; the message says how, with the command line.
+    """
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    try:
+        if limiter is None:
+            returncode = await launch(tail)
+        else:
+            async with limiter:
+                returncode = await launch(tail)
+        answer = await anyio.to_thread.run_sync(payload.read_answer, job)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(payload.remove, job)
+    if returncode == 0 and answer is not None and answer.pickled is not None:
+        return Outcome(blobs.loads(answer.pickled), answer.pickled)
+    raise job_failure(label, command, returncode, answer, "".join(tail))
 
 
 async def execute(command: list[str], label: str, tail: deque[str]) -> int:

@@ -13,26 +13,24 @@ import secrets
 import shlex
 import subprocess
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from .._cache import blobs
 from .._errors import TaskFailedError
 from . import payload
-from .base import Outcome
-from .prefix import GRACE, TAIL_LINES, emit, execute, job_failure, relay, stop
+from .prefix import GRACE, emit, execute, relay, run_job, stop
 
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Sequence
     from pathlib import Path
 
     from anyio.abc import ByteReceiveStream
 
     from .._task import Task
-    from .base import Runner
+    from .base import Outcome, Runner
 
 _FOLLOW_EVERY = 0.2  # seconds between looks at an sbatch job's output files
 
@@ -92,7 +90,6 @@ class SlurmRunner:
         name = f"asyncflow-{token}"
         job = await anyio.to_thread.run_sync(payload.write_payload, self.cache_dir, token, task)
         label = repr(task)
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
         worker = [self.slurm.python, "-m", "asyncflow.worker", str(job)]
         if self.slurm.style == "srun":
             command = ["srun", *self.slurm.options(name), *worker]
@@ -103,19 +100,9 @@ class SlurmRunner:
                 "sbatch", "--wait", "--parsable", *self.slurm.options(name),
                 "--output", str(job / "stdout"), "--error", str(job / "stderr"), str(script),
             ]  # fmt: skip
-        try:
-            if self._limiter is None:
-                returncode = await self._submit(command, name, job, label, tail)
-            else:
-                async with self._limiter:
-                    returncode = await self._submit(command, name, job, label, tail)
-            answer = await anyio.to_thread.run_sync(payload.read_answer, job)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(payload.remove, job)
-        if returncode == 0 and answer is not None and answer.pickled is not None:
-            return Outcome(blobs.loads(answer.pickled), answer.pickled)
-        raise job_failure(label, command, returncode, answer, "".join(tail))
+        return await run_job(
+            job, command, label, self._limiter, lambda tail: self._submit(command, name, job, label, tail)
+        )
 
     async def _submit(self, command: list[str], name: str, job: Path, label: str, tail: deque[str]) -> int:
         if self.slurm.style == "srun":
