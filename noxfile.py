@@ -34,7 +34,18 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=["3.10", PYTHON])
 def tests(session: nox.Session) -> None:
     """pytest on asyncio and trio; extra arguments go to pytest."""
-    session.install("-e", ".", "pytest>=8", "trio>=0.27")
+    session.install(
+        "-e",
+        ".",
+        "pytest>=8",
+        "trio>=0.27",
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "nbclient",
+        "nbformat",
+        "ipykernel",
+    )
     session.run("pytest", *session.posargs)
 
 

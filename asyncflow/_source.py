@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import linecache
 import textwrap
 import threading
 import weakref
@@ -41,15 +42,43 @@ class _DropDocstrings(ast.NodeTransformer):
     visit_AsyncFunctionDef = _strip
 
 
+def _source_from_methods(cls: type) -> str | None:
+    """Find a class's source through its methods' code, for classes of a notebook cell.
+
+    inspect.getsource looks a class up through its module's file, which ``__main__`` of a
+    Jupyter kernel lacks; the methods' code objects still name the cell, whose text
+    IPython keeps in `linecache`.
+    """
+    for value in vars(cls).values():
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        if code is None:
+            continue
+        lines = linecache.getlines(code.co_filename)
+        if not lines:
+            continue
+        for node in ast.walk(ast.parse("".join(lines))):
+            if (
+                isinstance(node, ast.ClassDef)
+                and node.name == cls.__name__
+                and node.end_lineno is not None
+                and node.lineno <= code.co_firstlineno <= node.end_lineno
+            ):
+                return "".join(lines[node.lineno - 1 : node.end_lineno])
+    return None
+
+
 def _normalised_source(cls: type) -> str:
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError) as exc:
-        raise TaskDefinitionError(
-            f"{cls.__qualname__}: cannot read the source of the class (defined in "
-            f"{cls.__module__!r}) to detect code changes; define it in a file or a "
-            f"notebook cell, or run with detect_source_change=False"
-        ) from exc
+        found = _source_from_methods(cls)
+        if found is None:
+            raise TaskDefinitionError(
+                f"{cls.__qualname__}: cannot read the source of the class (defined in "
+                f"{cls.__module__!r}) to detect code changes; define it in a file or a "
+                f"notebook cell, or run with detect_source_change=False"
+            ) from exc
+        source = found
     tree = _DropDocstrings().visit(ast.parse(textwrap.dedent(source)))
     return ast.dump(tree)
 
