@@ -60,7 +60,12 @@ class Node:
 
 def signature(dep_versions: list[str], consts: str) -> str:
     """Hash the versions of a node's deps and its Const values, as its record keeps them."""
+    if not dep_versions and not consts:
+        return _NOTHING  # a source task's: worth keeping apart, there can be many of them
     return hashlib.blake2b("\0".join([*dep_versions, consts]).encode(), digest_size=12).hexdigest()
+
+
+_NOTHING = hashlib.blake2b(b"", digest_size=12).hexdigest()
 
 
 class Graph:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 # Node states
 WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED = range(6)  # FRESH: planned to be reused
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
+_TURN = 0.002  # seconds a worker runs quick nodes back to back before yielding to the loop
 
 
 class _InFlight:
@@ -64,9 +65,19 @@ class _InFlight:
             self._event.set()
 
 
-# (thread, index path, node key) -> the run computing it. Runs in one event loop share
-# it; a run in another thread (another loop) relies on the index's leases instead.
-_IN_FLIGHT: dict[tuple[int, str, str], _InFlight] = {}
+class _Shared:
+    """The nodes being computed by the runs of one event loop on one cache directory."""
+
+    __slots__ = ("nodes", "runs")
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _InFlight] = {}
+        self.runs = 0  # runs using it: the last one out removes it from _IN_FLIGHT
+
+
+# (thread, cache directory) -> what its runs compute. Runs in one event loop share it; a
+# run in another thread (another loop) relies on the index's leases instead.
+_IN_FLIGHT: dict[tuple[int, str], _Shared] = {}
 
 
 async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
@@ -114,8 +125,9 @@ class _Scheduler:
         self.failures: list[TaskFailedError] = []
         self.errors: list[Exception] = []  # not a body's failure: the cache, or a bug
         self._tg: anyio.abc.TaskGroup | None = None
-        self._flight_prefix = (threading.get_ident(), str(session.cache_dir))
-        self._flights: dict[str, _InFlight] = {}  # nodes this run registered in _IN_FLIGHT
+        self._shared_key = (threading.get_ident(), str(session.cache_dir))
+        self._shared = _Shared()  # the one other runs use, once this run starts
+        self._flights: dict[str, _InFlight] = {}  # nodes this run registered, until landed
         self._holders: dict[str, str | None] = {}  # lease holder per planned-stale node
         # Versions must be unique per write across processes and runs: a random prefix
         # per run, then a counter (os.urandom per node costs ~20 us).
@@ -142,6 +154,9 @@ class _Scheduler:
             node.consumers = len(node.dependents)
             node.state = WAITING
         graph.root.consumers += 1  # the caller reads the root's result
+        shared = self._shared = _IN_FLIGHT.get(self._shared_key) or self._shared
+        _IN_FLIGHT[self._shared_key] = shared
+        shared.runs += 1
         try:
             await self._take_leases(self._plan())
             async with anyio.create_task_group() as tg:
@@ -149,8 +164,11 @@ class _Scheduler:
                 self._settle([n for n in graph if not n.deps])
         finally:
             self._count_skipped()
-            for key, flight in self._flights.items():  # wake other runs waiting on leftovers
+            for key, flight in list(self._flights.items()):  # wake runs waiting on leftovers
                 self._land(key, flight)
+            shared.runs -= 1
+            if shared.runs == 0:
+                del _IN_FLIGHT[self._shared_key]
             with anyio.CancelScope(shield=True):  # e.g. SSH connections, also on cancel
                 await self.runners.aclose()
         root = graph.root
@@ -192,12 +210,13 @@ class _Scheduler:
     async def _take_leases(self, stale: list[Node]) -> None:
         """Register the planned-stale nodes in this process and lease them, in one go."""
         keys: list[str] = []
+        shared, mine = self._shared.nodes, self._flights
         for node in stale:
-            flight_key = (*self._flight_prefix, node.key)
-            if flight_key in _IN_FLIGHT:  # another run of this process has it
+            key = node.key
+            if key in shared:  # another run of this process has it
                 continue
-            self._flights[node.key] = _IN_FLIGHT[flight_key] = _InFlight()
-            keys.append(node.key)
+            shared[key] = mine[key] = _InFlight()
+            keys.append(key)
         if not keys:
             return
         outcomes = await self.session.acquire_many(keys)
@@ -209,9 +228,10 @@ class _Scheduler:
     def _land(self, key: str, flight: _InFlight) -> None:
         """Publish how `key` ended (a version, or None) to other runs of this process."""
         flight.land()
-        flight_key = (*self._flight_prefix, key)
-        if _IN_FLIGHT.get(flight_key) is flight:
-            del _IN_FLIGHT[flight_key]
+        del self._flights[key]
+        shared = self._shared.nodes
+        if shared.get(key) is flight:
+            del shared[key]
 
     def _count_skipped(self) -> None:
         for node in self.graph:
@@ -268,6 +288,10 @@ class _Scheduler:
                 self._tg.start_soon(self._worker)
 
     async def _worker(self) -> None:
+        assert self._tg is not None, "asyncflow bug: a worker outside the run's task group"
+        scope = self._tg.cancel_scope
+        clock = time.perf_counter
+        turn_ends = clock() + _TURN
         try:
             while self._ready:
                 node = self._ready.popleft()
@@ -279,7 +303,11 @@ class _Scheduler:
                 finally:
                     self._busy -= 1
                 self._spare += 1
-                await anyio.lowlevel.checkpoint()  # let others in; deliver cancellation
+                # Quick bodies never suspend: yield to the loop once a turn is used up
+                # (others get in, cancellation arrives), or at once when the run stops.
+                if scope.cancel_called or clock() >= turn_ends:
+                    await anyio.lowlevel.checkpoint()
+                    turn_ends = clock() + _TURN
             self._spare -= 1
         except Exception as exc:  # the cache failed, or asyncflow has a bug: stop the run
             self.errors.append(exc)
@@ -352,12 +380,12 @@ class _Scheduler:
         On False, this run holds the node's lease and must compute it.
         """
         key = node.key
-        flight_key = (*self._flight_prefix, key)
+        shared = self._shared.nodes
         must_acquire = key not in self._flights
         while key not in self._flights:  # another run of this process registered it
-            other = _IN_FLIGHT.get(flight_key)
+            other = shared.get(key)
             if other is None:
-                self._flights[key] = _IN_FLIGHT[flight_key] = _InFlight()
+                self._flights[key] = shared[key] = _InFlight()
                 break
             await other.wait()
             if other.version is not None and other.signature == signature:
@@ -386,6 +414,9 @@ class _Scheduler:
 
     async def _inputs(self, node: Node) -> dict[str, Any]:
         """Resolve the requirements of `node`'s task, loading cached deps' results."""
+        names = type(node.task)._af_requires
+        if not names:
+            return {}
         missing = [dep for dep in node.deps if dep.value is MISSING]
         if missing:
             wanted: list[tuple[str, str]] = []
@@ -399,7 +430,7 @@ class _Scheduler:
         by_key = {d.key: d for d in node.deps}
         reqs: dict[str, Any] = node.task.__dict__.get(REQS) or {}
         values: dict[str, Any] = {}
-        for name in type(node.task)._af_requires:
+        for name in names:
             try:
                 values[name] = resolve(reqs[name], lambda t: by_key[t._af_key].value)
             except Exception as exc:  # e.g. an item missing from an upstream result

@@ -47,6 +47,24 @@ async def test_layout_wal_and_blobs(cache_dir: Path) -> None:
     assert await Big(256 * 1024).result(cache_dir=cache_dir) == expected
 
 
+class Text(Task, compress_level=9):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> str:
+        return "abc" * self.n
+
+
+async def test_tiny_results_are_stored_raw_larger_ones_gzip(cache_dir: Path) -> None:
+    assert await Text(2).run(cache_dir=cache_dir) == "abc" * 2
+    assert await Text(1000).run(cache_dir=cache_dir) == "abc" * 1000
+    conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
+    rows = dict(conn.execute("SELECT args, codec FROM nodes").fetchall())
+    assert rows == {"2": 0, "1000": 1}  # gzip's frame would outweigh a 20-byte pickle
+    assert await Text(2).result(cache_dir=cache_dir) == "abc" * 2
+    assert await Text(1000).result(cache_dir=cache_dir) == "abc" * 1000
+
+
 async def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AF_CACHE_DIR", str(tmp_path / "env-cache"))
     await Plain().run()

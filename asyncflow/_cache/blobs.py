@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 RAW = 0
 GZIP = 1
 INLINE_MAX = 64 * 1024  # larger encoded results go to a file of their own
+# Below this many bytes a pickle is kept as it is: gzip's own 18-byte frame outweighs
+# anything it could save, and setting up a compressor costs more than the rest of a write.
+COMPRESS_MIN = 128
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
@@ -41,8 +44,8 @@ def loads(data: bytes) -> Any:
 
 
 def compress(pickled: bytes, level: int) -> tuple[int, bytes]:
-    """Return ``(codec, data)``: the pickle as is at level 0, gzip otherwise."""
-    if level == 0:
+    """Return ``(codec, data)``: the pickle as is at level 0 or when tiny, gzip otherwise."""
+    if level == 0 or len(pickled) < COMPRESS_MIN:
         return RAW, pickled
     encoder = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip format
     return GZIP, encoder.compress(pickled) + encoder.flush()

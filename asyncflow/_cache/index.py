@@ -197,6 +197,17 @@ def _set_wal(conn: sqlite3.Connection) -> None:
 # Everything below runs on the index's worker thread.
 
 
+def data_version(conn: sqlite3.Connection) -> int:
+    """A number that changes whenever another connection commits to the database."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def snapshot(conn: sqlite3.Connection, keys: Sequence[str]) -> tuple[dict[str, Record], int]:
+    """`lookup`, with the `data_version` it is current at (read first, so never newer)."""
+    version = data_version(conn)
+    return lookup(conn, keys), version
+
+
 def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
     """Return the records of those of `keys` that have one."""
     out: dict[str, Record] = {}
@@ -254,12 +265,14 @@ def summarize(conn: sqlite3.Connection) -> list[ClassSummary]:
 
 
 def acquire(
-    conn: sqlite3.Connection, owner: str, ttl: float, keys: Sequence[str]
+    conn: sqlite3.Connection, owner: str, ttl: float, keys: Sequence[str], seen: int | None = None
 ) -> list[tuple[str | None, Record | None]]:
     """Take the lease of each key unless another live owner holds it.
 
     Returns, per key, ``(holder, record)``: `holder` is None when the lease is now ours,
-    else the owner holding it; `record` is the node's record as of now.
+    else the owner holding it; `record` is the node's record as of now, or None if it has
+    none. With `seen`, a `data_version` the caller's records are current at: if no other
+    connection has committed since, the records are not read again (every one is None).
     """
     now = time.time()
     holders: dict[str, str] = {}
@@ -276,7 +289,7 @@ def acquire(
             "INSERT OR REPLACE INTO leases (key, owner, expires) VALUES (?, ?, ?)",
             [(key, owner, now + ttl) for key in keys if key not in holders],
         )
-        records = lookup(conn, keys)
+        records = {} if seen is not None and data_version(conn) == seen else lookup(conn, keys)
     return [(holders.get(key), records.get(key)) for key in keys]
 
 

@@ -126,6 +126,7 @@ class CacheSession:
         self._failures: list[tuple[str, str, str]] = []
         self._wake = anyio.Event()
         self.write_error: Exception | None = None
+        self._seen: int | None = None  # the index's data_version when `lookup` read it
         self._acquire = Batcher[str, "tuple[str | None, Record | None]"](self._acquire_batch)
         self._poll = Batcher[str, bool](self._poll_batch)
         self._load = Batcher["tuple[str, str]", Any](self.load_many)
@@ -138,17 +139,24 @@ class CacheSession:
 
     async def lookup(self, keys: Sequence[str]) -> dict[str, Record]:
         """Return the records of those of `keys` that have one (one thread call)."""
-        return await self.index.call(index.lookup, keys)
+        records, self._seen = await self.index.call(index.snapshot, keys)
+        return records
 
     async def acquire(self, key: str) -> tuple[str | None, Record | None]:
         """Take the lease of `key` unless a live owner holds it; see `index.acquire`."""
         return await self._acquire.submit(key)
 
     async def acquire_many(self, keys: Sequence[str]) -> list[tuple[str | None, Record | None]]:
-        """Like `acquire` for many keys at once (a transaction per few thousand)."""
+        """Like `acquire` for many keys at once (a transaction per few thousand).
+
+        Right after `lookup`, a record comes back only if another process has written
+        one meanwhile (else the lookup's stands and None comes back).
+        """
         out: list[tuple[str | None, Record | None]] = []
         for i in range(0, len(keys), _BATCH_MAX):
-            out.extend(await self._acquire_batch(keys[i : i + _BATCH_MAX]))
+            chunk = keys[i : i + _BATCH_MAX]
+            out.extend(await self.index.call(index.acquire, self.owner, LEASE_TTL, chunk, self._seen))
+        self._seen = None  # later, this run's own writes may have changed records
         return out
 
     async def held(self, key: str) -> bool:
