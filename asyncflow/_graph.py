@@ -12,7 +12,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import BuildError, CycleError, MissingRequirementError
-from ._requires import REQS, Const, iter_sources
+from ._requires import REQS, Const, sources_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 BUILT = "_af_built"
 MISSING: Any = object()  # a node's value that is not in memory (None is a valid result)
+_NO_KEYWORDS: dict[str, Any] = {}
 
 
 class Node:
@@ -43,7 +44,7 @@ class Node:
     def __init__(self, task: Task[Any, Any]) -> None:
         self.task = task
         self.key: str = task._af_key
-        self.deps: list[Node] = []
+        self.deps: tuple[Node, ...] = ()  # in the order first required; none: the shared ()
         self.dependents: list[Node] = []
         self.consts = ""  # tokens of the Const values the task reads, for staleness
         # Filled in by the scheduler:
@@ -86,9 +87,8 @@ def _build(task: Task[Any, Any]) -> None:
     state = task.__dict__
     if state.get(BUILT):
         return
-    args, kwargs = state["_af_args"]
     try:
-        task.build_task(*args, **kwargs)
+        task.build_task(*state["_af_args"], **state.get("_af_kwargs", _NO_KEYWORDS))
     except Exception as exc:
         raise BuildError(f"{task!r}: build_task raised {type(exc).__name__}: {exc}", task=repr(task)) from exc
     reqs: dict[str, Any] = state.get(REQS) or {}
@@ -118,12 +118,14 @@ def build_graph(root: Task[Any, Any]) -> Graph:
         node = stack.pop()
         task = node.task
         _build(task)
-        reqs: dict[str, Any] = task.__dict__.get(REQS) or {}
+        names = type(task)._af_requires
+        if not names:
+            continue
+        reqs: dict[str, Any] = task.__dict__[REQS]  # _build checked that each name is set
         consts: list[str] = []
-        deps = node.deps
-        seen: set[str] = set()
-        for name in type(task)._af_requires:
-            for source in iter_sources(reqs[name]):
+        deps: list[Node] = []
+        for name in names:
+            for source in sources_of(reqs[name]):
                 if isinstance(source, Const):
                     consts.append(source.token)
                     continue
@@ -133,9 +135,8 @@ def build_graph(root: Task[Any, Any]) -> Graph:
                 if dep is None:
                     dep = nodes[key] = Node(task_source)
                     stack.append(dep)
-                if key not in seen:
-                    seen.add(key)
-                    deps.append(dep)
+                deps.append(dep)
+        node.deps = tuple(dict.fromkeys(deps))  # a task read twice is one dep
         if consts:
             node.consts = "|".join(consts)
     return Graph(root_node, _topological_order(nodes))
@@ -184,6 +185,6 @@ def _cycle_error(left: list[Node]) -> CycleError:
 def _attribute_to(node: Node, dep: Node) -> str:
     reqs: dict[str, Any] = node.task.__dict__.get(REQS) or {}
     for name, value in reqs.items():
-        if any(getattr(s, "_af_key", None) == dep.key for s in iter_sources(value)):
+        if any(getattr(s, "_af_key", None) == dep.key for s in sources_of(value)):
             return name
     raise AssertionError("asyncflow bug: a cycle edge has no requirement attribute")

@@ -17,7 +17,7 @@ from ._cache import blobs
 from ._errors import TaskDefinitionError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from ._task import Task
 
@@ -220,16 +220,15 @@ REQUIRES_KINDS: dict[str, type[Requirement]] = {
 }
 
 
-def iter_sources(value: object) -> Iterator[TaskLike[Any]]:
-    """Yield the tasks and Consts a requirement value reads (items yield their base)."""
-    if isinstance(value, TaskItem):
-        item: TaskItem[Any] = value  # pyright: ignore[reportUnknownVariableType]  # any item
-        yield item.base
-    elif isinstance(value, TaskLike):
-        yield value
+def sources_of(value: object) -> list[TaskLike[Any]]:
+    """Return the tasks and Consts a requirement value reads (an item reads its base)."""
+    if isinstance(value, TaskLike):
+        items: Iterable[object] = (value,)
+    elif isinstance(value, dict):
+        items = value.values()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]  # checked on assignment
     else:
-        for v in _items(value) or ():  # a list or dict, checked when it was assigned
-            yield from iter_sources(v)
+        items = value  # type: ignore[assignment]  # a list or tuple of task-likes, checked on assignment
+    return [v.base if isinstance(v, TaskItem) else v for v in items]  # type: ignore[misc]  # task-likes
 
 
 def resolve(value: object, result_of: Callable[[Task[Any, Any]], Any]) -> Any:

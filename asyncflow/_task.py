@@ -187,7 +187,6 @@ class Task(TaskLike[R], Generic[P, R]):
     _af_params: ClassVar[_Params]
     _af_async: ClassVar[bool] = True
     _af_key: str
-    _af_label: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in _CLASS_KEYWORDS}
@@ -215,13 +214,15 @@ class Task(TaskLike[R], Generic[P, R]):
 
     def __init__(self, *args: P.args, **kwargs: P.kwargs) -> None:
         cls = type(self)
-        label = cls.__qualname__
-        text = cls._af_params.encode(label, args, kwargs)
+        text = cls._af_params.encode(cls.__qualname__, args, kwargs)
         state = self.__dict__
-        state["_af_args"] = (args, kwargs)
+        # Kept apart, and the keywords only if any: a tuple of plain values is not
+        # tracked by the garbage collector, whose passes grow with every object it tracks.
+        state["_af_args"] = args
+        if kwargs:
+            state["_af_kwargs"] = kwargs
         state["_af_argtext"] = text
         state["_af_key"] = f"{cls.task_name}({text})"
-        state["_af_label"] = f"{label}({text})"
 
     def build_task(self, *args: Any, **kwargs: Any) -> None:
         """Declare requirements (assign tasks to `Requires` attributes) and keep parameters."""
@@ -231,7 +232,7 @@ class Task(TaskLike[R], Generic[P, R]):
         raise NotImplementedError(f"{type(self).__qualname__} must define run_task()")
 
     def __repr__(self) -> str:
-        return self._af_label
+        return f"{type(self).__qualname__}({self.__dict__['_af_argtext']})"
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other._af_key == self._af_key

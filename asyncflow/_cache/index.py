@@ -73,7 +73,7 @@ class Record(NamedTuple):
     deps: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """A computed result on its way into the index."""
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .._task import Task
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """A body's result, and the same pickled for the cache."""
 
