@@ -222,10 +222,11 @@ REQUIRES_KINDS: dict[str, type[Requirement]] = {
 
 def sources_of(value: object) -> list[TaskLike[Any]]:
     """Return the tasks and Consts a requirement value reads (an item reads its base)."""
+    items: Iterable[object]
     if isinstance(value, TaskLike):
-        items: Iterable[object] = (value,)
+        items = (value,)  # pyright: ignore[reportUnknownVariableType]  # any task-like
     elif isinstance(value, dict):
-        items = value.values()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]  # checked on assignment
+        items = value.values()  # pyright: ignore[reportUnknownVariableType]  # checked on assignment
     else:
         items = value  # type: ignore[assignment]  # a list or tuple of task-likes, checked on assignment
     return [v.base if isinstance(v, TaskItem) else v for v in items]  # type: ignore[misc]  # task-likes
