@@ -162,6 +162,45 @@ async def test_newer_schema_is_refused(cache_dir: Path) -> None:
         await Plain().run(cache_dir=cache_dir)
 
 
+async def test_a_schema_1_index_is_upgraded_in_place(cache_dir: Path) -> None:
+    await Plain().run(cache_dir=cache_dir)
+    conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
+    conn.execute("CREATE INDEX nodes_by_class ON nodes (task_name)")  # as schema 1 had
+    conn.execute("CREATE INDEX leases_by_owner ON leases (owner)")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    value, stats = await Plain().run_with_stats(cache_dir=cache_dir)
+    assert (value, stats.reused) == (list(range(10)), 1)  # the record survived
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert (
+        conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL").fetchall() == []
+    )
+    conn.close()
+
+
+class Twin(Task):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> int:
+        return self.n
+
+
+class Twin2(Twin):  # its name starts with Twin's: clearing Twin must leave it
+    pass
+
+
+async def test_clear_all_removes_one_class_only(cache_dir: Path) -> None:
+    for n in range(3):
+        await Twin(n).run(cache_dir=cache_dir)
+        await Twin2(n).run(cache_dir=cache_dir)
+    assert await Twin.clear_all(cache_dir=cache_dir) == 3
+    _, stats = await Twin2(1).run_with_stats(cache_dir=cache_dir)
+    assert stats.reused == 1
+    _, stats = await Twin(1).run_with_stats(cache_dir=cache_dir)
+    assert stats.run == 1
+
+
 async def test_garbage_index_is_a_clear_error(cache_dir: Path) -> None:
     (cache_dir / "asyncflow").mkdir(parents=True)
     (cache_dir / "asyncflow" / "index.sqlite").write_bytes(b"not a database" * 100)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: no secondary indexes (each cost a B-tree write per node)
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
 _SCHEMA = """
@@ -47,19 +47,20 @@ CREATE TABLE IF NOT EXISTS nodes (
     started REAL NOT NULL,
     finished REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS nodes_by_class ON nodes (task_name);
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY,
     owner TEXT NOT NULL,           -- host:pid:run
     expires REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (owner);
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY,
     task_name TEXT NOT NULL,
     error TEXT NOT NULL,
     at REAL NOT NULL
 ) WITHOUT ROWID;
+-- A class's nodes are a range of keys ("name(" up to "name)"), and leases are few.
+DROP INDEX IF EXISTS nodes_by_class;
+DROP INDEX IF EXISTS leases_by_owner;
 """
 
 HOST = socket.gethostname()
@@ -399,14 +400,16 @@ def delete(conn: sqlite3.Connection, cache_dir: Path, keys: Sequence[str]) -> in
 
 def delete_class(conn: sqlite3.Connection, cache_dir: Path, task_name: str) -> int:
     """Remove every record (and result file) of one task class; return how many."""
+    # Keys are "task_name(arguments)": the class's keys are one range of the primary key.
+    span = (f"{task_name}(", f"{task_name})")
     with _transaction(conn):
         files = [
             p
             for (p,) in conn.execute(
-                "SELECT path FROM nodes WHERE task_name=? AND path IS NOT NULL", (task_name,)
+                "SELECT path FROM nodes WHERE key >= ? AND key < ? AND path IS NOT NULL", span
             )
         ]
-        removed = conn.execute("DELETE FROM nodes WHERE task_name=?", (task_name,)).rowcount
+        removed = conn.execute("DELETE FROM nodes WHERE key >= ? AND key < ?", span).rowcount
         conn.execute("DELETE FROM failures WHERE task_name=?", (task_name,))
     _unlink(cache_dir, files)
     return removed
