@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from ._task import Task
 
 # Node states
-WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED = range(6)  # FRESH: planned to be reused
+# Node states. FRESH: planned to be reused; DOOMED: a dep is stale, so this one is too.
+WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED, DOOMED = range(7)
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
 _TURN = 0.002  # seconds a worker runs quick nodes back to back before yielding to the loop
 
@@ -149,11 +150,6 @@ class _Scheduler:
     async def run(self) -> Any:
         graph = self.graph
         self.records = await self.session.lookup([n.key for n in graph])
-        for node in graph:
-            node.remaining = len(node.deps)
-            node.consumers = len(node.dependents)
-            node.state = WAITING
-        graph.root.consumers += 1  # the caller reads the root's result
         shared = self._shared = _IN_FLIGHT.get(self._shared_key) or self._shared
         _IN_FLIGHT[self._shared_key] = shared
         shared.runs += 1
@@ -189,22 +185,28 @@ class _Scheduler:
             raise WorkflowFailedError(f"{len(self.failures)} task(s) failed", self.failures)
 
     def _plan(self) -> list[Node]:
-        """Predict the stale nodes: no current record, or a stale dep (deps come first).
+        """Set each node's counts and predict the stale ones (deps come first).
 
         Versions are unique per write, so a node whose deps are all fresh is fresh exactly
         when its record matches them; a node with a stale dep will see a new version.
         """
+        records = self.records
         stale: list[Node] = []
-        for node in self.graph:
-            record = self.records.get(node.key)
-            if all(d.state == FRESH for d in node.deps) and self._is_current(
-                node, record, self._signature(node, keep=True)
-            ):
-                assert record is not None
-                node.version = record.version
-                node.state = FRESH
-            else:
-                stale.append(node)
+        for node in self.graph:  # the hot loop of a warm run: one pass, no calls per dep
+            node.remaining = len(node.deps)
+            node.consumers = len(node.dependents)
+            if node.state != DOOMED:
+                record = records.get(node.key)
+                if self._is_current(node, record, self._signature(node, keep=True)):
+                    assert record is not None
+                    node.version = record.version
+                    node.state = FRESH
+                    continue
+            node.state = WAITING
+            stale.append(node)
+            for dependent in node.dependents:
+                dependent.state = DOOMED
+        self.graph.root.consumers += 1  # the caller reads the root's result
         return stale
 
     async def _take_leases(self, stale: list[Node]) -> None:
