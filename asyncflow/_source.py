@@ -7,9 +7,11 @@ The class and each user-defined task base class it inherits from are hashed toge
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import inspect
 import linecache
+import sys
 import textwrap
 import threading
 import weakref
@@ -67,7 +69,60 @@ def _source_from_methods(cls: type) -> str | None:
     return None
 
 
+# The parsed source of the files task classes live in: file name -> (its lines, as
+# linecache holds them, and their tree). A class is found in its file's tree, so that a
+# file is parsed once however many classes it defines (inspect.getsource would parse it
+# per class, then tokenize it; compiling the tokenizer's patterns alone takes ~20 ms).
+_TREES: dict[str, tuple[list[str], ast.Module]] = {}
+
+
+def _class_in_file(cls: type) -> ast.ClassDef | None:
+    """Return a copy of the definition of `cls` from its module's file, or None."""
+    module = sys.modules.get(cls.__module__)
+    try:
+        file = inspect.getsourcefile(cls)
+    except (OSError, TypeError):  # no file: a notebook cell, exec'd code
+        return None
+    if not file or module is None:
+        return None
+    linecache.checkcache(file)  # the file may have changed since it was read
+    lines = linecache.getlines(file, module.__dict__)
+    if not lines:
+        return None
+    cached = _TREES.get(file)
+    if cached is None or cached[0] is not lines:
+        cached = _TREES[file] = (lines, ast.parse("".join(lines)))
+    found = _find_class(cached[1], cls.__qualname__.split("."))
+    return None if found is None else copy.deepcopy(found)
+
+
+def _find_class(tree: ast.AST, path: list[str]) -> ast.ClassDef | None:
+    """Follow a qualified name (``Outer.Inner``, ``f.<locals>.Local``) down a tree."""
+    name, rest = path[0], path[1:]
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            if not rest:
+                return node if isinstance(node, ast.ClassDef) else None
+            if isinstance(node, ast.ClassDef):
+                found = _find_class(node, rest)
+            elif rest[0] == "<locals>" and len(rest) > 1:
+                found = _find_class(node, rest[1:])
+            else:
+                found = None
+            if found is not None:
+                return found
+        elif not isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            found = _find_class(node, path)  # e.g. a class inside `if TYPE_CHECKING:`
+            if found is not None:
+                return found
+    return None
+
+
 def _normalised_source(cls: type) -> str:
+    node = _class_in_file(cls)
+    if node is not None:
+        tree = ast.Module(body=[node], type_ignores=[])
+        return ast.dump(_DropDocstrings().visit(tree))
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError) as exc:

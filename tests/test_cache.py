@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import random
 import sqlite3
 import sys
@@ -219,3 +220,47 @@ async def test_cache_error_during_a_run_is_not_wrapped(
     monkeypatch.setattr(session.CacheSession, "acquire_many", broken)
     with pytest.raises(CacheError, match="on fire"):
         await Plain().run(cache_dir=cache_dir)
+
+
+NESTED = '''
+import typing
+from asyncflow import Task
+
+def deco(cls):
+    return cls
+
+@deco
+class Decorated(Task):
+    """Docstrings do not count."""
+
+    async def run_task(self) -> int:
+        return 1
+
+class Outer:
+    class Inner(Task):
+        async def run_task(self) -> int:
+            return 2
+
+def factory():
+    class Local(Task):
+        async def run_task(self) -> int:
+            return 3
+    return Local
+
+if not typing.TYPE_CHECKING:
+    class Guarded(Task):
+        async def run_task(self) -> int:
+            return 4
+'''
+
+
+def test_class_source_is_found_in_its_file_as_inspect_finds_it(tmp_path: Path) -> None:
+    import ast
+
+    from asyncflow import _source
+
+    module = _load(tmp_path / "nested.py", NESTED)
+    for cls in (module.Decorated, module.Outer.Inner, module.factory(), module.Guarded):
+        assert _source._class_in_file(cls) is not None, cls.__qualname__
+        by_inspect = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        assert _source._normalised_source(cls) == ast.dump(_source._DropDocstrings().visit(by_inspect))
