@@ -51,6 +51,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Time the benchmark workloads (cold and warm) and print a table."""
+    """Time the workloads cold and warm on asyncflow, the floors and the peers; print a table.
+
+    Each peer (Parsl, Prefect, Dask, taskproc) gets a virtualenv of its own, which
+    benchmarks/run.py builds from the base interpreter (not this session's) under
+    ~/.cache/asyncflow-bench/venvs and reuses; ``nox -s bench -- --no-peers`` skips them.
+    """
     session.install("-e", ".", "trio>=0.27")
     session.run("python", "benchmarks/run.py", *session.posargs)

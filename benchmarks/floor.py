@@ -3,6 +3,8 @@
 `run_floor` is the floor the harness compares asyncflow with. `run_native` runs the
 same DAG in the backend's own task group (``asyncio.TaskGroup`` or a trio nursery)
 instead of anyio's, to show what anyio's ``start_soon`` itself costs per node.
+`run_naive_cache` is the anyio floor with the simplest cache there is: one pickle file
+per node's result, written cold and read back warm.
 
 No cache, no keys, no hashing, no threads: each node is an ``async def`` started with
 ``start_soon`` once its deps are done (a readiness count, as a scheduler must keep),
@@ -13,6 +15,8 @@ own overhead; this is roughly the least any async engine could spend.
 from __future__ import annotations
 
 import asyncio
+import pickle
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -131,3 +135,39 @@ async def run_floor(kind: str, n: int, native: str | None = None) -> tuple[Any, 
     nodes, root = BUILDERS[kind](n)
     value = await (run_native(nodes, root, native) if native else run_dag(nodes, root))
     return value, len(nodes)
+
+
+async def run_naive_cache(kind: str, n: int, cache_dir: str, *, warm: bool) -> tuple[Any, int, int]:
+    """The anyio floor with a naive cache: one pickle file per node's result.
+
+    Cold, each node computes its value and writes it to ``<cache_dir>/<kind>-<i>.pkl``
+    (`i`: its place in the DAG, as its id); warm, each node reads its file instead (and
+    computes only if the file is missing). The files are written and read in the event
+    loop's thread, as naive code would.
+
+    Returns:
+        The root's value, the number of nodes and how many of them computed.
+    """
+    nodes, root = BUILDERS[kind](n)
+    computed = 0
+
+    def cached(body: Callable[..., Awaitable[Any]], path: Path) -> Callable[..., Awaitable[Any]]:
+        async def node(*deps: Any) -> Any:
+            nonlocal computed
+            if warm:
+                try:
+                    return pickle.loads(path.read_bytes())  # noqa: ASYNC240 (naive on purpose)
+                except FileNotFoundError:
+                    pass
+            computed += 1
+            value = await body(*deps)
+            path.write_bytes(pickle.dumps(value))  # noqa: ASYNC240
+            return value
+
+        return node
+
+    directory = Path(cache_dir)
+    for i, node in enumerate(nodes):
+        node.body = cached(node.body, directory / f"{kind}-{i}.pkl")
+    value = await run_dag(nodes, root)
+    return value, len(nodes), computed
