@@ -1,41 +1,64 @@
-"""Per-channel rate limits: one `CapacityLimiter` per limited channel, taken in one order.
+"""Per-channel rate limits: the free slots of each limited channel, and who waits for one.
 
-A node on several limited channels holds all of them while it runs. Every node takes
-its limiters sorted by channel name, so two nodes can never each hold one limiter the
-other waits for.
+A node on several limited channels holds a slot of each while it runs, taking all of
+them at once or none (so two nodes never each hold a slot the other waits for). A node
+that finds a channel full does not keep a worker waiting: it is parked on that channel
+and handed back, in the order it came, when a slot frees. The limits belong to one run
+and live on its event loop's thread, so plain counts do.
 """
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
-
-import anyio
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
+
+
+class Channel:
+    """A limited channel: how many slots are free, and the nodes parked on it."""
+
+    __slots__ = ("free", "name", "parked")
+
+    def __init__(self, name: str, slots: int) -> None:
+        self.name = name
+        self.free = slots
+        self.parked: deque[Any] = deque()  # scheduler nodes, first come first served
 
 
 class Limits:
-    """The limiters of one run."""
+    """The limited channels of one run."""
 
     def __init__(self, rate_limits: Mapping[str, int]) -> None:
-        self._limiters = {ch: anyio.CapacityLimiter(n) for ch, n in sorted(rate_limits.items())}
+        self._channels = {ch: Channel(ch, n) for ch, n in sorted(rate_limits.items())}
 
-    def for_channels(self, channels: Iterable[str]) -> tuple[anyio.CapacityLimiter, ...]:
-        """Return the limiters of `channels` that are limited, in the global order."""
-        return tuple(self._limiters[ch] for ch in sorted(set(channels)) if ch in self._limiters)
+    def for_channels(self, channels: Iterable[str]) -> tuple[Channel, ...]:
+        """Return those of `channels` that are limited."""
+        return tuple(self._channels[ch] for ch in sorted(set(channels)) if ch in self._channels)
 
+    @staticmethod
+    def take(channels: tuple[Channel, ...]) -> Channel | None:
+        """Take a slot of every channel, or of none: then return a full one."""
+        for channel in channels:
+            if channel.free <= 0:
+                return channel
+        for channel in channels:
+            channel.free -= 1
+        return None
 
-@asynccontextmanager
-async def hold(limiters: tuple[anyio.CapacityLimiter, ...]) -> AsyncGenerator[None, None]:
-    """Hold every limiter of `limiters` (already in global order) for the block."""
-    taken: list[anyio.CapacityLimiter] = []
-    try:
-        for limiter in limiters:
-            await limiter.acquire()
-            taken.append(limiter)
-        yield
-    finally:
-        for limiter in reversed(taken):
-            limiter.release()
+    def give_back(self, channels: tuple[Channel, ...]) -> list[Any]:
+        """Free a slot of each channel; return the parked nodes that may now take them."""
+        for channel in channels:
+            channel.free += 1
+        return self.unblocked(channels)
+
+    def unblocked(self, channels: Iterable[Channel] | None = None) -> list[Any]:
+        """Take off their queues as many parked nodes as `channels` (default: all) have free slots.
+
+        Such a node may still find another of its channels full, and park again there.
+        """
+        out: list[Any] = []
+        for channel in self._channels.values() if channels is None else channels:
+            out.extend(channel.parked.popleft() for _ in range(min(channel.free, len(channel.parked))))
+        return out

@@ -2,9 +2,10 @@
 
 A node is settled when all its deps are: it is *fresh* (its record matches its class's
 source hash and the versions its deps have now) and is reused without waiting for
-anything, or it is *stale* and gets a task of its own that takes the node's lease,
-holds its channels' limiters, runs the body through its runner and queues the result
-for the cache. Settling is a loop over a queue, never a recursion.
+anything, or it is *stale* and queued for a small pool of workers: one takes the node's
+lease, a slot of each of its limited channels (or parks it until one frees), runs the
+body through its runner and queues the result for the cache. Settling is a loop over a
+queue, never a recursion.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ._cache.index import Entry, Record
 from ._cache.session import CacheSession, open_session
 from ._errors import TaskFailedError, WorkflowFailedError
 from ._graph import MISSING, Graph, Node, build_graph, signature
-from ._limits import Limits, hold
+from ._limits import Channel, Limits
 from ._requires import REQS, VALUES, resolve
 from ._runners.base import Runners
 from ._source import source_hash
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
     from ._task import Task
 
 # Node states
-# Node states. FRESH: planned to be reused; DOOMED: a dep is stale, so this one is too.
-WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED, DOOMED = range(7)
+# Node states. FRESH: planned to be reused; DOOMED: a dep is stale, so this one is too;
+# PARKED: leased and waiting for a slot of a full channel (see _limits).
+WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED, DOOMED, PARKED = range(8)
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
 _TURN = 0.002  # seconds a worker runs quick nodes back to back before yielding to the loop
 
@@ -137,7 +139,7 @@ class _Scheduler:
         self._ready: deque[Node] = deque()  # stale nodes whose deps are done, for workers
         self._spare = 0  # workers started and not busy with a node
         self._busy = 0  # workers running a node
-        self._per_class: dict[type, tuple[Runner, tuple[anyio.CapacityLimiter, ...]]] = {}
+        self._per_class: dict[type, tuple[Runner, tuple[Channel, ...]]] = {}
         # None unless asked for, so a run without progress pays one test per node event.
         self.progress: RunProgress | None = None
         if settings.progress:
@@ -279,7 +281,8 @@ class _Scheduler:
 
         Workers are spawned lazily: quick bodies run one after another in a couple of
         workers (a task spawn costs more than a trivial body), while bodies that wait
-        (sleep, I/O, a limiter) each end up with a worker of their own.
+        (sleep, I/O) each end up with a worker of their own. A node waiting for a slot
+        of a full channel holds no worker: it is parked (see `_run_stale`).
         """
         if self._ready and self._spare == 0:
             assert self._tg is not None, "asyncflow bug: launching outside the run's task group"
@@ -333,11 +336,16 @@ class _Scheduler:
     # A stale node, in a worker.
 
     async def _run_stale(self, node: Node) -> None:
-        """Reuse or compute one stale node, then settle its dependents."""
+        """Reuse or compute one stale node, then settle its dependents.
+
+        A node that finds one of its channels full is parked there and the worker moves
+        on; when a slot frees, the node comes back through the ready queue, leased
+        already, and goes straight for its slots.
+        """
         task = node.task
         cls = type(task)
         signature = self._signature(node)
-        if await self._reuse_elsewhere(node, signature):
+        if node.state != PARKED and await self._reuse_elsewhere(node, signature):
             self.stats.of(cls.task_name).reused += 1
             if self.progress is not None:
                 self.progress.reused(cls.task_name)
@@ -347,12 +355,21 @@ class _Scheduler:
                 self._land(node.key, mine)
             self._settle(self._done(node))
             return
+        runner, channels = self._pick(cls)
+        if channels:
+            full = self.limits.take(channels)
+            if full is not None:
+                node.state = PARKED
+                full.parked.append(node)
+                if len(channels) > 1:  # a free slot it passed over may have waiters
+                    self._unpark(self.limits.unblocked())
+                return
         flight = self._flights[node.key]
         try:
             node.state = RUNNING
             if self.progress is not None:
                 self.progress.started(cls.task_name)
-            outcome, started, finished = await self._compute(node)
+            outcome, started, finished = await self._compute(node, runner)
         except anyio.get_cancelled_exc_class():
             self.session.release_nowait(node.key)
             raise
@@ -367,6 +384,8 @@ class _Scheduler:
             if self.progress is not None:
                 self.progress.ran(cls.task_name)
         finally:
+            if channels:
+                self._unpark(self.limits.give_back(channels))
             self._land(node.key, flight)
         self.session.store_nowait(
             Entry(node.key, cls.task_name, task.__dict__["_af_argtext"], self.sources[cls], version,
@@ -443,26 +462,25 @@ class _Scheduler:
                 ) from exc
         return values
 
-    def _pick(self, cls: type[Task[Any, Any]]) -> tuple[Runner, tuple[anyio.CapacityLimiter, ...]]:
+    def _unpark(self, nodes: list[Node]) -> None:
+        """Put parked nodes first in the ready queue, in the order they were parked."""
+        self._ready.extendleft(reversed(nodes))
+
+    def _pick(self, cls: type[Task[Any, Any]]) -> tuple[Runner, tuple[Channel, ...]]:
         picked = self._per_class.get(cls)
         if picked is None:
             channels = (cls.task_name, *cls._af_options.channels)
             picked = self._per_class[cls] = (self.runners.pick(cls), self.limits.for_channels(channels))
         return picked
 
-    async def _compute(self, node: Node) -> tuple[Outcome, float, float]:
-        """Run the body (with retries and timeouts) under the node's limiters."""
+    async def _compute(self, node: Node, runner: Runner) -> tuple[Outcome, float, float]:
+        """Run the body (with retries and timeouts); the node holds its channels' slots."""
         task = node.task
-        cls = type(task)
-        runner, limiters = self._pick(cls)
         values = await self._inputs(node)
-        counts = self.stats.of(cls.task_name)
+        counts = self.stats.of(type(task).task_name)
         state = task.__dict__
         state["_af_cache_root"] = self.settings.cache_dir
         try:
-            if limiters:
-                async with hold(limiters):
-                    return await self._attempts(task, runner, values, counts)
             return await self._attempts(task, runner, values, counts)
         finally:
             state.pop(VALUES, None)

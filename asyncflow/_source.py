@@ -7,7 +7,6 @@ The class and each user-defined task base class it inherits from are hashed toge
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 import inspect
 import linecache
@@ -70,14 +69,15 @@ def _source_from_methods(cls: type) -> str | None:
 
 
 # The parsed source of the files task classes live in: file name -> (its lines, as
-# linecache holds them, and their tree). A class is found in its file's tree, so that a
-# file is parsed once however many classes it defines (inspect.getsource would parse it
-# per class, then tokenize it; compiling the tokenizer's patterns alone takes ~20 ms).
+# linecache holds them, and their tree, docstrings dropped). A class is found in its
+# file's tree, so that a file is parsed once however many classes it defines
+# (inspect.getsource would parse it per class, then tokenize it; compiling the
+# tokenizer's patterns alone takes ~20 ms).
 _TREES: dict[str, tuple[list[str], ast.Module]] = {}
 
 
 def _class_in_file(cls: type) -> ast.ClassDef | None:
-    """Return a copy of the definition of `cls` from its module's file, or None."""
+    """Return the definition of `cls` from its module's file (docstrings dropped), or None."""
     module = sys.modules.get(cls.__module__)
     try:
         file = inspect.getsourcefile(cls)
@@ -91,9 +91,9 @@ def _class_in_file(cls: type) -> ast.ClassDef | None:
         return None
     cached = _TREES.get(file)
     if cached is None or cached[0] is not lines:
-        cached = _TREES[file] = (lines, ast.parse("".join(lines)))
-    found = _find_class(cached[1], cls.__qualname__.split("."))
-    return None if found is None else copy.deepcopy(found)
+        tree = _DropDocstrings().visit(ast.parse("".join(lines)))
+        cached = _TREES[file] = (lines, tree)
+    return _find_class(cached[1], cls.__qualname__.split("."))
 
 
 def _find_class(tree: ast.AST, path: list[str]) -> ast.ClassDef | None:
@@ -121,8 +121,7 @@ def _find_class(tree: ast.AST, path: list[str]) -> ast.ClassDef | None:
 def _normalised_source(cls: type) -> str:
     node = _class_in_file(cls)
     if node is not None:
-        tree = ast.Module(body=[node], type_ignores=[])
-        return ast.dump(_DropDocstrings().visit(tree))
+        return ast.dump(ast.Module(body=[node], type_ignores=[]))
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError) as exc:

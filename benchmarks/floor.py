@@ -122,9 +122,35 @@ def chain(n: int) -> tuple[list[FloorNode], FloorNode]:
 
 BUILDERS = {"W2": fan_out, "W3": chain}
 
+PEAK = 0  # W4: the most sleepers seen running at once
+
+
+async def sleepy(n: int, limit: int = 20, seconds: float = 0.05) -> None:
+    """W4 as plain coroutines: `n` sleepers in one task group under a CapacityLimiter.
+
+    The floor of W4: what anyio's own timers and limiter cost over the ideal
+    ``n * seconds / limit``.
+    """
+    global PEAK
+    limiter = anyio.CapacityLimiter(limit)
+    running = 0
+
+    async def sleeper() -> None:
+        global PEAK
+        nonlocal running
+        async with limiter:
+            running += 1
+            PEAK = max(PEAK, running)
+            await anyio.sleep(seconds)
+            running -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(sleeper)
+
 
 async def run_floor(kind: str, n: int, native: str | None = None) -> tuple[Any, int]:
-    """Build and run the floor DAG of workload `kind` (``"W2"`` or ``"W3"``).
+    """Build and run the floor DAG of workload `kind` (``"W2"``, ``"W3"`` or ``"W4"``).
 
     With `native` (``"asyncio"`` or ``"trio"``, the running backend), use that
     backend's own task group rather than anyio's.
@@ -132,6 +158,9 @@ async def run_floor(kind: str, n: int, native: str | None = None) -> tuple[Any, 
     Returns:
         The root's value and the number of nodes asyncflow would count.
     """
+    if kind == "W4":
+        await sleepy(n)
+        return None, n + 1  # the sleepers and the node gathering them
     nodes, root = BUILDERS[kind](n)
     value = await (run_native(nodes, root, native) if native else run_dag(nodes, root))
     return value, len(nodes)

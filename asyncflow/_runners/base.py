@@ -67,7 +67,6 @@ class Runners:
 
     def __init__(self, settings: Settings) -> None:
         from .local import LoopRunner, ThreadRunner
-        from .process import ExecutorRunner, ProcessRunner
 
         self._loop = LoopRunner()
         self._prefixes = settings.prefixes
@@ -80,10 +79,13 @@ class Runners:
         self._sync: Runner
         if executor == "thread":
             self._sync = ThreadRunner(settings.max_workers)
-        elif executor == "process":
-            self._sync = ProcessRunner(settings.max_workers)
-        else:
-            self._sync = ExecutorRunner(executor)
+        else:  # imported only when used: anyio.to_process and its kin take milliseconds
+            from .process import ExecutorRunner, ProcessRunner
+
+            if executor == "process":
+                self._sync = ProcessRunner(settings.max_workers)
+            else:
+                self._sync = ExecutorRunner(executor)
 
     def pick(self, cls: type[Task[Any, Any]]) -> Runner:
         """Return the runner for the bodies of `cls`."""
