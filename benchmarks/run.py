@@ -580,10 +580,9 @@ def notes_for(w: Workload, case: Case, wall: float, shared: list[str]) -> list[s
     children = max((r.get("rss_children_kb") or 0) for r in s.results)
     if engine.peer and children > CHILDREN_RSS_NOTE_KB:
         notes.append(f"subprocesses peak RSS {children / 1024:.0f} MiB")
-    for r in s.results:
-        notes += [
-            part for part in _note_parts(r.get("notes") or "") if part not in shared and part not in notes
-        ]
+    # Notes that differ per run (a split of the time, a server's start-up): the median run's.
+    middle = sorted(s.results, key=lambda r: r["wall"])[len(s.results) // 2]
+    notes += [part for part in _note_parts(middle.get("notes") or "") if part not in shared]
     return notes
 
 
