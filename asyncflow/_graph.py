@@ -62,7 +62,7 @@ class Node:
 def signature(dep_versions: list[str], consts: str) -> str:
     """Hash the versions of a node's deps and its Const values, as its record keeps them."""
     if not dep_versions and not consts:
-        return _NOTHING  # a source task's: worth keeping apart, there can be many of them
+        return _NOTHING  # a node reading nothing, as every leaf: the same hash, made once
     return hashlib.blake2b("\0".join([*dep_versions, consts]).encode(), digest_size=12).hexdigest()
 
 

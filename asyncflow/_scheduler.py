@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from ._runners.base import Outcome, Runner
     from ._task import Task
 
-# Node states
 # Node states. FRESH: planned to be reused; DOOMED: a dep is stale, so this one is too;
 # PARKED: leased and waiting for a slot of a full channel (see _limits).
 WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED, DOOMED, PARKED = range(8)
