@@ -19,10 +19,9 @@ if TYPE_CHECKING:
 class Channel:
     """A limited channel: how many slots are free, and the nodes parked on it."""
 
-    __slots__ = ("free", "name", "parked")
+    __slots__ = ("free", "parked")
 
-    def __init__(self, name: str, slots: int) -> None:
-        self.name = name
+    def __init__(self, slots: int) -> None:
         self.free = slots
         self.parked: deque[Any] = deque()  # scheduler nodes, first come first served
 
@@ -31,7 +30,7 @@ class Limits:
     """The limited channels of one run."""
 
     def __init__(self, rate_limits: Mapping[str, int]) -> None:
-        self._channels = {ch: Channel(ch, n) for ch, n in sorted(rate_limits.items())}
+        self._channels = {ch: Channel(n) for ch, n in sorted(rate_limits.items())}
 
     def for_channels(self, channels: Iterable[str]) -> tuple[Channel, ...]:
         """Return those of `channels` that are limited."""

@@ -315,8 +315,7 @@ class _Scheduler:
             self._spare -= 1
         except Exception as exc:  # the cache failed, or asyncflow has a bug: stop the run
             self.errors.append(exc)
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
+            scope.cancel()
 
     def _done(self, node: Node) -> list[Node]:
         """Mark `node` done; return the dependents that became ready."""

@@ -154,8 +154,7 @@ class CacheSession:
         """
         out: list[tuple[str | None, Record | None]] = []
         for i in range(0, len(keys), _BATCH_MAX):
-            chunk = keys[i : i + _BATCH_MAX]
-            out.extend(await self.index.call(index.acquire, self.owner, LEASE_TTL, chunk, self._seen))
+            out.extend(await self._acquire_batch(keys[i : i + _BATCH_MAX], self._seen))
         self._seen = None  # later, this run's own writes may have changed records
         return out
 
@@ -171,8 +170,10 @@ class CacheSession:
         """Return the cached results of many ``(key, version)`` pairs in one thread call."""
         return await self.index.call(index.load, self.cache_dir, wanted)
 
-    async def _acquire_batch(self, keys: Sequence[str]) -> Sequence[tuple[str | None, Record | None]]:
-        return await self.index.call(index.acquire, self.owner, LEASE_TTL, keys)
+    async def _acquire_batch(
+        self, keys: Sequence[str], seen: int | None = None
+    ) -> Sequence[tuple[str | None, Record | None]]:
+        return await self.index.call(index.acquire, self.owner, LEASE_TTL, keys, seen)
 
     async def _poll_batch(self, keys: list[str]) -> Sequence[bool]:
         return await self.index.call(index.poll, keys)
