@@ -34,6 +34,8 @@ from asyncflow import Requires, RequiresList, Task
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from asyncflow import RunStats
+
 LOG_ENV = "ASYNCFLOW_TEST_LOG"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -293,6 +295,15 @@ def fan_nodes(start: int, stop: int, delay: float) -> list[Task[Any, Any]]:
     nodes += [Pair(j, delay) for j in range(start, stop)]
     nodes.append(FanSum(start, stop, delay))
     return nodes
+
+
+# Helpers for the test modules.
+
+
+def runs(stats: RunStats, cls: type[Task[Any, Any]]) -> tuple[int, int]:
+    """(run, reused) of one class in a run."""
+    s = stats[cls.task_name]
+    return s.run, s.reused
 
 
 # The command line the tests start.
