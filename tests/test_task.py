@@ -184,46 +184,6 @@ class Fan(SinkTask[[str, str, int]]):
         self.deps = [cls(group, i) for i in range(n)]
 
 
-ATTEMPTS: Counter[str] = Counter()
-
-
-class Flaky(Task, retries=2, retry_delay=0):
-    """Fail on the first `failures` attempts (counted per tag), then succeed."""
-
-    def build_task(self, tag: str, failures: int) -> None:
-        self.tag, self.failures = tag, failures
-
-    async def run_task(self) -> int:
-        ATTEMPTS[self.tag] += 1
-        if ATTEMPTS[self.tag] <= self.failures:
-            raise RuntimeError(f"attempt {ATTEMPTS[self.tag]} fails")
-        return ATTEMPTS[self.tag]
-
-
-class Slow(Task, timeout=0.2):
-    def build_task(self) -> None:
-        pass
-
-    async def run_task(self) -> None:
-        await anyio.Event().wait()  # never set: only the timeout ends this
-
-
-class Compressed(Task, compress_level=9):
-    def build_task(self, n: int) -> None:
-        self.n = n
-
-    async def run_task(self) -> str:
-        return "x" * self.n
-
-
-class Prefixed(Task, job_prefix=["srun", "-p", "gpu"], retries=0, timeout=None):
-    def build_task(self) -> None:
-        pass
-
-    def run_task(self) -> None:
-        pass
-
-
 # Dedupe.
 
 BUILDS: Counter[str] = Counter()
@@ -446,79 +406,7 @@ def test_infer_task_type_refuses_non_tasks(thing: Any) -> None:
         infer_task_type(thing)
 
 
-# Class keywords.
-
-
-@pytest.mark.parametrize(
-    ("keyword", "value"),
-    [
-        ("channel", 5),
-        ("channel", ""),
-        ("channel", ["gpu", 3]),
-        ("channel", ["gpu", ""]),
-        ("channel", {"gpu": 1}),
-        ("compress_level", 10),
-        ("compress_level", -2),
-        ("compress_level", "3"),
-        ("compress_level", 1.5),
-        ("compress_level", True),
-        ("job_prefix", "srun"),
-        ("job_prefix", []),
-        ("job_prefix", ["srun", 1]),
-        ("retries", -1),
-        ("retries", 1.5),
-        ("retries", "2"),
-        ("retries", None),
-        ("timeout", 0),
-        ("timeout", -1),
-        ("timeout", "5"),
-        ("timeout", True),
-    ],
-)
-def test_bad_class_keyword_value_is_refused(keyword: str, value: object) -> None:
-    with pytest.raises(asyncflow.TaskDefinitionError) as info:
-        types.new_class("BadOptions", (Task,), {keyword: value})
-    assert isinstance(info.value, TypeError)
-    message = str(info.value)
-    assert "BadOptions" in message
-    assert keyword in message
-
-
-def test_unknown_class_keyword_is_refused() -> None:
-    with pytest.raises(asyncflow.TaskDefinitionError) as info:
-        types.new_class("Colourful", (Task,), {"colour": "red"})
-    message = str(info.value)
-    assert "Colourful" in message
-    assert "colour" in message
-    assert "channel" in message  # the accepted keywords are listed
-
-
-@pytest.mark.parametrize(
-    "keywords",
-    [
-        {"channel": "gpu"},
-        {"channel": ["gpu", "mem"]},
-        {"channel": ("gpu",)},
-        {"compress_level": 0},
-        {"compress_level": 9},
-        {"job_prefix": ["srun", "-p", "x"]},
-        {"job_prefix": None},
-        {"retries": 0},
-        {"retries": 3, "retry_delay": 0.5, "retry_backoff": 1},
-        {"timeout": 2},
-        {"timeout": 0.5},
-        {"timeout": None},
-    ],
-)
-def test_good_class_keywords_are_accepted(keywords: dict[str, Any]) -> None:
-    cls = types.new_class("GoodOptions", (Task,), keywords)
-    assert issubclass(cls, Task)
-
-
-def test_class_keywords_on_module_level_classes() -> None:
-    # Defining these (above) did not raise; they are tasks like any other.
-    assert Prefixed.task_name == f"{__name__}.Prefixed"
-    assert Compressed.task_name == f"{__name__}.Compressed"
+# Class definitions.
 
 
 def test_class_defining_init_is_refused() -> None:
@@ -557,36 +445,6 @@ async def test_channel_keyword_is_honoured_by_rate_limits(
         assert ACTIVE[f"{group}-max"] > 1  # the measurement can see overlap
     else:
         assert ACTIVE[f"{group}-max"] == expect_max
-
-
-async def test_retries_keyword(cache_dir: Path) -> None:
-    tag = str(cache_dir)
-    with anyio.fail_after(30):
-        value, stats = await Flaky(tag, 2).run_with_stats(cache_dir=cache_dir)
-    assert value == 3
-    assert stats[Flaky.task_name].retried == 2
-    assert stats[Flaky.task_name].run == 1
-
-
-async def test_retries_keyword_gives_up(cache_dir: Path) -> None:
-    tag = str(cache_dir)
-    with anyio.fail_after(30), pytest.raises(asyncflow.TaskFailedError) as info:
-        await Flaky(tag, 5).run(cache_dir=cache_dir)
-    assert ATTEMPTS[tag] == 3  # one attempt and two retries
-    assert info.value.task == f"Flaky({tag!r}, 5)"
-
-
-async def test_timeout_keyword(cache_dir: Path) -> None:
-    with anyio.fail_after(30), pytest.raises(asyncflow.TaskFailedError) as info:
-        await Slow().run(cache_dir=cache_dir)
-    assert "Slow()" in str(info.value)
-    assert "timed out" in str(info.value)
-
-
-async def test_compress_level_keyword_round_trips(cache_dir: Path) -> None:
-    with anyio.fail_after(30):
-        assert await Compressed(100_000).run(cache_dir=cache_dir) == "x" * 100_000
-        assert await Compressed(100_000).result(cache_dir=cache_dir) == "x" * 100_000
 
 
 # Dedupe.
