@@ -1,4 +1,4 @@
-"""Options: the class keywords (channel, compress_level, job_prefix, retries, timeout) and their effects."""
+"""Options: the class keywords (channel, compress_level, job_prefix, retries, timeout) and the run options."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import anyio
 import pytest
 
 import asyncflow
-from asyncflow import Task
+from asyncflow import OptionError, Task
+from asyncflow.examples.binomial import Choose
+
+from .test_runners_prefix import Where
+from .test_scheduler import Total
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -165,3 +169,25 @@ async def test_compress_level_keyword_round_trips(cache_dir: Path) -> None:
     with anyio.fail_after(30):
         assert await Compressed(100_000).run(cache_dir=cache_dir) == "x" * 100_000
         assert await Compressed(100_000).result(cache_dir=cache_dir) == "x" * 100_000
+
+
+# Run options.
+
+
+async def test_bad_options_are_refused(cache_dir: Path) -> None:
+    with pytest.raises(OptionError, match="unknown run option"):
+        await Total(1).run(cache_dir=cache_dir, rate_limit={"gpu": 1})  # type: ignore[call-arg]
+    with pytest.raises(OptionError, match="rate_limits"):
+        await Total(1).run(cache_dir=cache_dir, rate_limits={"gpu": 0})
+    with pytest.raises(OptionError, match="on_error"):
+        await Total(1).run(cache_dir=cache_dir, on_error="ignore")  # type: ignore[typeddict-item]
+
+
+def test_progress_option_is_checked(cache_dir: Path) -> None:
+    with pytest.raises(OptionError, match="progress='yes' is invalid: expected True or False"):
+        Choose(3, 1).run_graph(cache_dir=cache_dir, progress="yes")  # type: ignore[typeddict-item]
+
+
+async def test_prefixes_option_is_checked(cache_dir: Path) -> None:
+    with pytest.raises(OptionError, match="prefixes"):
+        await Where(1).run(cache_dir=cache_dir, prefixes={"cluster": "srun -p x"})  # type: ignore[dict-item]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncflow import OptionError, TaskFailedError
+from asyncflow import TaskFailedError
 from asyncflow.examples.binomial import Choose
 
 from .test_scheduler import Boom
@@ -56,11 +56,6 @@ async def test_no_progress_by_default(cache_dir: Path, caplog: pytest.LogCapture
     with caplog.at_level(logging.INFO, logger="asyncflow.progress"):
         await Choose(3, 1).run(cache_dir=cache_dir)
     assert not [r for r in caplog.records if r.name == "asyncflow.progress"]
-
-
-def test_progress_option_is_checked(cache_dir: Path) -> None:
-    with pytest.raises(OptionError, match="progress='yes' is invalid: expected True or False"):
-        Choose(3, 1).run_graph(cache_dir=cache_dir, progress="yes")  # type: ignore[typeddict-item]
 
 
 _SCRIPT = """

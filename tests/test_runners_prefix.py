@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asyncflow import OptionError, RequiresList, Task, TaskFailedError
+from asyncflow import RequiresList, Task, TaskFailedError
 
 ENV_PREFIX = ["env", "AF_TEST_MARK=class"]
 
@@ -176,11 +176,6 @@ async def test_cancellation_ends_the_job(cache_dir: Path, tmp_path: Path) -> Non
 async def test_several_prefixed_bodies(cache_dir: Path) -> None:
     with anyio.fail_after(120):
         assert await Many(4).run(cache_dir=cache_dir, rate_limits={"cluster": 2}) == [0, 1, 2, 3]
-
-
-async def test_prefixes_option_is_checked(cache_dir: Path) -> None:
-    with pytest.raises(OptionError, match="prefixes"):
-        await Where(1).run(cache_dir=cache_dir, prefixes={"cluster": "srun -p x"})  # type: ignore[dict-item]
 
 
 TASKFILE = """

@@ -16,7 +16,6 @@ import pytest
 
 from asyncflow import (
     EventLoopRunningError,
-    OptionError,
     RequiresList,
     SinkTask,
     Task,
@@ -348,15 +347,6 @@ async def test_stats_per_class(cache_dir: Path) -> None:
     _, stats = await Total(4).run_with_stats(cache_dir=cache_dir)
     assert stats[Gpu.task_name].reused == 4
     assert stats.run == 0
-
-
-async def test_bad_options_are_refused(cache_dir: Path) -> None:
-    with pytest.raises(OptionError, match="unknown run option"):
-        await Total(1).run(cache_dir=cache_dir, rate_limit={"gpu": 1})  # type: ignore[call-arg]
-    with pytest.raises(OptionError, match="rate_limits"):
-        await Total(1).run(cache_dir=cache_dir, rate_limits={"gpu": 0})
-    with pytest.raises(OptionError, match="on_error"):
-        await Total(1).run(cache_dir=cache_dir, on_error="ignore")  # type: ignore[typeddict-item]
 
 
 def test_sync_twin_runs_outside_a_loop(cache_dir: Path) -> None:
