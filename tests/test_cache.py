@@ -1,4 +1,4 @@
-"""The cache: location, WAL index, blobs, source-change detection, clear, bad caches."""
+"""The cache: layout, WAL index, blobs, source-change detection, clear, bad caches."""
 
 from __future__ import annotations
 
@@ -64,19 +64,6 @@ async def test_tiny_results_are_stored_raw_larger_ones_gzip(cache_dir: Path) -> 
     assert rows == {"2": 0, "1000": 1}  # gzip's frame would outweigh a 20-byte pickle
     assert await Text(2).result(cache_dir=cache_dir) == "abc" * 2
     assert await Text(1000).result(cache_dir=cache_dir) == "abc" * 1000
-
-
-async def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AF_CACHE_DIR", str(tmp_path / "env-cache"))
-    await Plain().run()
-    assert (tmp_path / "env-cache" / "asyncflow" / "index.sqlite").exists()
-
-
-async def test_cache_dir_default_is_dot_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("AF_CACHE_DIR")
-    monkeypatch.chdir(tmp_path)
-    await Plain().run()
-    assert (tmp_path / ".cache" / "asyncflow" / "index.sqlite").exists()
 
 
 def _load(path: Path, source: str) -> ModuleType:

@@ -13,6 +13,7 @@ import asyncflow
 from asyncflow import OptionError, Task
 from asyncflow.examples.binomial import Choose
 
+from .test_cache import Plain
 from .test_runners_prefix import Where
 from .test_scheduler import Total
 
@@ -191,3 +192,19 @@ def test_progress_option_is_checked(cache_dir: Path) -> None:
 async def test_prefixes_option_is_checked(cache_dir: Path) -> None:
     with pytest.raises(OptionError, match="prefixes"):
         await Where(1).run(cache_dir=cache_dir, prefixes={"cluster": "srun -p x"})  # type: ignore[dict-item]
+
+
+# The cache_dir option's default: the environment, else ./.cache.
+
+
+async def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AF_CACHE_DIR", str(tmp_path / "env-cache"))
+    await Plain().run()
+    assert (tmp_path / "env-cache" / "asyncflow" / "index.sqlite").exists()
+
+
+async def test_cache_dir_default_is_dot_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AF_CACHE_DIR")
+    monkeypatch.chdir(tmp_path)
+    await Plain().run()
+    assert (tmp_path / ".cache" / "asyncflow" / "index.sqlite").exists()
