@@ -1,4 +1,4 @@
-"""The task model: names, bodies, class keywords, dedupe, task directories, clearing, result, twins."""
+"""The task model: names, bodies, infer_task_type, dedupe, task directories, clearing, result, twins."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 import asyncflow
@@ -145,43 +144,6 @@ class Typed(Task):
 
     async def run_task(self) -> int:
         return self.n + 1
-
-
-# Class keywords.
-
-ACTIVE: Counter[str] = Counter()
-
-
-async def _count_overlap(group: str) -> None:
-    ACTIVE[group] += 1
-    ACTIVE[f"{group}-max"] = max(ACTIVE[f"{group}-max"], ACTIVE[group])
-    for _ in range(20):  # let every other ready body start, if it may
-        await anyio.lowlevel.checkpoint()
-    ACTIVE[group] -= 1
-
-
-class OnTwoChannels(Task, channel=["af-test-a", "af-test-b"]):
-    def build_task(self, group: str, i: int) -> None:
-        self.group = group
-
-    async def run_task(self) -> None:
-        await _count_overlap(self.group)
-
-
-class OnOneChannel(Task, channel="af-test-c"):
-    def build_task(self, group: str, i: int) -> None:
-        self.group = group
-
-    async def run_task(self) -> None:
-        await _count_overlap(self.group)
-
-
-class Fan(SinkTask[[str, str, int]]):
-    deps: RequiresList[None]
-
-    def build_task(self, kind: str, group: str, n: int) -> None:
-        cls = OnTwoChannels if kind == "two" else OnOneChannel
-        self.deps = [cls(group, i) for i in range(n)]
 
 
 # Dedupe.
@@ -419,32 +381,6 @@ def test_class_defining_init_is_refused() -> None:
     assert "HasInit" in message
     assert "__init__" in message
     assert "build_task" in message
-
-
-@pytest.mark.parametrize(
-    ("kind", "limits", "expect_max"),
-    [
-        pytest.param("two", {}, None, id="two-unlimited"),
-        pytest.param("two", {"af-test-a": 1}, 1, id="two-first-channel"),
-        pytest.param("two", {"af-test-b": 1}, 1, id="two-second-channel"),
-        pytest.param("two", {f"{__name__}.OnTwoChannels": 1}, 1, id="two-task-name-channel"),
-        pytest.param("two", {"af-test-a": 2, "af-test-b": 5}, 2, id="two-both-limited"),
-        pytest.param("one", {}, None, id="one-unlimited"),
-        pytest.param("one", {"af-test-c": 1}, 1, id="one-string-channel"),
-        pytest.param("one", {"af-test-a": 1}, None, id="one-other-channel"),
-    ],
-)
-async def test_channel_keyword_is_honoured_by_rate_limits(
-    cache_dir: Path, kind: str, limits: dict[str, int], expect_max: int | None
-) -> None:
-    group = str(cache_dir)
-    with anyio.fail_after(30):
-        _, stats = await Fan(kind, group, 6).run_with_stats(cache_dir=cache_dir, rate_limits=limits)
-    assert stats.run == 7
-    if expect_max is None:
-        assert ACTIVE[f"{group}-max"] > 1  # the measurement can see overlap
-    else:
-        assert ACTIVE[f"{group}-max"] == expect_max
 
 
 # Dedupe.
