@@ -1,20 +1,16 @@
-"""The cache: layout, WAL index, blobs, source-change detection, clear, bad caches."""
+"""The cache: layout, WAL index, blobs, schema, clear, bad caches."""
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import random
 import sqlite3
-import sys
-import textwrap
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
 
 from asyncflow import CacheError, Task
+
+from .workflows import TASKFILE_TEMPLATE, load_taskfile
 
 DATA: dict[str, int] = {}
 
@@ -66,72 +62,8 @@ async def test_tiny_results_are_stored_raw_larger_ones_gzip(cache_dir: Path) -> 
     assert await Text(1000).result(cache_dir=cache_dir) == "abc" * 1000
 
 
-def _load(path: Path, source: str) -> ModuleType:
-    path.write_text(textwrap.dedent(source))
-    name = f"af_src_{abs(hash((str(path), source)))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TEMPLATE = """
-from asyncflow import Task, Requires
-
-class Leaf(Task):
-    def build_task(self, i: int) -> None:
-        self.i = i
-
-    async def run_task(self) -> int:
-        return self.i {leaf_op}
-
-class Root(Task):
-    leaf: Requires[int]
-
-    def build_task(self) -> None:
-        self.leaf = Leaf(3)  # {comment}
-
-    async def run_task(self) -> int:
-        return self.leaf * 10
-"""
-
-
-def _stats(module: Any, cache_dir: Path, **options: Any) -> tuple[int, dict[str, int]]:
-    value, stats = module.Root().run_graph_with_stats(cache_dir=cache_dir, **options)
-    return value, {name.rsplit(".", 1)[1]: s.run for name, s in stats.items()}
-
-
-def test_source_change_reruns_changed_class_and_dependents(tmp_path: Path, cache_dir: Path) -> None:
-    # Both versions live at the same path and module name, as an edited file would.
-    path = tmp_path / "taskfile.py"
-    v1 = _load(path, TEMPLATE.format(leaf_op="+ 1", comment="a comment"))
-    assert _stats(v1, cache_dir) == (40, {"Leaf": 1, "Root": 1})
-    # A comment or formatting change is not a code change.
-    v1b = _load(path, TEMPLATE.format(leaf_op="+   1", comment="another comment"))
-    v1b.Leaf.task_name, v1b.Root.task_name = v1.Leaf.task_name, v1.Root.task_name
-    assert _stats(v1b, cache_dir) == (40, {"Leaf": 0, "Root": 0})
-
-
-def test_code_change_is_detected(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "taskfile.py"
-    v1 = _load(path, TEMPLATE.format(leaf_op="+ 1", comment=""))
-    assert _stats(v1, cache_dir)[0] == 40
-    v2 = _load(path, TEMPLATE.format(leaf_op="+ 2", comment=""))
-    v2.Leaf.task_name, v2.Root.task_name = v1.Leaf.task_name, v1.Root.task_name
-    # Turned off by option or environment: the stale code's result is reused.
-    assert _stats(v2, cache_dir, detect_source_change=False) == (40, {"Leaf": 0, "Root": 0})
-    monkeypatch.setenv("AF_DETECT_SOURCE_CHANGE", "0")
-    assert _stats(v2, cache_dir) == (40, {"Leaf": 0, "Root": 0})
-    monkeypatch.delenv("AF_DETECT_SOURCE_CHANGE")
-    # On (the default): Leaf re-runs, and Root because its upstream changed.
-    assert _stats(v2, cache_dir) == (50, {"Leaf": 1, "Root": 1})
-
-
 async def test_clear_makes_dependents_stale(cache_dir: Path, tmp_path: Path) -> None:
-    module = _load(tmp_path / "tf.py", TEMPLATE.format(leaf_op="+ 1", comment=""))
+    module = load_taskfile(tmp_path / "tf.py", TASKFILE_TEMPLATE.format(leaf_op="+ 1", comment=""))
     await module.Root().run(cache_dir=cache_dir)
     assert await module.Leaf(3).clear(cache_dir=cache_dir) is True
     _, stats = await module.Root().run_with_stats(cache_dir=cache_dir)
@@ -207,47 +139,3 @@ async def test_cache_error_during_a_run_is_not_wrapped(
     monkeypatch.setattr(session.CacheSession, "acquire_many", broken)
     with pytest.raises(CacheError, match="on fire"):
         await Plain().run(cache_dir=cache_dir)
-
-
-NESTED = '''
-import typing
-from asyncflow import Task
-
-def deco(cls):
-    return cls
-
-@deco
-class Decorated(Task):
-    """Docstrings do not count."""
-
-    async def run_task(self) -> int:
-        return 1
-
-class Outer:
-    class Inner(Task):
-        async def run_task(self) -> int:
-            return 2
-
-def factory():
-    class Local(Task):
-        async def run_task(self) -> int:
-            return 3
-    return Local
-
-if not typing.TYPE_CHECKING:
-    class Guarded(Task):
-        async def run_task(self) -> int:
-            return 4
-'''
-
-
-def test_class_source_is_found_in_its_file_as_inspect_finds_it(tmp_path: Path) -> None:
-    import ast
-
-    from asyncflow import _source
-
-    module = _load(tmp_path / "nested.py", NESTED)
-    for cls in (module.Decorated, module.Outer.Inner, module.factory(), module.Guarded):
-        assert _source._class_in_file(cls) is not None, cls.__qualname__
-        by_inspect = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-        assert _source._normalised_source(cls) == ast.dump(_source._DropDocstrings().visit(by_inspect))

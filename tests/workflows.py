@@ -17,10 +17,12 @@ prints one JSON line ``{"result": ..., "run": ..., "reused": ..., "pid": ...}``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
 import sys
+import textwrap
 import zlib
 from collections import Counter
 from functools import partial
@@ -33,6 +35,7 @@ from asyncflow import Requires, RequiresList, Task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
 
     from asyncflow import RunStats
 
@@ -304,6 +307,41 @@ def runs(stats: RunStats, cls: type[Task[Any, Any]]) -> tuple[int, int]:
     """(run, reused) of one class in a run."""
     s = stats[cls.task_name]
     return s.run, s.reused
+
+
+def load_taskfile(path: Path, source: str) -> ModuleType:
+    """Write `source` (dedented) to `path` and import it as a new module, as an edited file would be."""
+    path.write_text(textwrap.dedent(source))
+    name = f"af_src_{abs(hash((str(path), source)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TASKFILE_TEMPLATE = """
+from asyncflow import Task, Requires
+
+class Leaf(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        return self.i {leaf_op}
+
+class Root(Task):
+    leaf: Requires[int]
+
+    def build_task(self) -> None:
+        self.leaf = Leaf(3)  # {comment}
+
+    async def run_task(self) -> int:
+        return self.leaf * 10
+"""
+"""A taskfile for `load_taskfile`: Root needs Leaf(3); `leaf_op` and `comment` are what an edit changes."""
 
 
 # The command line the tests start.
