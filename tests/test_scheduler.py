@@ -15,7 +15,6 @@ import anyio
 import pytest
 
 from asyncflow import (
-    EventLoopRunningError,
     RequiresList,
     Task,
     TaskFailedError,
@@ -208,15 +207,6 @@ async def test_stats_per_class(cache_dir: Path) -> None:
     _, stats = await Total(4).run_with_stats(cache_dir=cache_dir)
     assert stats[Gpu.task_name].reused == 4
     assert stats.run == 0
-
-
-def test_sync_twin_runs_outside_a_loop(cache_dir: Path) -> None:
-    assert Total(3).run_graph(cache_dir=cache_dir) == 3
-
-
-async def test_sync_twin_refuses_inside_a_loop(cache_dir: Path) -> None:
-    with pytest.raises(EventLoopRunningError, match=r"await task\.run\(\)"):
-        Total(3).run_graph(cache_dir=cache_dir)
 
 
 BARRIER: dict[str, Any] = {}

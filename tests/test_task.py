@@ -24,6 +24,7 @@ from asyncflow import (
     infer_task_type,
 )
 
+from .test_scheduler import Total
 from .workflows import runs
 
 if TYPE_CHECKING:
@@ -541,6 +542,15 @@ def test_sync_twins_run_twice_in_one_thread(cache_dir: Path) -> None:
     # Each call starts and closes its own loop.
     assert Num(1).run_graph(cache_dir=cache_dir) == 2
     assert Num(2).run_graph(cache_dir=cache_dir) == 4
+
+
+def test_sync_twin_runs_outside_a_loop(cache_dir: Path) -> None:
+    assert Total(3).run_graph(cache_dir=cache_dir) == 3
+
+
+async def test_sync_twin_refuses_inside_a_loop(cache_dir: Path) -> None:
+    with pytest.raises(asyncflow.EventLoopRunningError, match=r"await task\.run\(\)"):
+        Total(3).run_graph(cache_dir=cache_dir)
 
 
 TWINS: dict[str, Callable[[Path], object]] = {
