@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 
 # Task classes (module level: runners in other processes import them).
+# Num, ListOf and Record are used by test_requires.py too.
 
 
 class Num(Task):
