@@ -1,0 +1,179 @@
+"""What the harness measures: the workloads at their sizes, the engines, and one run in a child.
+
+`Workload` is one of the DAGs W1 .. W4 at one size (`FULL`, `QUICK`: the runs' lists);
+`Engine` is asyncflow, a floor of floor.py or a peer's script, with which workloads and
+modes it runs (`ENGINES`, in the table's order). `child` is the child process's side of
+one measurement of asyncflow or a floor: ``run.py --one`` calls it, it runs the workload
+once in that process, times it and checks its answer (a peer's script does the same in
+the peer's venv, see peers/common.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Workload:
+    kind: str  # W1 .. W4
+    size: int
+
+    @property
+    def label(self) -> str:
+        if self.kind == "W1":
+            return f"W1 Choose({self.size}, {self.size // 2})"
+        if self.kind == "W2":
+            return f"W2 fan-out {self.size:,}"
+        if self.kind == "W3":
+            return f"W3 chain {self.size:,}"
+        return f"W4 sleepy {self.size}"
+
+    @property
+    def has_floor(self) -> bool:
+        """W2 and W3 as plain coroutines; W4 only as the anyio floor (floor.sleepy)."""
+        return self.kind in ("W2", "W3", "W4")
+
+    @property
+    def cache_modes(self) -> tuple[str, ...]:
+        """Cold, warm, and for the fan-out a rerun of the root alone over a warm cache."""
+        return ("cold", "warm", "root-stale") if self.kind == "W2" else ("cold", "warm")
+
+
+FULL = [
+    Workload("W1", 40),
+    Workload("W2", 1_000),
+    Workload("W2", 10_000),
+    Workload("W2", 100_000),
+    Workload("W3", 1_000),
+    Workload("W3", 10_000),
+    Workload("W4", 200),
+]
+QUICK = [
+    Workload("W1", 20),
+    Workload("W2", 1_000),
+    Workload("W2", 10_000),
+    Workload("W3", 100),
+    Workload("W3", 1_000),
+    Workload("W4", 200),
+]
+# The largest size of each workload that peers run (asyncflow and the floors run all).
+PEER_MAX = {"W1": 40, "W2": 10_000, "W3": 1_000, "W4": 200}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What is measured: asyncflow, a floor of floor.py, or a peer's script (`peer`)."""
+
+    name: str
+    peer: str | None = None  # peers/<peer>_peer.py, installed from peers/<peer>.txt
+    variant: str | None = None  # the peer script's --variant; None: its default
+    caches: bool = True  # False: runs cold only
+    default: bool = True  # False: only when named in --engines
+
+    def runs(self, w: Workload) -> bool:
+        """Whether this engine runs workload `w` at its size."""
+        if self.name == "naive-cache":  # 100,000 files would cost minutes and not say more
+            return w.kind in ("W2", "W3") and w.size <= 10_000
+        if self.name == "native":
+            return w.kind in ("W2", "W3")
+        if self.name in FLOORS:
+            return w.has_floor
+        if self.peer:
+            return w.size <= PEER_MAX[w.kind]
+        return True
+
+    def modes(self, w: Workload) -> tuple[str, ...]:
+        """The steps of one repeat, in order, on one fresh cache directory."""
+        if self.name == "asyncflow":
+            return w.cache_modes
+        return ("cold", "warm") if self.caches else ("cold",)
+
+
+FLOORS = ("floor", "native", "naive-cache")
+ENGINES = [
+    Engine("asyncflow"),
+    Engine("floor", caches=False),
+    Engine("native", caches=False),
+    Engine("naive-cache"),
+    Engine("taskproc", "taskproc"),
+    Engine("taskproc-thread", "taskproc", "thread", default=False),
+    Engine("dask-delayed", "dask", "delayed", caches=False),
+    Engine("dask-raw", "dask", "raw", caches=False),
+    # Parsl at its fastest: without the DEBUG log its default configuration writes.
+    Engine("parsl", "parsl", "nolog"),
+    Engine("parsl-log", "parsl", "default", default=False),
+    Engine("prefect", "prefect"),
+    Engine("prefect-async", "prefect", "async", default=False),
+    Engine("checkpoint-tool", "checkpoint_tool"),
+]
+PEER_NAMES = list(dict.fromkeys(e.peer for e in ENGINES if e.peer))
+
+
+# The child: one measurement of asyncflow or a floor in a fresh process.
+
+
+def _expected(kind: str, size: int) -> Any:
+    """The root's answer: as for the peers (peers/common.py), but W4's sink returns None."""
+    from peers import common
+
+    return None if kind == "W4" else common.expected(kind, size)
+
+
+def child(
+    kind: str, size: int, engine: str, mode: str, cache_dir: str | None, backend: str
+) -> dict[str, Any]:
+    """Run one workload once in this process and return what was measured."""
+    import anyio
+    import floor
+    import workloads
+
+    # Load what `run_with_stats` imports on first use, so the timing is the run's work,
+    # not module loading (a long-lived process has paid for it already).
+    importlib.import_module("anyio.to_thread")
+    importlib.import_module("asyncflow._cache.store")
+    importlib.import_module("asyncflow._scheduler")
+
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        if engine in FLOORS:
+            gc.collect()  # as every child does before its timing (see peers/common.py `settle`)
+            t0 = time.perf_counter()
+            if engine == "naive-cache":
+                assert cache_dir is not None
+                value, nodes, run = await floor.run_naive_cache(kind, size, cache_dir, warm=mode == "warm")
+            else:
+                value, nodes = await floor.run_floor(kind, size, backend if engine == "native" else None)
+                run = nodes
+            out["wall"] = time.perf_counter() - t0
+            out.update(nodes=nodes, run=run, reused=nodes - run)
+        else:
+            options: dict[str, Any] = {"cache_dir": cache_dir}
+            if kind == "W1":
+                root: Any = workloads.Choose(size, size // 2)
+            elif kind == "W2":
+                root = workloads.Sum(size)
+            elif kind == "W3":
+                root = workloads.Chain(size)
+            else:
+                root = workloads.SleepySink(size)
+                options["rate_limits"] = {"w4": workloads.W4_LIMIT}
+            if mode == "root-stale":  # a warm cache with only the root's result removed
+                await root.clear(cache_dir=cache_dir)
+            gc.collect()
+            t0 = time.perf_counter()
+            value, stats = await root.run_with_stats(**options)
+            out["wall"] = time.perf_counter() - t0
+            out.update(nodes=stats.run + stats.reused + stats.failed, run=stats.run, reused=stats.reused)
+            out["stats_elapsed"] = stats.elapsed
+        out["ok"] = value == _expected(kind, size)
+        out["peak"] = floor.PEAK if engine in FLOORS else workloads.PEAK
+
+    anyio.run(main, backend=backend)
+    out["rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return out
