@@ -18,6 +18,8 @@ from ._errors import TaskFailedError as TaskFailedError
 from ._errors import WorkflowFailedError as WorkflowFailedError
 from ._options import CacheOptions as CacheOptions
 from ._options import RunOptions as RunOptions
+from ._placements import Host as Host
+from ._placements import Slurm as Slurm
 from ._requires import Const as Const
 from ._requires import Req as Req
 from ._requires import Requires as Requires
@@ -25,8 +27,6 @@ from ._requires import RequiresDict as RequiresDict
 from ._requires import RequiresList as RequiresList
 from ._requires import TaskItem as TaskItem
 from ._requires import TaskLike as TaskLike
-from ._runners.slurm import Slurm as Slurm
-from ._runners.ssh import Host as Host
 from ._stats import ClassStats as ClassStats
 from ._stats import RunStats as RunStats
 from ._task import SinkTask as SinkTask
@@ -67,3 +67,20 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def _show_errors_as_public() -> None:
+    """Show the exceptions where users import them from, as anyio's and httpx's do.
+
+    Tracebacks then say `asyncflow.TaskFailedError`, not `asyncflow._errors.TaskFailedError`.
+    Only exceptions: typing.get_type_hints resolves a class's annotations in the module its
+    __module__ names, so a rewritten Task would break it for every user's subclass.
+    """
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) and issubclass(value, BaseException):
+            value.__module__ = __name__
+
+
+_show_errors_as_public()
+del _show_errors_as_public

@@ -1,36 +1,34 @@
 """The ``asyncflow`` command line: ``run``, ``graph``, ``status``, ``clear``.
 
-Exit statuses: 0 success, 1 a task failed (or the graph or cache could not be used),
-2 a usage error (missing taskfile, no such entrypoint, bad option value), 130 on Ctrl-C.
-Each command has one async implementation, started with `anyio.run`; the library does the
-work, this module only parses, loads the taskfile and reports.
+Exit statuses: 0 success, 1 a task failed (or any other asyncflow error: the graph, the
+cache, a class's source, printed as ``Type: message``), 2 a usage error (missing
+taskfile, no such entrypoint, bad option value), 130 on Ctrl-C. Each command has one
+async implementation, started with `anyio.run`; the library does the work, this module
+only parses and reports (`_taskfile.py` loads the taskfile).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.machinery
-import importlib.util
 import json
 import logging
+import os
 import shlex
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import AsyncflowError, CacheError, GraphError, OptionError, TaskFailedError, WorkflowFailedError
+from ._errors import AsyncflowError, OptionError, TaskFailedError, UsageError, WorkflowFailedError
 from ._options import resolve_cache_dir
-from ._task import Task
+from ._taskfile import class_name, entrypoint, load_taskfile
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
-    from types import ModuleType
 
     from ._explain import NodeStatus
     from ._options import RunOptions
@@ -42,112 +40,16 @@ PROG = "asyncflow"
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 
 
-class UsageError(Exception):
-    """The command line asks for something that cannot be (exit status 2)."""
-
-
 def _write(text: str = "", *, err: bool = False) -> None:
     stream = sys.stderr if err else sys.stdout
     stream.write(text + "\n")
     stream.flush()
 
 
-# Loading a taskfile.
-
-
-def _module_name(path: Path) -> str:
-    """Name the taskfile's module: its stem, unless that would shadow another module.
-
-    The name is part of every task's `task_name` and so of its cache keys: it must be the
-    same on every run of the same file, hence a hash of the path rather than a counter.
-    """
-    stem = path.stem
-    found = importlib.machinery.PathFinder.find_spec(stem, sys.path) if stem.isidentifier() else None
-    taken = (
-        not stem.isidentifier()
-        or stem in sys.modules
-        or (found is not None and found.origin != str(path))  # the taskfile itself may be on the path
-    )
-    if not taken:
-        return stem
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    safe = "".join(c if c.isalnum() else "_" for c in stem)
-    return f"_asyncflow_taskfile_{safe}_{digest}"
-
-
-def load_taskfile(file: str) -> ModuleType:
-    """Import a taskfile by path, registered in `sys.modules` under a stable unique name.
-
-    Raises:
-        UsageError: the file is missing or raised while being imported.
-    """
-    path = Path(file).absolute()
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise UsageError(f"taskfile {file} {what}; give the path of a Python file defining a Main task")
-    name = _module_name(path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"taskfile {file} cannot be imported as Python (name it *.py)")
-    module = importlib.util.module_from_spec(spec)
-    # Like `python FILE`: modules next to the taskfile can be imported from it.
-    sys.path.insert(0, str(path.parent))
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        log.error("loading taskfile %s failed", file, exc_info=exc)
-        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        raise UsageError(f"taskfile {file} raised while being imported: {last}") from exc
-    from ._cache import blobs
-
-    # Worker processes cannot import a file loaded by path: send its classes by value.
-    blobs.register_by_value(module)
-    return module
-
-
-def _task_classes(module: ModuleType) -> dict[str, type[Task[Any, Any]]]:
-    return {
-        name: value
-        for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, Task) and value.__module__ == module.__name__
-    }
-
-
-def entrypoint(module: ModuleType, file: str, name: str) -> Task[Any, Any]:
-    """Return ``NAME()`` from the taskfile: a Task subclass called without arguments.
-
-    Raises:
-        UsageError: no such name, not a task class, or it needs arguments.
-    """
-    value: object = getattr(module, name, None)
-    classes = ", ".join(sorted(_task_classes(module))) or "none"
-    if value is None:
-        raise UsageError(
-            f"taskfile {file} has no task {name!r} (its task classes: {classes}); "
-            f"define class {name}(Task) or pick one with -e NAME"
-        )
-    shown = f"{type(value).__name__} {value!r}"
-    if not (isinstance(value, type) and issubclass(value, Task)):
-        raise UsageError(f"{name} in {file} is {shown}, not a Task subclass (its task classes: {classes})")
-    cls: type[Task[Any, Any]] = value  # pyright: ignore[reportUnknownVariableType]  # any Task subclass
-    try:
-        return cls()
-    except AsyncflowError as exc:
-        first = str(exc).splitlines()[0]
-        raise UsageError(
-            f"entrypoint {name} must take no arguments, but {first}; "
-            f"add a task without parameters that requires it, and run that"
-        ) from exc
-
-
 def _cache_dir(option: str | None, taskfile: str | None) -> Path:
     """``--cache-dir``, else ``$AF_CACHE_DIR``, else ``.cache`` next to the taskfile (or here)."""
     if option is not None:
         return Path(option).absolute()
-    import os
-
     if os.environ.get("AF_CACHE_DIR") or taskfile is None:
         return resolve_cache_dir(None)
     return Path(taskfile).absolute().parent / ".cache"
@@ -244,8 +146,6 @@ async def cmd_run(args: RunArgs) -> int:
     log.info("running %r with the cache in %s", root, cache_dir)
     try:
         value, stats = await root.run_with_stats(**options)
-    except OptionError as exc:
-        raise UsageError(str(exc)) from exc
     except (TaskFailedError, WorkflowFailedError) as exc:
         errors = [exc] if isinstance(exc, TaskFailedError) else _flatten(exc)
         for error in errors:
@@ -362,15 +262,13 @@ def _size(n: int) -> str:
 
 async def cmd_clear(taskfile: str, entry: str, cache_dir: str | None, all_of: list[str]) -> int:
     """Remove cached results; report what was removed and what became stale."""
-    from ._cache import index
-    from ._cache.index import Index
     from ._cache.store import clear_class, clear_nodes
     from ._explain import explain
 
     module = load_taskfile(taskfile)
     root = entrypoint(module, taskfile, entry)
     where = _cache_dir(cache_dir, taskfile)
-    names = [_class_name(module, taskfile, c) for c in all_of]
+    names = [class_name(module, taskfile, c) for c in all_of]
     before = {s.key: s for s in await explain(root, cache_dir=where)}
     removed: list[str] = []
     if names:
@@ -379,15 +277,7 @@ async def cmd_clear(taskfile: str, entry: str, cache_dir: str | None, all_of: li
             _write(f"removed {count} result(s) of {name}")
             removed.extend(k for k, s in before.items() if s.task_name == name)
     else:
-        idx = await Index.open(where, create=False)
-        held: dict[str, index.Record] = {}
-        if idx is not None:
-            try:
-                held = await idx.call(index.lookup, list(before))
-            finally:
-                await idx.close()
-        await clear_nodes(where, [s.task for s in before.values() if s.key in held])
-        removed = [k for k in before if k in held]
+        removed = await clear_nodes(where, list(before))
         _write(f"removed {len(removed)} result(s) of the graph of {root!r}: {_some(before, removed)}")
     after = await explain(root, cache_dir=where)
     stale = [
@@ -406,21 +296,7 @@ def _some(statuses: dict[str, NodeStatus], keys: list[str], limit: int = 10) -> 
     return (shown + more) or "none"
 
 
-def _class_name(module: ModuleType, taskfile: str, name: str) -> str:
-    """A class of the taskfile by name, or any class by its `task_name`, as a `task_name`."""
-    value = getattr(module, name, None)
-    if isinstance(value, type) and issubclass(value, Task):
-        return value.task_name
-    if "." in name:
-        return name
-    classes = ", ".join(sorted(_task_classes(module))) or "none"
-    raise UsageError(
-        f"--all-of {name}: taskfile {taskfile} has no task class {name!r} (its task classes: {classes}); "
-        "give a class of the taskfile, or a task_name such as mypackage.module.Class"
-    )
-
-
-# The parser.
+# The parser: one function per subcommand.
 
 
 def _add_taskfile(parser: argparse.ArgumentParser) -> None:
@@ -460,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-l", "--loglevel", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL", help=_LEVEL
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_run_parser, _graph_parser, _status_parser, _clear_parser):
+        add(sub, common)
+    return parser
 
+
+def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argparse's private subparsers type
     run = sub.add_parser(
         "run",
         parents=[common],
@@ -526,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="show progress per task class: live lines on a terminal, log lines otherwise (default: on)",
     )
 
+
+def _graph_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
     graph = sub.add_parser(
         "graph",
         parents=[common],
@@ -545,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write to FILE instead of stdout; a .png, .svg or .pdf FILE is drawn by Graphviz's dot",
     )
 
+
+def _status_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
     status = sub.add_parser(
         "status",
         parents=[common],
@@ -554,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(status, "./.cache")
     status.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
+
+def _clear_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
     clear = sub.add_parser(
         "clear",
         parents=[common],
@@ -570,7 +457,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CLASS",
         help="remove every cached result of CLASS (a class of the taskfile, or a task_name) instead; repeatable",
     )
-    return parser
 
 
 def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
@@ -579,19 +465,7 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
     if a.command == "run":
         if a.max_workers is not None and a.max_workers < 1:
             raise UsageError(f"-w/--max-workers {a.max_workers}: give a positive number of workers")
-        run_args = RunArgs(
-            a.taskfile,
-            a.entry,
-            a.cache_dir,
-            a.max_workers,
-            a.executor,
-            a.rate_limits,
-            a.prefix,
-            a.detect_source_change,
-            a.force_entrypoint,
-            a.on_error,
-            a.progress,
-        )
+        run_args = RunArgs(**{f.name: getattr(a, f.name) for f in fields(RunArgs)})
         return lambda: cmd_run(run_args)
     if a.command == "graph":
         return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
@@ -609,10 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return anyio.run(_command(ns))  # _command may raise UsageError too
-    except UsageError as exc:
+    except (UsageError, OptionError) as exc:
         _write(f"{PROG} {ns.command}: error: {exc}", err=True)
         return USAGE
-    except (GraphError, CacheError) as exc:
+    except AsyncflowError as exc:  # the graph, the cache, a class's source, a host...
         _write(f"{PROG} {ns.command}: {type(exc).__name__}: {exc}", err=True)
         return FAILED
     except KeyboardInterrupt:

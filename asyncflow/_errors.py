@@ -2,17 +2,21 @@
 
 ```
 AsyncflowError
-├── TaskDefinitionError (also TypeError)    bad class keyword, unsupported argument type
+├── TaskDefinitionError (also TypeError)    bad class keyword, unsupported argument type,
+│                                           unreadable class source
+├── OptionError (also ValueError)           unknown run option, bad value, bad Slurm/Host
 ├── GraphError                              CycleError, MissingRequirementError, BuildError
 ├── TaskFailedError                         .task, .command, .returncode, .stderr_tail
 ├── WorkflowFailedError (ExceptionGroup)    every failure under on_error="continue"
-├── CacheError                              unreadable or newer cache, lease wait exceeded
+├── CacheError                              unreadable, damaged or newer cache
 ├── HostError (also OSError)                unreachable, auth, host key, no remote python
-└── EventLoopRunningError (also RuntimeError)  a blocking twin inside a running loop
+├── EventLoopRunningError (also RuntimeError)  a blocking twin inside a running loop
+└── GraphvizError                           a graph image that Graphviz cannot write
 ```
 
 Facts are attributes, so callers never parse messages; the first line of each
-message stands alone.
+message stands alone. `UsageError` is the command line's own (exit status 2), not
+asyncflow's API.
 """
 
 from __future__ import annotations
@@ -145,3 +149,7 @@ class GraphvizError(AsyncflowError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be (exit status 2); not public."""

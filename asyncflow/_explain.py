@@ -1,8 +1,9 @@
-"""Why each node of a graph is fresh or stale, without running anything.
+"""Why each node of a graph is fresh or stale, in words, without running anything.
 
-The same decision the scheduler makes before a run (`_Scheduler._plan`), with reasons a
-person can read: no result, the class's code changed, an upstream node is stale or its
-result changed since, the last run failed. `asyncflow graph` draws these.
+The decision is the plan's (`_plan.py`), the one the scheduler runs; this module reads
+what the index knows and puts the plan's reasons into words a person can read: no
+result, the class's code changed, an upstream node is stale or its result changed
+since, the last run failed. `asyncflow graph` draws these.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._cache import index
-from ._cache.index import Index, Record
-from ._graph import signature
+from ._cache.store import Known, known
+from ._graph import FRESH
 from ._options import settings_from
+from ._plan import CODE_CHANGED, NO_RESULT, UPSTREAM_STALE, plan, prepare
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ._graph import Graph, Node
+    from ._graph import Node
     from ._task import Task
 
 State = Literal["fresh", "stale", "failed"]
@@ -59,76 +60,44 @@ async def explain(
         GraphError: the graph cannot be built.
         CacheError: the cache cannot be read.
     """
-    from ._scheduler import _prepare
-
     options: dict[str, Any] = {}
     if cache_dir is not None:
         options["cache_dir"] = cache_dir
     if detect_source_change is not None:
         options["detect_source_change"] = detect_source_change
     settings = settings_from(options)
-    graph, sources = await anyio.to_thread.run_sync(_prepare, root, settings)
-    keys = [n.key for n in graph]
-    records: dict[str, Record] = {}
-    times: dict[str, tuple[float, float]] = {}
-    failures: dict[str, str] = {}
-    idx = await Index.open(settings.cache_dir, create=False)
-    if idx is not None:
-        try:
-            records = await idx.call(index.lookup, keys)
-            times, failures = await idx.call(index.times_and_failures, keys)
-        finally:
-            await idx.close()
-    return _statuses(graph, sources, settings.detect_source_change, records, times, failures)
-
-
-def _statuses(
-    graph: Graph,
-    sources: dict[type, str],
-    detect: bool,
-    records: dict[str, Record],
-    times: dict[str, tuple[float, float]],
-    failures: dict[str, str],
-) -> list[NodeStatus]:
+    detect = settings.detect_source_change
+    graph, sources = await anyio.to_thread.run_sync(prepare, root, detect)
+    facts = await known(settings.cache_dir, [n.key for n in graph])
+    plan(graph, facts.records, sources, detect=detect)
     out: list[NodeStatus] = []
-    stale: set[str] = set()
     for node in graph:
-        reason = _reason(node, sources, detect, records, times, stale)
         state: State = "fresh"
-        if reason:
-            stale.add(node.key)
+        reason = ""
+        if node.state != FRESH:
             state = "stale"
-            if node.key in failures:
+            reason = _reason(node, facts)
+            failure = facts.failures.get(node.key)
+            if failure is not None:
                 state = "failed"
-                reason = failures[node.key].splitlines()[0]
-        out.append(
-            NodeStatus(
-                node.task, node.key, type(node.task).task_name, state, reason, tuple(d.key for d in node.deps)
-            )
-        )
+                reason = failure.splitlines()[0]
+        deps = tuple(d.key for d in node.deps)
+        out.append(NodeStatus(node.task, node.key, type(node.task).task_name, state, reason, deps))
     return out
 
 
-def _reason(
-    node: Node,
-    sources: dict[type, str],
-    detect: bool,
-    records: dict[str, Record],
-    times: dict[str, tuple[float, float]],
-    stale: set[str],
-) -> str:
-    record = records.get(node.key)
-    if record is None:
+def _reason(node: Node, facts: Known) -> str:
+    """Say why the plan found `node` stale."""
+    if node.why == NO_RESULT:
         return "no result"
-    if detect and record.source != sources[type(node.task)]:
+    if node.why == CODE_CHANGED:
         return "code changed"
-    for dep in node.deps:
-        if dep.key in stale:
-            return f"upstream {dep.task!r} is stale"
-    if signature([records[d.key].version for d in node.deps], node.consts) == record.deps:
-        return ""
-    started = times.get(node.key, (0.0, 0.0))[0]
-    newer = [d for d in node.deps if times.get(d.key, (0.0, 0.0))[1] > started]
+    if node.why == UPSTREAM_STALE:
+        dep = next(d for d in node.deps if d.state != FRESH)
+        return f"upstream {dep.task!r} is stale"
+    # Its inputs changed: name an upstream node whose result is newer than its own run.
+    started = facts.times.get(node.key, (0.0, 0.0))[0]
+    newer = [d for d in node.deps if facts.times.get(d.key, (0.0, 0.0))[1] > started]
     if newer:
         return f"upstream {newer[0].task!r} changed"
     return "an upstream result or Const value changed"

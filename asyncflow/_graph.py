@@ -8,24 +8,28 @@ chain 10,000 deep builds like a fan-out of 100,000.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import BuildError, CycleError, MissingRequirementError
-from ._requires import REQS, Const, sources_of
+from ._requires import Const, requirements_of, sources_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from ._task import Task
 
-BUILT = "_af_built"
 MISSING: Any = object()  # a node's value that is not in memory (None is a valid result)
-_NO_KEYWORDS: dict[str, Any] = {}
+
+# Node states. The plan (`_plan.py`) makes every node FRESH (to be reused) or STALE (to be
+# run). The scheduler completes a fresh node (DONE) once its deps are; a stale one goes,
+# once its deps are done, through QUEUED (waiting for a worker), PARKED if it finds one of
+# its channels full (waiting for a slot, holding no worker; see `_limits.py`), and RUNNING,
+# to DONE or FAILED.
+STALE, FRESH, QUEUED, PARKED, RUNNING, DONE, FAILED = range(7)
 
 
 class Node:
-    """One node of the graph, plus the per-run state the scheduler keeps on it."""
+    """One node of the graph, plus the per-run state the plan and the scheduler keep on it."""
 
     __slots__ = (
         "consts",
@@ -39,34 +43,27 @@ class Node:
         "task",
         "value",
         "version",
+        "why",
     )
 
     def __init__(self, task: Task[Any, Any]) -> None:
         self.task = task
-        self.key: str = task._af_key
+        self.key: str = task.__af_key__
         self.deps: tuple[Node, ...] = ()  # in the order first required; none: the shared ()
         self.dependents: list[Node] = []
         self.consts = ""  # tokens of the Const values the task reads, for staleness
+        # Filled in by the plan:
+        self.state = STALE
+        self.why = 0  # why it is stale, one of _plan's reasons; 0 while it is not
+        self.version: str | None = None  # its result's, once known
+        self.signature: str | None = None  # the hash of its inputs' versions, once final
         # Filled in by the scheduler:
-        self.remaining = 0
-        self.consumers = 0
-        self.state = 0
-        self.version: str | None = None
-        self.signature: str | None = None
+        self.remaining = 0  # deps not done yet
+        self.consumers = 0  # dependents (and callers) that still need its value
         self.value: Any = MISSING
 
     def __repr__(self) -> str:
         return f"<Node {self.task!r}>"
-
-
-def signature(dep_versions: list[str], consts: str) -> str:
-    """Hash the versions of a node's deps and its Const values, as its record keeps them."""
-    if not dep_versions and not consts:
-        return _NOTHING  # a node reading nothing, as every leaf: the same hash, made once
-    return hashlib.blake2b("\0".join([*dep_versions, consts]).encode(), digest_size=12).hexdigest()
-
-
-_NOTHING = hashlib.blake2b(b"", digest_size=12).hexdigest()
 
 
 class Graph:
@@ -83,16 +80,14 @@ class Graph:
         return iter(self.order)
 
 
-def _build(task: Task[Any, Any]) -> None:
-    state = task.__dict__
-    if state.get(BUILT):
-        return
+def _build(task: Task[Any, Any]) -> dict[str, Any]:
+    """Run `task`'s build_task (once per task object); return its requirements by name."""
     try:
-        task.build_task(*state["_af_args"], **state.get("_af_kwargs", _NO_KEYWORDS))
+        task.__af_build__()
     except Exception as exc:
         raise BuildError(f"{task!r}: build_task raised {type(exc).__name__}: {exc}", task=repr(task)) from exc
-    reqs: dict[str, Any] = state.get(REQS) or {}
-    for name in type(task)._af_requires:
+    reqs = requirements_of(task)
+    for name in type(task).__af_requires__:
         if name not in reqs:
             raise MissingRequirementError(
                 f"{task!r}: requirement {name!r} was not set by build_task; assign a task "
@@ -100,7 +95,7 @@ def _build(task: Task[Any, Any]) -> None:
                 task=repr(task),
                 attribute=name,
             )
-    state[BUILT] = True
+    return reqs
 
 
 def build_graph(root: Task[Any, Any]) -> Graph:
@@ -117,11 +112,10 @@ def build_graph(root: Task[Any, Any]) -> Graph:
     while stack:
         node = stack.pop()
         task = node.task
-        _build(task)
-        names = type(task)._af_requires
+        reqs = _build(task)
+        names = type(task).__af_requires__
         if not names:
             continue
-        reqs: dict[str, Any] = task.__dict__[REQS]  # _build checked that each name is set
         consts: list[str] = []
         deps: list[Node] = []
         for name in names:
@@ -130,7 +124,7 @@ def build_graph(root: Task[Any, Any]) -> Graph:
                     consts.append(source.token)
                     continue
                 task_source: Task[Any, Any] = source  # type: ignore[assignment]  # not a Const: a Task
-                key = task_source._af_key
+                key = task_source.__af_key__
                 dep = nodes.get(key)
                 if dep is None:
                     dep = nodes[key] = Node(task_source)
@@ -183,8 +177,7 @@ def _cycle_error(left: list[Node]) -> CycleError:
 
 
 def _attribute_to(node: Node, dep: Node) -> str:
-    reqs: dict[str, Any] = node.task.__dict__.get(REQS) or {}
-    for name, value in reqs.items():
-        if any(getattr(s, "_af_key", None) == dep.key for s in sources_of(value)):
+    for name, value in requirements_of(node.task).items():
+        if any(getattr(s, "__af_key__", None) == dep.key for s in sources_of(value)):
             return name
     raise AssertionError("asyncflow bug: a cycle edge has no requirement attribute")

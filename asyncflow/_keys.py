@@ -7,6 +7,7 @@ differs from a list, and dict key order does not matter.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ def encode(value: object, path: str = "") -> str:
     encoder = _ENCODERS.get(cls)
     if encoder is not None:
         return encoder(value, path)
-    key = getattr(value, "_af_key", None)  # tasks and task items carry their own key
+    key = getattr(value, "__af_key__", None)  # tasks and task items carry their own key
     if isinstance(key, str):
         return key
     raise UnsupportedValueError(value, path)
@@ -93,6 +94,17 @@ _ENCODERS: dict[type, Callable[[Any, str], str]] = {
 }
 
 
+def token(value: object) -> str:
+    """Identify any value for staleness: ``k`` and its canonical text, else ``p`` and a hash of its pickle."""
+    try:
+        return "k" + encode(value)
+    except UnsupportedValueError:
+        import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped
+
+        data: bytes = cloudpickle.dumps(value, protocol=5)  # pyright: ignore[reportUnknownMemberType]  # untyped
+        return "p" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def encode_call(values: list[tuple[str, object, bool]]) -> str:
     """Join bound arguments ``(name, value, keyword)``: positional bare, keyword ``name=value``.
 
@@ -104,3 +116,14 @@ def encode_call(values: list[tuple[str, object, bool]]) -> str:
         text = encode(value, name)
         parts.append(f"{name}={text}" if keyword else text)
     return ", ".join(parts)
+
+
+def node_key(task_name: str, argtext: str) -> str:
+    """Return the cache key of a node: ``"module.Class(canonical arguments)"``."""
+    return f"{task_name}({argtext})"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Return ``(task_name, argument text)`` of a node key (a task_name holds no parenthesis)."""
+    task_name, _, rest = key.partition("(")
+    return task_name, rest[:-1]

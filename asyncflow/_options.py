@@ -1,4 +1,4 @@
-"""Run options: the `RunOptions` TypedDict users pass, validated once into `Settings`.
+"""Options: the `RunOptions` users pass to a run and the keywords of a task class, each validated once.
 
 Environment variables are read here and nowhere else: ``AF_CACHE_DIR`` (cache
 location) and ``AF_DETECT_SOURCE_CHANGE`` (``0`` turns source hashing off).
@@ -7,16 +7,14 @@ location) and ``AF_DETECT_SOURCE_CHANGE`` (``0`` turns source hashing off).
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, TypeGuard, Union
+from typing import Any, Literal, TypeAlias, TypedDict, Union
 
-from ._errors import OptionError
-
-if TYPE_CHECKING:
-    from ._runners.base import Placement, Where
+from ._errors import OptionError, TaskDefinitionError
+from ._placements import Host, Placement, Slurm, Where, parse_host_url
 
 ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor]  # noqa: UP007 - evaluated at run time on 3.10
 OnError = Literal["cancel", "continue"]
@@ -95,14 +93,9 @@ def _fail(name: str, value: object, expected: str) -> OptionError:
     return OptionError(f"run option {name}={value!r} is invalid: expected {expected}")
 
 
-def is_placement(value: object) -> TypeGuard[Placement]:
-    """Tell whether `value` is a placement (`Slurm`, `Host`, ...): hashable, with make_runner."""
-    return callable(getattr(value, "make_runner", None)) and isinstance(value, Hashable)
-
-
 def as_where(value: object) -> Where | None:
     """Return a job prefix as a tuple of strings, or a placement as is; None if neither."""
-    if is_placement(value):
+    if isinstance(value, (Slurm, Host)):
         return value
     if isinstance(value, (list, tuple)):
         items: list[object] = list(value)  # pyright: ignore[reportUnknownArgumentType]  # user input
@@ -161,10 +154,8 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     expected = 'a dict {channel: "ssh://user@host:port" or Host(...)}'
     for channel, host in _channel_map(options, "hosts", expected):
         if isinstance(host, str):
-            from ._runners.ssh import parse_host_url  # only when hosts are used
-
             hosts[channel] = parse_host_url(host)
-        elif is_placement(host):
+        elif isinstance(host, (Slurm, Host)):
             hosts[channel] = host
         else:
             raise _fail("hosts", options["hosts"], expected)
@@ -190,3 +181,75 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         on_error=on_error,
         progress=progress,
     )
+
+
+@dataclass(frozen=True)
+class ClassOptions:
+    """Class keywords of a task class, inherited by subclasses unless given again."""
+
+    channels: tuple[str, ...] = ()
+    compress_level: int = 0
+    job_prefix: Where | None = None
+    retries: int = 0
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    timeout: float | None = None
+
+
+CLASS_KEYWORDS = (
+    "channel",
+    "compress_level",
+    "job_prefix",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "timeout",
+)
+
+
+def class_options(owner: str, base: ClassOptions, given: Mapping[str, Any]) -> ClassOptions:
+    """Validate the class keywords `given` to class `owner`, on top of those it inherits.
+
+    Raises:
+        TaskDefinitionError: a keyword's value is not of the accepted kind.
+    """
+
+    def bad(name: str, expected: str) -> TaskDefinitionError:
+        return TaskDefinitionError(f"class {owner}({name}={given[name]!r}): expected {expected}")
+
+    out: dict[str, Any] = {}
+    if "channel" in given:
+        value = given["channel"]
+        channels = [value] if isinstance(value, str) else value
+        if not isinstance(channels, (list, tuple)) or not all(
+            isinstance(c, str) and c
+            for c in channels  # pyright: ignore[reportUnknownVariableType]
+        ):
+            raise bad("channel", "a channel name or a list of channel names")
+        out["channels"] = tuple(channels)  # pyright: ignore[reportUnknownArgumentType]
+    if "compress_level" in given:
+        level = given["compress_level"]
+        if type(level) is not int or not -1 <= level <= 9:
+            raise bad("compress_level", "an int from 0 (no compression) to 9, or -1 (zlib default)")
+        out["compress_level"] = level
+    if "job_prefix" in given:
+        prefix = given["job_prefix"]
+        where = None if prefix is None else as_where(prefix)
+        if prefix is not None and where is None:
+            raise bad("job_prefix", 'a non-empty list of strings, e.g. ["srun", "-p", "gpu"], or Slurm(...)')
+        out["job_prefix"] = where
+    if "retries" in given:
+        if type(given["retries"]) is not int or given["retries"] < 0:
+            raise bad("retries", "an int >= 0")
+        out["retries"] = given["retries"]
+    for name in ("retry_delay", "retry_backoff"):
+        if name in given:
+            if type(given[name]) not in (int, float) or given[name] < 0:
+                raise bad(name, "a number >= 0")
+            out[name] = float(given[name])
+    if "timeout" in given:
+        timeout = given["timeout"]
+        if timeout is not None and (type(timeout) not in (int, float) or timeout <= 0):
+            raise bad("timeout", "a number of seconds > 0, or None")
+        out["timeout"] = None if timeout is None else float(timeout)
+    return replace(base, **out)

@@ -7,13 +7,11 @@ body runs, reading one gives the resolved value. No I/O here.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from typing_extensions import Self
 
 from . import _keys
-from ._cache import blobs
 from ._errors import TaskDefinitionError
 
 if TYPE_CHECKING:
@@ -25,8 +23,9 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 K = TypeVar("K")
 
-REQS = "_af_reqs"  # instance dict entry: attribute name -> requirement as assigned
-VALUES = "_af_values"  # instance dict entry: attribute name -> resolved value
+# A task's requirements live in its instance dict, under keys only this module uses.
+_REQS = "_af_reqs"  # attribute name -> requirement as assigned by build_task
+_VALUES = "_af_values"  # attribute name -> resolved value, while the body runs
 
 
 class TaskLike(Generic[T_co]):
@@ -53,23 +52,21 @@ class Const(TaskLike[T_co]):
 
     @property
     def token(self) -> str:
-        """Identify the value for staleness: its canonical key, else a hash of its pickle."""
+        """Identify the value for staleness (see `_keys.token`)."""
         if self._token is None:
-            try:
-                self._token = "k" + _keys.encode(self.value)
-            except _keys.UnsupportedValueError:
-                data = blobs.dumps(self.value)
-                self._token = "p" + hashlib.blake2b(data, digest_size=16).hexdigest()
+            self._token = _keys.token(self.value)
         return self._token
 
 
 class TaskItem(TaskLike[T_co]):
     """``task[key][key2]...``: an item of an upstream task's result."""
 
-    __slots__ = ("_af_key", "base", "path")
+    __slots__ = ("__af_key__", "base", "path")
 
     base: TaskLike[Any]
     path: tuple[Any, ...]
+    __af_key__: str | None
+    """Its key (``"module.Class(args)[key]..."``); None for an item of a `Const`."""
 
     def __init__(self, base: TaskLike[Any], path: tuple[Any, ...]) -> None:
         if isinstance(base, TaskItem):
@@ -86,9 +83,11 @@ class TaskItem(TaskLike[T_co]):
                     f"{base!r}[{key!r}]: an item key must be an int, str, float, bool or None, "
                     f"got {_keys.a_type(key)}"
                 ) from None
-        base_key = getattr(base, "_af_key", None)
+        base_key: str | None = getattr(base, "__af_key__", None)
         # An item of a Const has no canonical key: it cannot be a task argument.
-        self._af_key = None if base_key is None else base_key + "".join(f"[{_keys.encode(k)}]" for k in path)
+        self.__af_key__ = (
+            None if base_key is None else base_key + "".join(f"[{_keys.encode(k)}]" for k in path)
+        )
 
     def __getitem__(self, key: Any) -> TaskItem[Any]:
         return TaskItem(self.base, (*self.path, key))
@@ -125,10 +124,10 @@ class Requirement:
         if obj is None:
             return self
         state = obj.__dict__
-        values = state.get(VALUES)
+        values = state.get(_VALUES)
         if values is not None:
             return values[self.name]
-        reqs = state.get(REQS)
+        reqs = state.get(_REQS)
         if reqs is not None and self.name in reqs:
             return reqs[self.name]
         raise AttributeError(f"{obj!r}.{self.name} is a requirement that build_task has not set yet")
@@ -136,9 +135,9 @@ class Requirement:
     def __set__(self, obj: object, value: Any) -> None:
         self._check(obj, value)
         state = obj.__dict__
-        reqs = state.get(REQS)
+        reqs = state.get(_REQS)
         if reqs is None:
-            reqs = state[REQS] = {}
+            reqs = state[_REQS] = {}
         reqs[self.name] = value
 
     def _check(self, obj: object, value: object) -> None:
@@ -218,6 +217,32 @@ REQUIRES_KINDS: dict[str, type[Requirement]] = {
     "RequiresList": RequiresList,
     "RequiresDict": RequiresDict,
 }
+
+
+_NONE: dict[str, Any] = {}
+
+
+def requirements_of(task: object) -> dict[str, Any]:
+    """Return the requirements `task`'s build_task assigned, by attribute name (do not mutate)."""
+    return task.__dict__.get(_REQS) or _NONE
+
+
+def set_values(task: object, values: dict[str, Any]) -> None:
+    """Make reading `task`'s requirements give `values` (by attribute name): its body runs."""
+    task.__dict__[_VALUES] = values
+
+
+def clear_values(task: object) -> None:
+    """Forget the values `set_values` gave (they may be large): the body has ended."""
+    task.__dict__.pop(_VALUES, None)
+
+
+def without_requirements(state: dict[str, Any]) -> dict[str, Any]:
+    """Return a task's instance dict minus its requirements, as a worker gets it.
+
+    A worker needs the resolved values, not the upstream tasks (the whole graph).
+    """
+    return {k: v for k, v in state.items() if k != _REQS}
 
 
 def sources_of(value: object) -> list[TaskLike[Any]]:

@@ -1,11 +1,10 @@
 """One task group per run: readiness counts, launching, single-flight, failures, stats.
 
-A node is settled when all its deps are: it is *fresh* (its record matches its class's
-source hash and the versions its deps have now) and is reused without waiting for
-anything, or it is *stale* and queued for a small pool of workers: one takes the node's
-lease, a slot of each of its limited channels (or parks it until one frees), runs the
-body through its runner and queues the result for the cache. Settling is a loop over a
-queue, never a recursion.
+A node is settled when all its deps are: it is *fresh* (as the plan found it before the
+run, see `_plan.py`) and is reused without waiting for anything, or it is *stale* and
+queued for a small pool of workers: one takes the node's lease, a slot of each of its
+limited channels (or parks it until one frees), runs the body through its runner and
+queues the result for the cache. Settling is a loop over a queue, never a recursion.
 """
 
 from __future__ import annotations
@@ -20,25 +19,21 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._cache.index import Entry, Record
-from ._cache.session import CacheSession, open_session
+from ._cache.session import CacheSession, Entry, open_session
 from ._errors import TaskFailedError, WorkflowFailedError
-from ._graph import MISSING, Graph, Node, build_graph, signature
+from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, Graph, Node
 from ._limits import Channel, Limits
-from ._requires import REQS, VALUES, resolve
-from ._runners.base import Runners
-from ._source import source_hash
-from ._stats import Counts, RunStats, StatsBuilder
+from ._plan import is_current, node_signature, plan, prepare
+from ._requires import requirements_of, resolve
+from ._runners.choose import Runners
+from ._stats import RunStats, StatsBuilder
 
 if TYPE_CHECKING:
+    from ._cache.session import Record
     from ._options import Settings
     from ._progress import RunProgress
     from ._runners.base import Outcome, Runner
     from ._task import Task
-
-# Node states. FRESH: planned to be reused; DOOMED: a dep is stale, so this one is too;
-# PARKED: leased and waiting for a slot of a full channel (see _limits).
-WAITING, FRESH, QUEUED, RUNNING, DONE, FAILED, DOOMED, PARKED = range(8)
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
 _TURN = 0.002  # seconds a worker runs quick nodes back to back before yielding to the loop
 
@@ -85,7 +80,7 @@ _IN_FLIGHT: dict[tuple[int, str], _Shared] = {}
 async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
     """Build the graph of `root`, run what is stale, and return root's result and stats."""
     started = time.perf_counter()
-    graph, sources = await anyio.to_thread.run_sync(_prepare, root, settings)
+    graph, sources = await anyio.to_thread.run_sync(prepare, root, settings.detect_source_change)
     value = None
     async with open_session(settings.cache_dir) as session:
         scheduler = _Scheduler(graph, sources, settings, session)
@@ -98,20 +93,6 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
     return value, scheduler.stats.freeze(time.perf_counter() - started)
 
 
-def _prepare(root: Task[Any, Any], settings: Settings) -> tuple[Graph, dict[type, str]]:
-    """Build the graph and hash the source of each class in it (off the event loop)."""
-    from ._task import SinkTask, SourceTask, Task
-
-    graph = build_graph(root)
-    sources: dict[type, str] = {}
-    own = (Task, SourceTask, SinkTask)
-    for node in graph:
-        cls = type(node.task)
-        if cls not in sources:
-            sources[cls] = source_hash(cls, own) if settings.detect_source_change else ""
-    return graph, sources
-
-
 class _Scheduler:
     def __init__(
         self, graph: Graph, sources: dict[type, str], settings: Settings, session: CacheSession
@@ -120,7 +101,6 @@ class _Scheduler:
         self.sources = sources
         self.settings = settings
         self.session = session
-        self.stats = StatsBuilder()
         self.limits = Limits(settings.rate_limits)
         self.runners = Runners(settings)
         self.records: dict[str, Record] = {}
@@ -139,12 +119,12 @@ class _Scheduler:
         self._spare = 0  # workers started and not busy with a node
         self._busy = 0  # workers running a node
         self._per_class: dict[type, tuple[Runner, tuple[Channel, ...]]] = {}
-        # None unless asked for, so a run without progress pays one test per node event.
         self.progress: RunProgress | None = None
         if settings.progress:
             from ._progress import RunProgress  # rich is imported only when it is used
 
             self.progress = RunProgress(Counter(type(n.task).task_name for n in graph))
+        self.stats = StatsBuilder(self.progress)  # it tells the progress display too
 
     # The run.
 
@@ -186,27 +166,11 @@ class _Scheduler:
             raise WorkflowFailedError(f"{len(self.failures)} task(s) failed", self.failures)
 
     def _plan(self) -> list[Node]:
-        """Set each node's counts and predict the stale ones (deps come first).
-
-        Versions are unique per write, so a node whose deps are all fresh is fresh exactly
-        when its record matches them; a node with a stale dep will see a new version.
-        """
-        records = self.records
-        stale: list[Node] = []
-        for node in self.graph:  # the hot loop of a warm run: one pass, no calls per dep
+        """Plan which nodes are fresh (see `_plan`), set each node's counts; return the stale ones."""
+        stale = plan(self.graph, self.records, self.sources, detect=self.settings.detect_source_change)
+        for node in self.graph:
             node.remaining = len(node.deps)
             node.consumers = len(node.dependents)
-            if node.state != DOOMED:
-                record = records.get(node.key)
-                if self._is_current(node, record, self._signature(node, keep=True)):
-                    assert record is not None
-                    node.version = record.version
-                    node.state = FRESH
-                    continue
-            node.state = WAITING
-            stale.append(node)
-            for dependent in node.dependents:
-                dependent.state = DOOMED
         self.graph.root.consumers += 1  # the caller reads the root's result
         return stale
 
@@ -239,36 +203,21 @@ class _Scheduler:
     def _count_skipped(self) -> None:
         for node in self.graph:
             if node.state not in (DONE, FAILED):
-                self.stats.of(type(node.task).task_name).skipped += 1
+                self.stats.skipped(type(node.task).task_name)
 
     # Settling: fresh nodes complete at once, stale ones queue for the workers.
 
-    def _signature(self, node: Node, *, keep: bool = False) -> str:
-        """Hash the versions of `node`'s deps and its Const values, as a record keeps it.
-
-        With `keep` (the deps' versions are final), the hash is kept for later calls.
-        """
-        if node.signature is not None:
-            return node.signature
-        value = signature([d.version or "" for d in node.deps], node.consts)
-        if keep:
-            node.signature = value
-        return value
-
     def _is_current(self, node: Node, record: Record | None, deps: str) -> bool:
-        if record is None or record.deps != deps:
-            return False
-        return not self.settings.detect_source_change or record.source == self.sources[type(node.task)]
+        detect = self.settings.detect_source_change
+        return is_current(record, deps, self.sources[type(node.task)], detect=detect)
 
     def _settle(self, ready: list[Node]) -> None:
         """Complete the fresh nodes among `ready` (and what they make ready); queue the rest."""
         queue = deque(ready)
         while queue:
             node = queue.popleft()
-            if node.state == FRESH:  # its version was set by _plan
-                self.stats.of(type(node.task).task_name).reused += 1
-                if self.progress is not None:
-                    self.progress.reused(type(node.task).task_name)
+            if node.state == FRESH:  # its version was set by the plan
+                self.stats.reused(type(node.task).task_name)
                 queue.extend(self._done(node))
             else:
                 node.state = QUEUED
@@ -342,11 +291,9 @@ class _Scheduler:
         """
         task = node.task
         cls = type(task)
-        signature = self._signature(node)
+        signature = node_signature(node)
         if node.state != PARKED and await self._reuse_elsewhere(node, signature):
-            self.stats.of(cls.task_name).reused += 1
-            if self.progress is not None:
-                self.progress.reused(cls.task_name)
+            self.stats.reused(cls.task_name)
             mine = self._flights.get(node.key)
             if mine is not None:  # tell other runs of this process waiting on it
                 mine.version, mine.value, mine.signature = node.version, node.value, signature
@@ -365,8 +312,7 @@ class _Scheduler:
         flight = self._flights[node.key]
         try:
             node.state = RUNNING
-            if self.progress is not None:
-                self.progress.started(cls.task_name)
+            self.stats.started(cls.task_name)
             outcome, started, finished = await self._compute(node, runner)
         except anyio.get_cancelled_exc_class():
             self.session.release_nowait(node.key)
@@ -379,15 +325,13 @@ class _Scheduler:
             flight.version = version = f"{self._version_prefix}{self._written:x}"
             flight.value = outcome.value
             flight.signature = signature
-            if self.progress is not None:
-                self.progress.ran(cls.task_name)
         finally:
             if channels:
                 self._unpark(self.limits.give_back(channels))
             self._land(node.key, flight)
         self.session.store_nowait(
-            Entry(node.key, cls.task_name, task.__dict__["_af_argtext"], self.sources[cls], version,
-                  signature, outcome.pickled, cls._af_options.compress_level, started, finished)
+            Entry(node.key, self.sources[cls], version, signature, outcome.pickled,
+                  cls.__af_options__.compress_level, started, finished)
         )  # fmt: skip
         node.version = version
         node.value = outcome.value
@@ -433,8 +377,8 @@ class _Scheduler:
 
     async def _inputs(self, node: Node) -> dict[str, Any]:
         """Resolve the requirements of `node`'s task, loading cached deps' results."""
-        names = type(node.task)._af_requires
-        if not names:
+        reqs = requirements_of(node.task)
+        if not reqs:
             return {}
         missing = [dep for dep in node.deps if dep.value is MISSING]
         if missing:
@@ -447,14 +391,13 @@ class _Scheduler:
                 if dep.value is MISSING:  # another dependent may have loaded it meanwhile
                     dep.value = value
         by_key = {d.key: d for d in node.deps}
-        reqs: dict[str, Any] = node.task.__dict__.get(REQS) or {}
         values: dict[str, Any] = {}
-        for name in names:
+        for name, requirement in reqs.items():
             try:
-                values[name] = resolve(reqs[name], lambda t: by_key[t._af_key].value)
+                values[name] = resolve(requirement, lambda t: by_key[t.__af_key__].value)
             except Exception as exc:  # e.g. an item missing from an upstream result
                 raise TaskFailedError(
-                    f"{node.task!r} failed reading requirement {name!r} ({reqs[name]!r}): "
+                    f"{node.task!r} failed reading requirement {name!r} ({requirement!r}): "
                     f"{type(exc).__name__}: {exc}",
                     task=repr(node.task),
                 ) from exc
@@ -467,7 +410,7 @@ class _Scheduler:
     def _pick(self, cls: type[Task[Any, Any]]) -> tuple[Runner, tuple[Channel, ...]]:
         picked = self._per_class.get(cls)
         if picked is None:
-            channels = (cls.task_name, *cls._af_options.channels)
+            channels = (cls.task_name, *cls.__af_options__.channels)
             picked = self._per_class[cls] = (self.runners.pick(cls), self.limits.for_channels(channels))
         return picked
 
@@ -475,25 +418,20 @@ class _Scheduler:
         """Run the body (with retries and timeouts); the node holds its channels' slots."""
         task = node.task
         values = await self._inputs(node)
-        counts = self.stats.of(type(task).task_name)
-        state = task.__dict__
-        state["_af_cache_root"] = self.settings.cache_dir
         try:
-            return await self._attempts(task, runner, values, counts)
+            return await self._attempts(task, runner, values)
         finally:
-            state.pop(VALUES, None)
-            state.pop("_af_dir_pending", None)
+            task.__af_leave__()
 
     async def _attempts(
-        self, task: Task[Any, Any], runner: Runner, values: dict[str, Any], counts: Counts
+        self, task: Task[Any, Any], runner: Runner, values: dict[str, Any]
     ) -> tuple[Outcome, float, float]:
         """Run the body until it succeeds or its retries are spent."""
-        options = type(task)._af_options
-        state = task.__dict__
+        cls = type(task)
+        options = cls.__af_options__
         attempt = 0
         while True:
-            state[VALUES] = values
-            state["_af_dir_pending"] = True
+            task.__af_enter__(values, self.settings.cache_dir)
             started = time.time()
             t0 = time.perf_counter()
             try:
@@ -507,19 +445,16 @@ class _Scheduler:
                     if isinstance(exc, TaskFailedError):  # a runner's own, with its facts
                         raise
                     raise _failure(task, exc, options.timeout, attempt) from exc
-                counts.retried += 1
+                self.stats.retried(cls.task_name)
                 await anyio.sleep(options.retry_delay * options.retry_backoff**attempt)
                 attempt += 1
                 continue
-            counts.run += 1
-            counts.durations.append(time.perf_counter() - t0)
+            self.stats.ran(cls.task_name, time.perf_counter() - t0)
             return outcome, started, time.time()
 
     def _fail(self, node: Node, error: TaskFailedError) -> None:
         node.state = FAILED
-        self.stats.of(type(node.task).task_name).failed += 1
-        if self.progress is not None:
-            self.progress.failed(type(node.task).task_name)
+        self.stats.failed(type(node.task).task_name)
         self.failures.append(error)
         self.session.release_nowait(node.key, (type(node.task).task_name, str(error)))
         if self.settings.on_error == "cancel" and self._tg is not None:

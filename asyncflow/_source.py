@@ -1,7 +1,8 @@
 """Hash a task class's source as a normalised AST, so edits that change code re-run it.
 
 Comments, blank lines, indentation and docstrings do not count; everything else does.
-The class and each user-defined task base class it inherits from are hashed together.
+The class and each user-defined task base class it inherits from are hashed together;
+asyncflow's own (`Task`, `SourceTask`, `SinkTask`) are not.
 """
 
 from __future__ import annotations
@@ -130,19 +131,15 @@ def _normalised_source(cls: type) -> str:
             raise TaskDefinitionError(
                 f"{cls.__qualname__}: cannot read the source of the class (defined in "
                 f"{cls.__module__!r}) to detect code changes; define it in a file or a "
-                f"notebook cell, or run with detect_source_change=False"
+                f"notebook cell, or run with detect_source_change=False (asyncflow run --no-detect-source-change)"
             ) from exc
         source = found
     tree = _DropDocstrings().visit(ast.parse(textwrap.dedent(source)))
     return ast.dump(tree)
 
 
-def source_hash(cls: type, own_bases: tuple[type, ...]) -> str:
-    """Return the hex digest of `cls`'s normalised source and of its user task bases.
-
-    Args:
-        cls: the task class.
-        own_bases: classes of asyncflow itself, which are not hashed.
+def source_hash(cls: type) -> str:
+    """Return the hex digest of task class `cls`'s normalised source and of its user task bases.
 
     Raises:
         TaskDefinitionError: the source of a class cannot be read.
@@ -151,19 +148,18 @@ def source_hash(cls: type, own_bases: tuple[type, ...]) -> str:
     if cached is not None:
         return cached
     with _PARSING:
-        return _hash_class(cls, own_bases)
+        return _hash_class(cls)
 
 
-def _hash_class(cls: type, own_bases: tuple[type, ...]) -> str:
+_OWN_MODULE = "asyncflow._task"  # where asyncflow's own task classes are defined
+
+
+def _hash_class(cls: type) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for klass in cls.__mro__:
-        if klass in own_bases or klass is object or not _is_task_class(klass, own_bases):
-            continue
-        digest.update(_normalised_source(klass).encode())
+        # A task class has options of its own (Task.__init_subclass__ sets them on each).
+        if "__af_options__" in vars(klass) and klass.__module__ != _OWN_MODULE:
+            digest.update(_normalised_source(klass).encode())
     value = digest.hexdigest()
     _HASHES[cls] = value
     return value
-
-
-def _is_task_class(klass: type, own_bases: tuple[type, ...]) -> bool:
-    return any(issubclass(klass, base) for base in own_bases)

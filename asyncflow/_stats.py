@@ -1,9 +1,17 @@
-"""Run statistics: frozen dataclasses returned by `run_with_stats`, and their builder."""
+"""Run statistics: frozen dataclasses returned by `run_with_stats`, and their builder.
+
+The builder is where the scheduler reports what happens to each node; it forwards each
+event to the live progress display when the run shows one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._progress import RunProgress
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ class RunStats(Mapping[str, ClassStats]):
 
 
 @dataclass
-class Counts:
+class _Counts:
     run: int = 0
     reused: int = 0
     failed: int = 0
@@ -83,18 +91,50 @@ class Counts:
 
 
 class StatsBuilder:
-    """Mutable counts kept by the scheduler while a run goes on."""
+    """The counts of a run while it goes on, from the scheduler's events about its nodes.
 
-    def __init__(self) -> None:
-        self._counts: dict[str, Counts] = {}
+    Each event also goes to the run's live progress, when it shows one.
+    """
 
-    def of(self, task_name: str) -> Counts:
-        counts = self._counts.get(task_name)
-        if counts is None:
-            counts = self._counts[task_name] = Counts()
-        return counts
+    def __init__(self, progress: RunProgress | None = None) -> None:
+        self._counts: dict[str, _Counts] = {}
+        self._progress = progress
+
+    def started(self, task_name: str) -> None:
+        """A node's body is about to run (its channels' slots held)."""
+        if self._progress is not None:
+            self._progress.started(task_name)
+
+    def ran(self, task_name: str, duration: float) -> None:
+        """A node's body returned a result after `duration` seconds (its last attempt)."""
+        counts = self._of(task_name)
+        counts.run += 1
+        counts.durations.append(duration)
+        if self._progress is not None:
+            self._progress.ran(task_name)
+
+    def reused(self, task_name: str) -> None:
+        """A node was fresh in the cache, or computed by another run."""
+        self._of(task_name).reused += 1
+        if self._progress is not None:
+            self._progress.reused(task_name)
+
+    def retried(self, task_name: str) -> None:
+        """A node's body failed and will be tried again."""
+        self._of(task_name).retried += 1
+
+    def failed(self, task_name: str) -> None:
+        """A node failed (after `started`)."""
+        self._of(task_name).failed += 1
+        if self._progress is not None:
+            self._progress.failed(task_name)
+
+    def skipped(self, task_name: str) -> None:
+        """A node was not run: an upstream failed, or the run was cancelled."""
+        self._of(task_name).skipped += 1
 
     def freeze(self, elapsed: float) -> RunStats:
+        """Return the counts so far as `RunStats`, with the run's wall time."""
         return RunStats(
             {
                 name: ClassStats(c.run, c.reused, c.failed, c.retried, c.skipped, tuple(c.durations))
@@ -102,3 +142,9 @@ class StatsBuilder:
             },
             elapsed,
         )
+
+    def _of(self, task_name: str) -> _Counts:
+        counts = self._counts.get(task_name)
+        if counts is None:
+            counts = self._counts[task_name] = _Counts()
+        return counts

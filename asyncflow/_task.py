@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import re
 import shutil
-from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
 
@@ -19,75 +18,27 @@ from typing_extensions import ParamSpec, Unpack
 from . import _keys
 from ._cache import paths
 from ._errors import TaskDefinitionError
-from ._options import CacheOptions, RunOptions, as_where, resolve_cache_dir, settings_from
-from ._requires import REQS, REQUIRES_KINDS, Requirement, TaskLike
+from ._options import (
+    CLASS_KEYWORDS,
+    CacheOptions,
+    ClassOptions,
+    RunOptions,
+    class_options,
+    resolve_cache_dir,
+    settings_from,
+)
+from ._requires import REQUIRES_KINDS, Requirement, TaskLike, clear_values, set_values, without_requirements
 from ._sync import run_blocking
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
     from pathlib import Path
 
-    from ._runners.base import Where
     from ._stats import RunStats
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
 R2 = TypeVar("R2")
-
-
-@dataclass(frozen=True)
-class ClassOptions:
-    """Class keywords of a task class, inherited by subclasses unless given again."""
-
-    channels: tuple[str, ...] = ()
-    compress_level: int = 0
-    job_prefix: Where | None = None
-    retries: int = 0
-    retry_delay: float = 1.0
-    retry_backoff: float = 2.0
-    timeout: float | None = None
-
-
-def _class_options(cls: type, base: ClassOptions, given: dict[str, Any]) -> ClassOptions:
-    def bad(name: str, expected: str) -> TaskDefinitionError:
-        return TaskDefinitionError(f"class {cls.__qualname__}({name}={given[name]!r}): expected {expected}")
-
-    out: dict[str, Any] = {}
-    if "channel" in given:
-        value = given["channel"]
-        channels = [value] if isinstance(value, str) else value
-        if not isinstance(channels, (list, tuple)) or not all(
-            isinstance(c, str) and c
-            for c in channels  # pyright: ignore[reportUnknownVariableType]
-        ):
-            raise bad("channel", "a channel name or a list of channel names")
-        out["channels"] = tuple(channels)  # pyright: ignore[reportUnknownArgumentType]
-    if "compress_level" in given:
-        level = given["compress_level"]
-        if type(level) is not int or not -1 <= level <= 9:
-            raise bad("compress_level", "an int from 0 (no compression) to 9, or -1 (zlib default)")
-        out["compress_level"] = level
-    if "job_prefix" in given:
-        prefix = given["job_prefix"]
-        where = None if prefix is None else as_where(prefix)
-        if prefix is not None and where is None:
-            raise bad("job_prefix", 'a non-empty list of strings, e.g. ["srun", "-p", "gpu"], or Slurm(...)')
-        out["job_prefix"] = where
-    if "retries" in given:
-        if type(given["retries"]) is not int or given["retries"] < 0:
-            raise bad("retries", "an int >= 0")
-        out["retries"] = given["retries"]
-    for name in ("retry_delay", "retry_backoff"):
-        if name in given:
-            if type(given[name]) not in (int, float) or given[name] < 0:
-                raise bad(name, "a number >= 0")
-            out[name] = float(given[name])
-    if "timeout" in given:
-        timeout = given["timeout"]
-        if timeout is not None and (type(timeout) not in (int, float) or timeout <= 0):
-            raise bad("timeout", "a number of seconds > 0, or None")
-        out["timeout"] = None if timeout is None else float(timeout)
-    return replace(base, **out)
 
 
 _REQUIRES_ANNOTATION = re.compile(r"^\s*(?:[\w.]+\.)?(Requires|RequiresList|RequiresDict)\b")
@@ -182,25 +133,31 @@ class Task(TaskLike[R], Generic[P, R]):
     task_name: ClassVar[str] = "asyncflow.Task"
     """``"{module}.{qualname}"``: identifies the class in the cache and names its channel."""
 
-    _af_options: ClassVar[ClassOptions] = ClassOptions()
-    _af_requires: ClassVar[tuple[str, ...]] = ()
+    # asyncflow's protocol with the layers below, which know a task only by duck typing.
+    # Dunder names, as attrs and pydantic use on their users' classes: they cannot clash
+    # with the attributes a build_task sets. The rest of a task's state lives in its
+    # instance dict under `_af_*` keys that only this module reads and writes.
+    __af_options__: ClassVar[ClassOptions] = ClassOptions()
+    """The class keywords, validated (inherited unless given again)."""
+    __af_requires__: ClassVar[tuple[str, ...]] = ()
+    """The names of the class's requirement attributes, in declaration order."""
+    __af_key__: str
+    """The node's cache key: ``"{task_name}({canonical arguments})"``."""
     _af_params: ClassVar[_Params]
-    _af_async: ClassVar[bool] = True
-    _af_key: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _CLASS_KEYWORDS}
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in CLASS_KEYWORDS}
         if kwargs:
             raise TaskDefinitionError(
                 f"class {cls.__qualname__}: unknown class keyword(s) {sorted(kwargs)}; "
-                f"the keywords are {', '.join(_CLASS_KEYWORDS)}"
+                f"the keywords are {', '.join(CLASS_KEYWORDS)}"
             )
         super().__init_subclass__()
         if "__init__" in cls.__dict__:
             raise TaskDefinitionError(
                 f"class {cls.__qualname__} defines __init__; take arguments in build_task instead"
             )
-        cls._af_options = _class_options(cls, cls._af_options, options)
+        cls.__af_options__ = class_options(cls.__qualname__, cls.__af_options__, options)
         cls.task_name = f"{cls.__module__}.{cls.__qualname__}"
         _install_requirements(cls)
         names: dict[str, None] = {}
@@ -208,9 +165,8 @@ class Task(TaskLike[R], Generic[P, R]):
             for name, value in vars(klass).items():
                 if isinstance(value, Requirement):
                     names[name] = None
-        cls._af_requires = tuple(names)
+        cls.__af_requires__ = tuple(names)
         cls._af_params = _Params(cls)
-        cls._af_async = inspect.iscoroutinefunction(cls.run_task)
 
     def __init__(self, *args: P.args, **kwargs: P.kwargs) -> None:
         cls = type(self)
@@ -221,8 +177,7 @@ class Task(TaskLike[R], Generic[P, R]):
         state["_af_args"] = args
         if kwargs:
             state["_af_kwargs"] = kwargs
-        state["_af_argtext"] = text
-        state["_af_key"] = f"{cls.task_name}({text})"
+        state["__af_key__"] = _keys.node_key(cls.task_name, text)
 
     def build_task(self, *args: Any, **kwargs: Any) -> None:
         """Declare requirements (assign tasks to `Requires` attributes) and keep parameters."""
@@ -232,26 +187,44 @@ class Task(TaskLike[R], Generic[P, R]):
         raise NotImplementedError(f"{type(self).__qualname__} must define run_task()")
 
     def __repr__(self) -> str:
-        return f"{type(self).__qualname__}({self.__dict__['_af_argtext']})"
+        return f"{type(self).__qualname__}({_keys.split_key(self.__af_key__)[1]})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._af_key == self._af_key
+        return type(other) is type(self) and other.__af_key__ == self.__af_key__
 
     def __hash__(self) -> int:
-        return hash(self._af_key)
+        return hash(self.__af_key__)
 
     def __reduce__(self) -> Any:
         # Pickle a task as its class and arguments plus its instance state, minus the
         # upstream tasks (a worker needs the resolved values, not the whole graph).
-        state = {k: v for k, v in self.__dict__.items() if k != REQS}
-        return (_rebuild, (type(self), state))
+        return (_rebuild, (type(self), without_requirements(self.__dict__)))
+
+    def __af_build__(self) -> None:
+        """Run `build_task` with the task's arguments, the first time only; raise what it raises."""
+        state = self.__dict__
+        if not state.get("_af_built"):
+            self.build_task(*state["_af_args"], **state.get("_af_kwargs", _NO_KEYWORDS))
+            state["_af_built"] = True
+
+    def __af_enter__(self, values: dict[str, Any], cache_dir: Path) -> None:
+        """Prepare an attempt of the body: requirements read as `values`, a fresh `task_directory`."""
+        set_values(self, values)
+        state = self.__dict__
+        state["_af_cache_root"] = cache_dir
+        state["_af_dir_pending"] = True  # emptied when the body first asks for it
+
+    def __af_leave__(self) -> None:
+        """End the body's attempts: forget the values it read (they may be large)."""
+        clear_values(self)
+        self.__dict__.pop("_af_dir_pending", None)
 
     @property
     def task_directory(self) -> Path:
         """A directory for the task's files: empty when the body first looks, kept until cleared."""
         state = self.__dict__
         root = state.get("_af_cache_root") or resolve_cache_dir(None)
-        path = paths.task_directory(root, type(self).task_name, state["_af_argtext"])
+        path = paths.task_directory(root, self.__af_key__)
         if state.get("_af_dir_pending"):
             if path.exists():
                 shutil.rmtree(path)
@@ -284,7 +257,7 @@ class Task(TaskLike[R], Generic[P, R]):
         """
         from ._cache.store import load_result
 
-        return await load_result(resolve_cache_dir(options.get("cache_dir")), self)
+        return await load_result(resolve_cache_dir(options.get("cache_dir")), self.__af_key__, repr(self))
 
     async def clear(self, **options: Unpack[CacheOptions]) -> bool:
         """Remove this task's cached result and directory; its dependents become stale.
@@ -294,8 +267,8 @@ class Task(TaskLike[R], Generic[P, R]):
         """
         from ._cache.store import clear_nodes
 
-        removed = await clear_nodes(resolve_cache_dir(options.get("cache_dir")), [self])
-        return removed > 0
+        removed = await clear_nodes(resolve_cache_dir(options.get("cache_dir")), [self.__af_key__])
+        return bool(removed)
 
     @classmethod
     async def clear_all(cls, **options: Unpack[CacheOptions]) -> int:
@@ -338,15 +311,7 @@ class Task(TaskLike[R], Generic[P, R]):
         )
 
 
-_CLASS_KEYWORDS = (
-    "channel",
-    "compress_level",
-    "job_prefix",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "timeout",
-)
+_NO_KEYWORDS: dict[str, Any] = {}
 
 
 def _rebuild(cls: type[Task[Any, Any]], state: dict[str, Any]) -> Task[Any, Any]:

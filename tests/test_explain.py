@@ -19,7 +19,7 @@ async def test_explain_reasons(cache_dir: Path) -> None:
     await Choose(4, 2).run(cache_dir=cache_dir)
     after = await explain(Choose(4, 2), cache_dir=cache_dir)
     assert {s.state for s in after} == {"fresh"}
-    assert after[-1].key == Choose(4, 2)._af_key  # deps first, root last
+    assert after[-1].key == Choose(4, 2).__af_key__  # deps first, root last
     await Choose(2, 1).clear(cache_dir=cache_dir)
     status = {repr(s.task): s for s in await explain(Choose(4, 2), cache_dir=cache_dir)}
     assert status["Choose(2, 1)"].reason == "no result"

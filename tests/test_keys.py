@@ -72,7 +72,7 @@ class Thing:
 
 
 def echo_key(value: Any) -> str:
-    return Echo(value)._af_key
+    return Echo(value).__af_key__
 
 
 # Distinct values that JSON (or a naive key) would confuse.
@@ -108,7 +108,7 @@ def test_tuple_and_list_are_two_nodes() -> None:
 def test_dict_key_order_does_not_matter() -> None:
     a = Echo({"x": 1, "y": [1, 2], "z": {"b": 2, "a": 1}})
     b = Echo({"z": {"a": 1, "b": 2}, "y": [1, 2], "x": 1})
-    assert a._af_key == b._af_key
+    assert a.__af_key__ == b.__af_key__
     assert a == b
     assert hash(a) == hash(b)
     assert len({a, b}) == 1
@@ -137,7 +137,7 @@ def test_nested_tasks_and_items_are_allowed() -> None:
     inner = Echo({"k": [1, 2]})
     arg = [inner, {"item": inner["k"][0], "deep": (Echo(2),)}]
     outer = Echo(arg)
-    assert inner._af_key in outer._af_key
+    assert inner.__af_key__ in outer.__af_key__
     # The same structure built again is the same node; a different inner task is not.
     assert Echo([Echo({"k": [1, 2]}), {"deep": (Echo(2),), "item": Echo({"k": [1, 2]})["k"][0]}]) == outer
     assert Echo([Echo({"k": [1, 3]}), {"item": inner["k"][0], "deep": (Echo(2),)}]) != outer
@@ -157,7 +157,7 @@ def test_keyword_and_positional_calls_are_the_same_node() -> None:
     assert Choose(n=6, k=3) == expected
     assert Choose(6, k=3) == expected
     assert Choose(k=3, n=6) == expected
-    assert Choose(n=6, k=3)._af_key == expected._af_key
+    assert Choose(n=6, k=3).__af_key__ == expected.__af_key__
     assert Choose(3, 6) != expected
 
 

@@ -58,7 +58,7 @@ class OnChannels(Task):
         self.i = i
 
     async def run_task(self) -> int:
-        channels = type(self)._af_options.channels
+        channels = type(self).__af_options__.channels
         for ch in channels:
             now = BY_CHANNEL.setdefault(ch, [0, 0])
             now[0] += 1

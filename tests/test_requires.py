@@ -275,7 +275,7 @@ def test_item_reference_repr_and_key() -> None:
     item = Record(1)["a"]["b"]
     assert repr(item) == "Record(1)['a']['b']"
     assert isinstance(item, asyncflow.TaskItem)
-    assert item._af_key != Record(1)["a"]._af_key
+    assert item.__af_key__ != Record(1)["a"].__af_key__
 
 
 def test_item_key_must_be_keyable() -> None:

@@ -281,9 +281,9 @@ class Stubborn(Task, job_prefix=["env"]):
 async def test_a_job_that_ignores_sigterm_is_killed(
     cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncflow._runners import prefix
+    from asyncflow._runners import jobs
 
-    monkeypatch.setattr(prefix, "GRACE", 0.5)
+    monkeypatch.setattr(jobs, "GRACE", 0.5)
     pidfile = tmp_path / "pid"
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:

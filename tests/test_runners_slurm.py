@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asyncflow import RequiresList, Slurm, Task, TaskFailedError
+from asyncflow import OptionError, RequiresList, Slurm, Task, TaskFailedError
 
 from .service_env import requires_slurm
 
@@ -117,8 +117,15 @@ def _alive(pid: int) -> bool:
 
 
 def test_slurm_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="style"):
+    # OptionError, as Host's and run options' are (also a ValueError).
+    with pytest.raises(OptionError, match=r"Slurm\(style='qsub'\): expected \"srun\" or \"sbatch\""):
         Slurm(style="qsub")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="extra"):
+    with pytest.raises(OptionError, match=r"Slurm\(extra=\[1\]\): expected a list of strings"):
         Slurm(extra=[1])  # type: ignore[list-item]
+    with pytest.raises(OptionError, match="extra"):
+        Slurm(extra="--exclusive")
+    for name in ("partition", "time", "python"):
+        with pytest.raises(OptionError, match=name):
+            Slurm(**{name: ""})
+    assert issubclass(OptionError, ValueError)
     assert Slurm(extra=["--gres=gpu:1"]) == Slurm(extra=("--gres=gpu:1",))

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from asyncflow import Host, HostError, OptionError, RequiresList, Task, TaskFailedError
-from asyncflow._runners.ssh import parse_host_url
+from asyncflow._placements import parse_host_url
 
 from .service_env import need_sshd, requires_sshd
 

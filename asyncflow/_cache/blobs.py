@@ -1,4 +1,8 @@
-"""Results as bytes: cloudpickle, then gzip at the class's level; files written atomically."""
+"""Results as bytes: cloudpickle, then gzip at the class's level; large ones in files, written atomically.
+
+The index (`index.py`) keeps the small encoded results inline and the names of the
+files of the large ones; this module does the encoding and every result file's I/O.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped; wrapped here
 
+from . import paths
+
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
     from types import ModuleType
 
@@ -56,6 +63,34 @@ def decode(codec: int, data: bytes) -> Any:
     if codec == GZIP:
         data = gzip.decompress(data)
     return loads(data)
+
+
+def store(cache_dir: Path, version: str, data: bytes) -> str | None:
+    """Write encoded `data` to a result file if it is too large for the index.
+
+    Returns:
+        The file's name under the results directory, or None: keep `data` inline.
+    """
+    if len(data) <= INLINE_MAX:
+        return None
+    name = f"{version[:2]}/{version}"
+    write_atomic(paths.results_dir(cache_dir) / name, paths.tmp_dir(cache_dir), data)
+    return name
+
+
+def read(cache_dir: Path, codec: int, data: bytes | None, name: str | None) -> Any:
+    """Return a stored result: `data` inline, or the contents of result file `name`."""
+    if name is not None:
+        data = (paths.results_dir(cache_dir) / name).read_bytes()
+    assert data is not None, "asyncflow bug: a record has neither data nor a file"
+    return decode(codec, data)
+
+
+def remove(cache_dir: Path, names: Iterable[str]) -> None:
+    """Remove result files (of results replaced or cleared); a missing one is no matter."""
+    base = paths.results_dir(cache_dir)
+    for name in names:
+        (base / name).unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, tmp_dir: Path, data: bytes) -> None:

@@ -5,6 +5,8 @@ the index keeps aiosqlite's model (one connection, every call made off the event
 on a worker thread, calls serialised) with anyio's `to_thread`, which runs on both.
 Callers batch: one call reads or writes many nodes in one transaction.
 
+Private to `_cache/`: the rest of asyncflow goes through `session.py` (a run) and
+`store.py` (everything else). SQL only: encoding results and their files are `blobs.py`'s.
 Only the process that awaits ``run()`` opens the index; workers never do.
 """
 
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import anyio
 
 from .._errors import CacheError
-from . import blobs, paths
+from .._keys import split_key
+from . import paths
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Sequence
@@ -76,11 +79,9 @@ class Record(NamedTuple):
 
 @dataclass(slots=True)
 class Entry:
-    """A computed result on its way into the index."""
+    """A computed result on its way into the index (its class and arguments are in its key)."""
 
     key: str
-    task_name: str
-    args: str
     source: str
     version: str
     deps: str
@@ -88,6 +89,24 @@ class Entry:
     compress_level: int
     started: float
     finished: float
+
+
+class Encoded(NamedTuple):
+    """An entry encoded for the index: its result inline (`data`) or in the file `path`."""
+
+    entry: Entry
+    codec: int
+    data: bytes | None
+    path: str | None
+    size: int  # bytes of the encoded result
+
+
+class Stored(NamedTuple):
+    """A stored result as the index holds it: inline `data`, or the name of its file."""
+
+    codec: int
+    data: bytes | None
+    path: str | None
 
 
 def owner_alive(owner: str, expires: float, now: float) -> bool:
@@ -314,42 +333,38 @@ def renew(conn: sqlite3.Connection, owner: str, ttl: float) -> None:
 
 def commit(
     conn: sqlite3.Connection,
-    cache_dir: Path,
     owner: str,
-    entries: Sequence[Entry],
+    encoded: Sequence[Encoded],
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
-) -> None:
-    """Store results, drop their leases and note failures, in one transaction.
+) -> list[str]:
+    """Record results, drop their leases and note failures, in one transaction.
 
-    Large results are written to files (atomically) before the transaction that refers
-    to them; files of replaced results are removed after it.
+    The files of large results must be written before (`blobs.store`). Returns the
+    files of the results these replace, to be removed after.
     """
     rows: list[tuple[Any, ...]] = []
-    for e in entries:
-        codec, data = blobs.compress(e.pickled, e.compress_level)
-        path: str | None = None
-        if len(data) > blobs.INLINE_MAX:
-            path = f"{e.version[:2]}/{e.version}"
-            blobs.write_atomic(paths.results_dir(cache_dir) / path, paths.tmp_dir(cache_dir), data)
+    for s in encoded:
+        e = s.entry
+        task_name, args = split_key(e.key)
         rows.append(
-            (e.key, e.task_name, e.args, e.source, e.version, e.deps, codec,
-             None if path else data, path, len(data), e.started, e.finished)
+            (e.key, task_name, args, e.source, e.version, e.deps, s.codec, s.data, s.path, s.size,
+             e.started, e.finished)
         )  # fmt: skip
     now = time.time()
     with _transaction(conn):
-        old_files = _files_of(conn, [e.key for e in entries])
+        old_files = _files_of(conn, [s.entry.key for s in encoded])
         conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        conn.executemany("DELETE FROM failures WHERE key=?", [(e.key,) for e in entries])
+        conn.executemany("DELETE FROM failures WHERE key=?", [(s.entry.key,) for s in encoded])
         conn.executemany(
             "DELETE FROM leases WHERE key=? AND owner=?",
-            [(e.key, owner) for e in entries] + [(k, owner) for k in released],
+            [(s.entry.key, owner) for s in encoded] + [(k, owner) for k in released],
         )
         conn.executemany(
             "INSERT OR REPLACE INTO failures VALUES (?,?,?,?)",
             [(k, name, err, now) for k, name, err in failures],
         )
-    _unlink(cache_dir, old_files)
+    return old_files
 
 
 def release_all(conn: sqlite3.Connection, owner: str) -> None:
@@ -357,49 +372,49 @@ def release_all(conn: sqlite3.Connection, owner: str) -> None:
     conn.execute("DELETE FROM leases WHERE owner=?", (owner,))
 
 
-def load(conn: sqlite3.Connection, cache_dir: Path, wanted: Sequence[tuple[str, str]]) -> list[Any]:
-    """Return the results of ``(key, version)`` pairs.
+def load(conn: sqlite3.Connection, wanted: Sequence[tuple[str, str]]) -> list[Stored]:
+    """Return how the results of ``(key, version)`` pairs are stored (decode with `blobs.read`).
 
     Raises:
         CacheError: a result is gone or was replaced by another version meanwhile.
     """
-    rows: dict[str, tuple[str, int, bytes | None, str | None]] = {}
+    rows: dict[str, tuple[str, Stored]] = {}
     keys = [key for key, _ in wanted]
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
         query = f"SELECT key, version, codec, data, path FROM nodes WHERE key IN ({marks})"
         for key, version, codec, data, path in conn.execute(query, chunk):
-            rows[key] = (version, codec, data, path)
-    out: list[Any] = []
+            rows[key] = (version, Stored(codec, data, path))
+    out: list[Stored] = []
     for key, version in wanted:
         row = rows.get(key)
         if row is None or row[0] != version:
             raise CacheError(
                 f"the cached result of {key} was removed or replaced while this run used it; run again"
             )
-        _, codec, data, path = row
-        if path is not None:
-            data = (paths.results_dir(cache_dir) / path).read_bytes()
-        assert data is not None, "asyncflow bug: a record has neither data nor a file"
-        out.append(blobs.decode(codec, data))
+        out.append(row[1])
     return out
 
 
-def delete(conn: sqlite3.Connection, cache_dir: Path, keys: Sequence[str]) -> int:
-    """Remove the records (and result files) of `keys`; return how many existed."""
+def delete(conn: sqlite3.Connection, keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Remove the records of those of `keys` that have one.
+
+    Returns:
+        The keys removed, and the files of their results (to be removed after).
+    """
     with _transaction(conn):
-        files = _files_of(conn, keys)
-        removed = 0
+        found = lookup(conn, keys)
+        held = [key for key in keys if key in found]
+        files = _files_of(conn, held)
         for chunk in _chunks(keys):
             marks = ",".join("?" * len(chunk))
-            removed += conn.execute(f"DELETE FROM nodes WHERE key IN ({marks})", chunk).rowcount
+            conn.execute(f"DELETE FROM nodes WHERE key IN ({marks})", chunk)
             conn.execute(f"DELETE FROM failures WHERE key IN ({marks})", chunk)
-    _unlink(cache_dir, files)
-    return removed
+    return held, files
 
 
-def delete_class(conn: sqlite3.Connection, cache_dir: Path, task_name: str) -> int:
-    """Remove every record (and result file) of one task class; return how many."""
+def delete_class(conn: sqlite3.Connection, task_name: str) -> tuple[int, list[str]]:
+    """Remove every record of one task class; return how many, and the files of their results."""
     # Keys are "task_name(arguments)": the class's keys are one range of the primary key.
     span = (f"{task_name}(", f"{task_name})")
     with _transaction(conn):
@@ -411,8 +426,7 @@ def delete_class(conn: sqlite3.Connection, cache_dir: Path, task_name: str) -> i
         ]
         removed = conn.execute("DELETE FROM nodes WHERE key >= ? AND key < ?", span).rowcount
         conn.execute("DELETE FROM failures WHERE task_name=?", (task_name,))
-    _unlink(cache_dir, files)
-    return removed
+    return removed, files
 
 
 def _files_of(conn: sqlite3.Connection, keys: Sequence[str]) -> list[str]:
@@ -426,9 +440,3 @@ def _files_of(conn: sqlite3.Connection, keys: Sequence[str]) -> list[str]:
             )
         )
     return files
-
-
-def _unlink(cache_dir: Path, files: Iterable[str]) -> None:
-    base = paths.results_dir(cache_dir)
-    for name in files:
-        (base / name).unlink(missing_ok=True)

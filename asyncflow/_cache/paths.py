@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+from .._keys import split_key
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -36,7 +38,8 @@ def class_data_dir(cache_dir: Path, task_name: str) -> Path:
     return root(cache_dir) / "data" / task_name
 
 
-def task_directory(cache_dir: Path, task_name: str, argtext: str) -> Path:
-    """Return the task directory of one node (its arguments hashed into the name)."""
+def task_directory(cache_dir: Path, key: str) -> Path:
+    """Return the task directory of the node `key` (its arguments hashed into the name)."""
+    task_name, argtext = split_key(key)
     digest = hashlib.blake2b(argtext.encode(), digest_size=10).hexdigest()
     return class_data_dir(cache_dir, task_name) / digest

@@ -21,8 +21,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 
 from .._errors import CacheError
-from . import index
-from .index import Entry, Index, Record
+from . import blobs, index
+from .index import Encoded, Index
+
+# The door to the cache for a run is this module: it passes on the index's types it uses.
+from .index import Entry as Entry
+from .index import Record as Record
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
@@ -168,7 +172,7 @@ class CacheSession:
 
     async def load_many(self, wanted: Sequence[tuple[str, str]]) -> list[Any]:
         """Return the cached results of many ``(key, version)`` pairs in one thread call."""
-        return await self.index.call(index.load, self.cache_dir, wanted)
+        return await self.index.call(read_results, self.cache_dir, wanted)
 
     async def _acquire_batch(
         self, keys: Sequence[str], seen: int | None = None
@@ -221,10 +225,40 @@ class CacheSession:
             # Shielded: what was taken off the queues must reach the index, or a
             # cancellation arriving before the worker thread starts would drop it.
             with anyio.CancelScope(shield=True):
-                await self.index.call(index.commit, self.cache_dir, self.owner, entries, released, failures)
+                await self.index.call(_write, self.cache_dir, self.owner, entries, released, failures)
 
     async def _renewer(self) -> None:
         while True:
             await anyio.sleep(LEASE_TTL / 3)
             with contextlib.suppress(sqlite3.OperationalError):  # busy: try again next time
                 await self.index.call(index.renew, self.owner, LEASE_TTL)
+
+
+# On the index's worker thread.
+
+
+def read_results(conn: sqlite3.Connection, cache_dir: Path, wanted: Sequence[tuple[str, str]]) -> list[Any]:
+    """Return the results of ``(key, version)`` pairs, read from the index and result files."""
+    return [blobs.read(cache_dir, *stored) for stored in index.load(conn, wanted)]
+
+
+def _write(
+    conn: sqlite3.Connection,
+    cache_dir: Path,
+    owner: str,
+    entries: Sequence[Entry],
+    released: Sequence[str],
+    failures: Sequence[tuple[str, str, str]],
+) -> None:
+    """Encode results and write the large ones to files, then commit all to the index.
+
+    A result file is in place before the record that names it, and the file of a
+    replaced result goes only once its record is gone: a crash between leaves an
+    orphan file at worst, never a record without its file.
+    """
+    encoded: list[Encoded] = []
+    for e in entries:
+        codec, data = blobs.compress(e.pickled, e.compress_level)
+        path = blobs.store(cache_dir, e.version, data)
+        encoded.append(Encoded(e, codec, None if path else data, path, len(data)))
+    blobs.remove(cache_dir, index.commit(conn, owner, encoded, released, failures))

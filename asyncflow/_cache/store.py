@@ -1,80 +1,101 @@
-"""Cache operations outside a run: read one result, clear nodes or a whole class, summarize."""
+"""The cache outside a run: read one result, clear nodes or a whole class, what the index knows.
+
+Each call opens the index, does its work in one thread call, and closes it; a cache
+directory without an index holds nothing (nothing is created to find that out).
+"""
 
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING, Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
 from .._errors import CacheError
-from . import index, paths
-from .index import Index
+from . import blobs, index, paths
+from .index import ClassSummary as ClassSummary
+from .index import Index, Record
+from .session import read_results
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncGenerator, Sequence
     from pathlib import Path
 
-    from .._task import Task
+
+@asynccontextmanager
+async def open_index(cache_dir: Path) -> AsyncGenerator[Index | None, None]:
+    """Open the index of `cache_dir` for one operation; None when there is none."""
+    idx = await Index.open(cache_dir, create=False)
+    try:
+        yield idx
+    finally:
+        if idx is not None:
+            await idx.close()
 
 
-async def load_result(cache_dir: Path, task: Task[Any, Any]) -> Any:
-    """Return the cached result of `task`.
+async def load_result(cache_dir: Path, key: str, label: str) -> Any:
+    """Return the cached result of node `key` (`label`: the task, for the message).
 
     Raises:
         CacheError: the cache holds no result for it.
     """
-    idx = await Index.open(cache_dir, create=False)
-    if idx is not None:
-        try:
-            found = await idx.call(index.lookup, [task._af_key])
-            record = found.get(task._af_key)
+    async with open_index(cache_dir) as idx:
+        if idx is not None:
+            record = (await idx.call(index.lookup, [key])).get(key)
             if record is not None:
-                (value,) = await idx.call(index.load, cache_dir, [(task._af_key, record.version)])
+                (value,) = await idx.call(read_results, cache_dir, [(key, record.version)])
                 return value
-        finally:
-            await idx.close()
-    raise CacheError(f"{task!r} has no cached result in {cache_dir}; run it first: await task.run()")
+    raise CacheError(f"{label} has no cached result in {cache_dir}; run it first: await task.run()")
 
 
-async def clear_nodes(cache_dir: Path, tasks: Sequence[Task[Any, Any]]) -> int:
-    """Remove the results and task directories of `tasks`; return how many results existed."""
-    idx = await Index.open(cache_dir, create=False)
-    if idx is None:
-        return 0
-    try:
-        removed = await idx.call(index.delete, cache_dir, [t._af_key for t in tasks])
-    finally:
-        await idx.close()
-    dirs = [paths.task_directory(cache_dir, type(t).task_name, t.__dict__["_af_argtext"]) for t in tasks]
-    await anyio.to_thread.run_sync(_remove_dirs, dirs)
+async def clear_nodes(cache_dir: Path, keys: Sequence[str]) -> list[str]:
+    """Remove the results and task directories of nodes `keys`; return the keys that had a result."""
+    async with open_index(cache_dir) as idx:
+        if idx is None:
+            return []
+        removed, files = await idx.call(index.delete, keys)
+    await anyio.to_thread.run_sync(
+        _remove, cache_dir, files, [paths.task_directory(cache_dir, k) for k in keys]
+    )
     return removed
 
 
 async def clear_class(cache_dir: Path, task_name: str) -> int:
     """Remove every result and task directory of one class; return how many results."""
-    idx = await Index.open(cache_dir, create=False)
-    if idx is None:
-        return 0
-    try:
-        removed = await idx.call(index.delete_class, cache_dir, task_name)
-    finally:
-        await idx.close()
-    await anyio.to_thread.run_sync(_remove_dirs, [paths.class_data_dir(cache_dir, task_name)])
+    async with open_index(cache_dir) as idx:
+        if idx is None:
+            return 0
+        removed, files = await idx.call(index.delete_class, task_name)
+    await anyio.to_thread.run_sync(_remove, cache_dir, files, [paths.class_data_dir(cache_dir, task_name)])
     return removed
 
 
-async def summarize(cache_dir: Path) -> list[index.ClassSummary] | None:
+class Known(NamedTuple):
+    """What the index knows of some nodes, by key: their records, run times and last failures."""
+
+    records: dict[str, Record]
+    times: dict[str, tuple[float, float]]  # (started, finished) of each record's run
+    failures: dict[str, str]  # the error of the last run, when it failed
+
+
+async def known(cache_dir: Path, keys: Sequence[str]) -> Known:
+    """Return what the index of `cache_dir` knows of `keys` (nothing, when it has no index)."""
+    async with open_index(cache_dir) as idx:
+        if idx is None:
+            return Known({}, {}, {})
+        records = await idx.call(index.lookup, keys)
+        times, failures = await idx.call(index.times_and_failures, keys)
+    return Known(records, times, failures)
+
+
+async def summarize(cache_dir: Path) -> list[ClassSummary] | None:
     """Return what the cache holds per task class; None when `cache_dir` has no index."""
-    idx = await Index.open(cache_dir, create=False)
-    if idx is None:
-        return None
-    try:
-        return await idx.call(index.summarize)
-    finally:
-        await idx.close()
+    async with open_index(cache_dir) as idx:
+        return None if idx is None else await idx.call(index.summarize)
 
 
-def _remove_dirs(dirs: Sequence[Path]) -> None:
+def _remove(cache_dir: Path, files: Sequence[str], dirs: Sequence[Path]) -> None:
+    blobs.remove(cache_dir, files)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)

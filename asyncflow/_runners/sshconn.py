@@ -21,7 +21,6 @@ import posixpath
 import shlex
 import socket
 import sys
-from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,25 +31,17 @@ from anyio.abc import ByteReceiveStream
 
 from .._errors import HostError
 from . import payload
-from .prefix import TAIL_LINES, relay
+from .jobs import JobEnd, relay
 
 if TYPE_CHECKING:
+    from collections import deque
     from pathlib import Path
 
-    from .ssh import Host
+    from .._placements import Host
 
 DEFAULT_WORKDIR = ".cache/asyncflow/jobs"  # relative to the remote home directory
 STOP_GRACE = 5.0  # seconds for a cancelled worker to exit after its stdin closes
 CLEANUP_TIMEOUT = 10.0  # seconds for removing a job directory or closing a connection
-
-
-@dataclass(frozen=True)
-class JobEnd:
-    """How a remote job ended: its exit status and the tail of its stderr."""
-
-    command: tuple[str, ...]  # an OpenSSH command line that would run the same job
-    returncode: int
-    stderr_tail: str
 
 
 @dataclass(eq=False)
@@ -83,12 +74,16 @@ class Pool:
         self._changed = anyio.Event()
         self._jobs_dir = ""  # absolute remote directory, set by the first connection
 
-    async def run_job(self, job: Path, label: str) -> JobEnd:
-        """Upload the job in local directory `job`, run it, download its answer into `job`."""
+    async def run_job(self, job: Path, label: str, tail: deque[str]) -> JobEnd:
+        """Upload the job in local directory `job`, run it, download its answer into `job`.
+
+        The last lines of the job's stderr are kept in `tail`; the command of the
+        `JobEnd` is an OpenSSH command line that would run the same job.
+        """
         while True:
             connection = await self._acquire()
             try:
-                return await self._run_on(connection, job, label)
+                return await self._run_on(connection, job, label, tail)
             except _SessionRefused as refused:
                 # Sessions open: SFTP's and this connection's other jobs. The server takes no
                 # more, so this job waits for one of them, as do later ones.
@@ -209,7 +204,7 @@ class Pool:
 
     # Jobs.
 
-    async def _run_on(self, connection: _Connection, job: Path, label: str) -> JobEnd:
+    async def _run_on(self, connection: _Connection, job: Path, label: str, tail: deque[str]) -> JobEnd:
         remote = posixpath.join(self._jobs_dir, job.name)
         sftp = connection.sftp
         await sftp.mkdir(remote)
@@ -220,19 +215,18 @@ class Pool:
                 process = await connection.ssh.create_process(command, encoding=None)
             except asyncssh.ChannelOpenError as exc:
                 raise _SessionRefused(exc.reason) from exc
-            returncode, tail = await _watch(process, label)
+            returncode = await _watch(process, label, tail)
             with suppress(asyncssh.SFTPNoSuchFile):  # no answer: the exit status and stderr tell why
                 await sftp.get(posixpath.join(remote, payload.RESULT), job / payload.RESULT)
         finally:
             # Suppressed: when the connection is gone, nothing more can be done from here.
             with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
                 await sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
-        return JobEnd(self.host.ssh_command(command), returncode, tail)
+        return JobEnd(self.host.ssh_command(command), returncode)
 
 
-async def _watch(process: asyncssh.SSHClientProcess[bytes], label: str) -> tuple[int, str]:
+async def _watch(process: asyncssh.SSHClientProcess[bytes], label: str, tail: deque[str]) -> int:
     """Relay the job's output until it exits; end it if cancelled. Returns its exit status."""
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay, _Reader(process.stdout), sys.stdout, label, None)
@@ -245,7 +239,7 @@ async def _watch(process: asyncssh.SSHClientProcess[bytes], label: str) -> tuple
     returncode = process.returncode
     if returncode is None:
         raise ConnectionError("the channel closed without an exit status")
-    return returncode, "".join(tail)
+    return returncode
 
 
 async def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
@@ -265,7 +259,7 @@ async def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
 
 
 class _Reader(ByteReceiveStream):
-    """An asyncssh reader seen as an anyio byte stream, so `prefix.relay` can read it."""
+    """An asyncssh reader seen as an anyio byte stream, so `jobs.relay` can read it."""
 
     def __init__(self, reader: asyncssh.SSHReader[bytes]) -> None:
         self._reader = reader

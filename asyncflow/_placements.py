@@ -1,0 +1,238 @@
+"""Where bodies run besides this process: `Slurm` and `Host` settings, validated. No I/O here.
+
+These are values, as run options are: frozen, hashable (a run makes one runner per
+distinct placement), checked when made. Which runner serves a placement is decided in
+`_runners/choose.py`; how a host is parsed from ``ssh://`` text is decided here.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import urllib.parse
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
+
+from ._errors import OptionError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """Run bodies as Slurm jobs: ``prefixes={"cluster": Slurm(partition="gpu")}``.
+
+    Args:
+        partition: ``--partition``; None for the cluster's default.
+        time: ``--time`` limit, e.g. ``"00:30:00"``.
+        extra: more arguments for ``srun``/``sbatch``, e.g. ``["--gres=gpu:1"]``.
+        style: ``"srun"`` (default: output streams live, one step per body) or
+            ``"sbatch"`` (a batch job per body, waited for with ``sbatch --wait``).
+        python: the interpreter on the compute nodes (default: this one, which works
+            when the nodes share this filesystem, as on most clusters).
+
+    Raises:
+        OptionError: an argument is not of the accepted kind.
+    """
+
+    partition: str | None = None
+    time: str | None = None
+    extra: Sequence[str] = field(default=())
+    style: Literal["srun", "sbatch"] = "srun"
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        for name in ("partition", "time"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise OptionError(f"Slurm({name}={value!r}): expected None or a non-empty string")
+        if isinstance(self.extra, str) or not isinstance(self.extra, (list, tuple)):
+            raise OptionError(f"Slurm(extra={self.extra!r}): expected a list of strings")
+        extra = tuple(self.extra)
+        if not all(isinstance(a, str) for a in extra):  # pyright: ignore[reportUnnecessaryIsInstance]  # user input
+            raise OptionError(f"Slurm(extra={self.extra!r}): expected a list of strings")
+        if self.style not in ("srun", "sbatch"):
+            raise OptionError(f'Slurm(style={self.style!r}): expected "srun" or "sbatch"')
+        if not (isinstance(self.python, str) and self.python):  # pyright: ignore[reportUnnecessaryIsInstance]  # user input
+            raise OptionError(f"Slurm(python={self.python!r}): expected a path or command name")
+        object.__setattr__(self, "extra", extra)  # frozen: normalise to a hashable tuple
+
+    def options(self, name: str) -> list[str]:
+        """Return the options shared by ``srun`` and ``sbatch`` for job `name`."""
+        out = ["--job-name", name]
+        if self.partition is not None:
+            out += ["--partition", self.partition]
+        if self.time is not None:
+            out += ["--time", self.time]
+        return [*out, *self.extra]
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _count(least: int) -> Callable[[object], bool]:
+    return lambda value: type(value) is int and value >= least
+
+
+_CHECKS: tuple[tuple[str, Callable[[object], bool], str], ...] = (
+    ("host", _text, "a host name or address"),
+    ("port", lambda v: type(v) is int and 0 < v < 65536, "an int from 1 to 65535"),
+    ("user", lambda v: v is None or _text(v), "None or a login name"),
+    ("python", _text, "a path or command name"),
+    ("workdir", lambda v: v is None or _text(v), "None or a directory"),
+    ("key_file", lambda v: v is None or _text(v), "None or a private key file"),
+    ("known_hosts", lambda v: v is None or _text(v), "None or a known_hosts file"),
+    ("connections", _count(1), "an int >= 1"),
+    ("sessions_per_connection", _count(2), "an int >= 2 (one session for SFTP, one per job)"),
+    (
+        "connect_timeout",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        "a positive number of seconds",
+    ),
+)
+_URL_PARAMS: dict[str, Callable[[str], object]] = {
+    "python": str,
+    "workdir": str,
+    "key_file": str,
+    "known_hosts": str,
+    "connections": int,
+    "sessions_per_connection": int,
+    "connect_timeout": float,
+}
+_URL_FORM = "ssh://[user@]host[:port][?python=...&workdir=...&key_file=...&known_hosts=...]"
+
+
+def _problem(value_of: Callable[[str], object]) -> tuple[str, str] | None:
+    """Return the first invalid `Host` field as ``name=value`` and what it should be; or None."""
+    for name, ok, expected in _CHECKS:
+        value = value_of(name)
+        if not ok(value):
+            return f"{name}={value!r}", expected
+    return None
+
+
+@dataclass(frozen=True)
+class Host:
+    """An SSH host that task bodies run on: ``hosts={"gpu": Host("node7", user="me")}``.
+
+    The remote side needs a Python with asyncflow installed, and the modules that hold
+    the task classes importable there (a class from a taskfile or ``__main__`` travels
+    with its payload). Jobs run through the login shell, which must be a POSIX shell.
+
+    Attributes:
+        host: the host name or address.
+        port: the SSH port.
+        user: the login name; None for the local user name (or ``~/.ssh/config``'s).
+        python: the remote interpreter; an absolute path avoids surprises from the
+            remote PATH (e.g. ``"/opt/venv/bin/python"``).
+        workdir: the remote directory for job files, absolute or relative to the
+            remote home; None for ``~/.cache/asyncflow/jobs``.
+        key_file: the client's private key file; None for ``~/.ssh``'s keys and the agent.
+        known_hosts: the file the host key is checked against (OpenSSH's format,
+            ``[host]:port`` entries included); a missing file is an error, and None turns
+            checking off (only for hosts whose identity does not matter).
+        connections: at most this many connections to the host in one run; jobs beyond
+            what they can hold wait for a free session.
+        sessions_per_connection: the server's ``MaxSessions`` (OpenSSH's default is
+            10): one goes to SFTP, the others run one job each.
+        connect_timeout: seconds to wait for a connection and its login.
+    """
+
+    host: str
+    port: int = 22
+    user: str | None = None
+    python: str = "python3"
+    workdir: str | None = None
+    key_file: str | None = None
+    known_hosts: str | None = "~/.ssh/known_hosts"
+    connections: int = 4
+    sessions_per_connection: int = 10
+    connect_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        # Checked at run time too: hosts often come from configuration files.
+        problem = _problem(lambda name: getattr(self, name))
+        if problem is not None:
+            field, expected = problem
+            raise OptionError(f"Host({self.host!r}, ...): {field} is invalid: expected {expected}")
+
+    @property
+    def url(self) -> str:
+        """The host as a URL, for messages: ``ssh://user@host:port``."""
+        user = "" if self.user is None else urllib.parse.quote(self.user, safe="") + "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ssh://{user}{host}:{self.port}"
+
+    def worker_command(self, job: str) -> str:
+        """Return the remote command (a shell string, every word quoted) that runs `job`."""
+        argv = [self.python, "-u", "-m", "asyncflow.worker", "--exit-on-stdin-eof", job]
+        return "exec " + shlex.join(argv)
+
+    def ssh_command(self, command: str) -> tuple[str, ...]:
+        """Return an OpenSSH command line that runs the remote `command` (for messages)."""
+        destination = self.host if self.user is None else f"{self.user}@{self.host}"
+        return ("ssh", "-p", str(self.port), destination, command)
+
+
+def parse_host_url(url: str) -> Host:
+    """Parse ``ssh://[user@]host[:port]``, with `Host` fields as query parameters.
+
+    For example ``ssh://me@node7:2222?python=/opt/venv/bin/python&workdir=/scratch/me``.
+
+    Raises:
+        OptionError: `url` is not of that form.
+    """
+
+    def bad(what: str) -> OptionError:
+        return OptionError(f"run option hosts: {url!r} {what}; expected {_URL_FORM}")
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "ssh":
+        raise bad("is not an ssh:// URL")
+    if parts.password is not None:
+        raise bad(
+            "holds a password: asyncflow logs in with keys only; drop ':password' and pass key_file=..."
+        )
+    if parts.path not in ("", "/"):
+        raise bad("has a path; give the remote job directory as ?workdir=...")
+    if parts.fragment:
+        raise bad("has a #fragment")
+    if not parts.hostname:
+        raise bad("names no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise bad("has an invalid port") from None
+    try:
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise bad("has an invalid query") from None
+    values: dict[str, Any] = {f.name: f.default for f in fields(Host)}
+    values.update(host=parts.hostname, port=22 if port is None else port)
+    values.update(user=None if parts.username is None else urllib.parse.unquote(parts.username))
+    given: set[str] = set()
+    for name, text in query:
+        convert = _URL_PARAMS.get(name)
+        if convert is None:
+            raise bad(f"has an unknown parameter {name!r} (known: {', '.join(_URL_PARAMS)})")
+        if name in given:
+            raise bad(f"sets {name!r} twice")
+        given.add(name)
+        try:
+            values[name] = convert(text)
+        except ValueError:
+            raise bad(f"has {name}={text!r}, not {'an int' if convert is int else 'a number'}") from None
+    problem = _problem(values.__getitem__)
+    if problem is not None:
+        field, expected = problem
+        raise bad(f"has {field}, not {expected}")
+    return Host(**values)
+
+
+Placement: TypeAlias = Union[Slurm, Host]  # noqa: UP007 - evaluated at run time on 3.10
+"""Somewhere other than this process that bodies run, chosen per channel."""
+
+Where: TypeAlias = Union[tuple[str, ...], Slurm, Host]  # noqa: UP007 - evaluated at run time on 3.10
+"""A job prefix (argv) or a placement."""

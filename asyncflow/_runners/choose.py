@@ -1,0 +1,90 @@
+"""Which runner runs the bodies of a task class: the scheduler's choice, made once per class.
+
+Run-time options win over the class's ``job_prefix``: a prefix or placement for one of
+the class's channels (its own, `task_name`, first, then the ones it declares; at each,
+``prefixes`` before ``hosts``), else the class's ``job_prefix``, else this process: async
+bodies on the loop, plain ``def`` bodies on the ``executor``. Runners elsewhere are made
+on first use, one per distinct prefix or placement, and shared between classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._placements import Host, Slurm
+from .base import Closing
+from .local import LoopRunner, ThreadRunner
+
+if TYPE_CHECKING:
+    from .._options import Settings
+    from .._placements import Where
+    from .._task import Task
+    from .base import Runner
+
+
+class Runners:
+    """The runners of one run, made on first use and picked per task class."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._loop = LoopRunner()
+        self._prefixes = settings.prefixes
+        self._hosts = settings.hosts
+        self._cache_dir = settings.cache_dir
+        self._elsewhere: dict[Where, Runner] = {}
+        # max_workers also bounds jobs run elsewhere, all prefixes and hosts together.
+        self._jobs = None if settings.max_workers is None else anyio.CapacityLimiter(settings.max_workers)
+        executor = settings.executor
+        self._sync: Runner
+        if executor == "thread":
+            self._sync = ThreadRunner(settings.max_workers)
+        else:  # imported only when used: anyio.to_process and its kin take milliseconds
+            from .process import ExecutorRunner, ProcessRunner
+
+            if executor == "process":
+                self._sync = ProcessRunner(settings.max_workers)
+            else:
+                self._sync = ExecutorRunner(executor)
+
+    def pick(self, cls: type[Task[Any, Any]]) -> Runner:
+        """Return the runner for the bodies of `cls`."""
+        where = self.where(cls)
+        if where is None:
+            return self._loop if inspect.iscoroutinefunction(cls.run_task) else self._sync
+        runner = self._elsewhere.get(where)
+        if runner is None:
+            runner = self._elsewhere[where] = self._make(where)
+        return runner
+
+    def where(self, cls: type[Task[Any, Any]]) -> Where | None:
+        """Return where the bodies of `cls` run when not in this process, else None."""
+        for channel in (cls.task_name, *cls.__af_options__.channels):
+            prefix = self._prefixes.get(channel)
+            if prefix is not None:
+                return prefix
+            host = self._hosts.get(channel)
+            if host is not None:
+                return host
+        return cls.__af_options__.job_prefix
+
+    async def aclose(self) -> None:
+        """Let the runners that hold connections close them: the run has ended."""
+        for runner in self._elsewhere.values():
+            if isinstance(runner, Closing):
+                await runner.aclose()
+
+    def _make(self, where: Where) -> Runner:
+        # Each imported only when a run uses it (asyncssh alone takes 0.3 s).
+        if isinstance(where, Slurm):
+            from .slurm import SlurmRunner
+
+            return SlurmRunner(where, self._cache_dir, self._jobs)
+        if isinstance(where, Host):
+            from .ssh import SSHRunner
+
+            return SSHRunner(where, self._cache_dir, self._jobs)
+        from .prefix import PrefixRunner
+
+        return PrefixRunner(where, self._cache_dir, self._jobs)
