@@ -260,3 +260,43 @@ def test_graph_image_needs_graphviz(taskfile: Path, tmp_path: Path) -> None:
     else:
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "g.svg").read_text().lstrip().startswith("<")
+
+
+UNREADABLE = """
+from asyncflow import Task
+
+# A class whose source cannot be found (made by exec): hashing it is a TaskDefinitionError.
+exec('''
+class Main(Task):
+    async def run_task(self) -> int:
+        return 1
+''')
+"""
+
+
+def test_an_asyncflow_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    path = tmp_path / "unreadable.py"
+    path.write_text(textwrap.dedent(UNREADABLE))
+    done = cli("run", path, "-l", "CRITICAL", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("asyncflow run: TaskDefinitionError: Main: cannot read the source of the class")
+    assert "--no-detect-source-change" in line  # the flag, for a command-line user
+    again = cli("run", path, "--no-detect-source-change", "-l", "CRITICAL", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Main() = 1")
+
+
+def test_a_bad_option_from_the_environment_is_a_usage_error(taskfile: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncflow", "graph", str(taskfile)],
+        cwd=tmp_path,
+        env={**_env(), "AF_DETECT_SOURCE_CHANGE": "maybe"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "asyncflow graph: error: $AF_DETECT_SOURCE_CHANGE='maybe' is not a boolean" in done.stderr

@@ -79,3 +79,25 @@ def test_core_names_are_public() -> None:
 def test_version_is_a_string_and_not_in_all() -> None:
     assert isinstance(asyncflow.__version__, str)
     assert "__version__" not in asyncflow.__all__
+
+
+def test_exceptions_show_where_users_import_them_from() -> None:
+    import traceback
+
+    errors = [getattr(asyncflow, n) for n in asyncflow.__all__ if n.endswith("Error")]
+    assert errors
+    assert all(e.__module__ == "asyncflow" for e in errors)
+    text = "".join(traceback.format_exception_only(asyncflow.CacheError("gone")))
+    assert text == "asyncflow.CacheError: gone\n"
+
+
+def test_typing_resolves_the_hints_of_a_user_task() -> None:
+    # Task keeps its own __module__: get_type_hints resolves each base's annotations there.
+    import typing
+
+    class Mine(asyncflow.Task):
+        def build_task(self) -> None:
+            pass
+
+    hints = typing.get_type_hints(Mine)
+    assert hints["task_name"] == typing.ClassVar[str]

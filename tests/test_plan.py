@@ -1,0 +1,191 @@
+"""Fresh or stale, and why: the plan, tested without an event loop (plain `def` tests)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from asyncflow import Const, Requires, RequiresList, Task
+from asyncflow._cache.session import Record
+from asyncflow._graph import FRESH, STALE, build_graph
+from asyncflow._plan import (
+    CODE_CHANGED,
+    INPUTS_CHANGED,
+    NO_RESULT,
+    NOT_STALE,
+    UPSTREAM_STALE,
+    is_current,
+    node_signature,
+    plan,
+    prepare,
+    signature,
+)
+
+if TYPE_CHECKING:
+    from asyncflow._graph import Graph
+
+
+class Leaf(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        return self.i
+
+
+class Scaled(Task):
+    leaf: Requires[int]
+    factor: Requires[int]
+
+    def build_task(self, i: int, factor: int) -> None:
+        self.leaf = Leaf(i)
+        self.factor = Const(factor)
+
+    async def run_task(self) -> int:
+        return self.leaf * self.factor
+
+
+class Total(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, n: int, factor: int) -> None:
+        self.parts = [Scaled(i, factor) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.parts)
+
+
+SOURCES: dict[type, str] = {Leaf: "leaf-src", Scaled: "scaled-src", Total: "total-src"}
+
+
+def _records(graph: Graph, sources: dict[type, str] = SOURCES) -> dict[str, Record]:
+    """Records as a run of `graph` would leave them: every node fresh, deps first."""
+    versions: dict[str, str] = {}
+    records: dict[str, Record] = {}
+    for node in graph:
+        deps = signature([versions[d.key] for d in node.deps], node.consts)
+        versions[node.key] = f"v-{node.key}"
+        records[node.key] = Record(sources[type(node.task)], versions[node.key], deps)
+    return records
+
+
+def _why(graph: Graph) -> dict[str, int]:
+    return {repr(n.task): n.why for n in graph}
+
+
+def test_nothing_cached_is_all_stale_for_no_result() -> None:
+    graph = build_graph(Total(2, 1))
+    stale = plan(graph, {}, SOURCES, detect=True)
+    assert [repr(n.task) for n in stale] == [repr(n.task) for n in graph]  # deps first
+    assert all(n.state == STALE for n in graph)
+    assert set(_why(graph).values()) == {NO_RESULT}
+
+
+def test_matching_records_are_all_fresh_with_their_versions() -> None:
+    records = _records(build_graph(Total(2, 1)))
+    graph = build_graph(Total(2, 1))
+    assert plan(graph, records, SOURCES, detect=True) == []
+    assert all(n.state == FRESH and n.why == NOT_STALE for n in graph)
+    assert all(n.version == records[n.key].version for n in graph)
+
+
+def test_a_changed_class_is_stale_and_dooms_its_dependents() -> None:
+    records = _records(build_graph(Total(2, 1)))
+    graph = build_graph(Total(2, 1))
+    changed = {**SOURCES, Leaf: "leaf-src-2"}
+    stale = plan(graph, records, changed, detect=True)
+    assert _why(graph) == {
+        "Leaf(0)": CODE_CHANGED,
+        "Leaf(1)": CODE_CHANGED,
+        "Scaled(0, 1)": UPSTREAM_STALE,
+        "Scaled(1, 1)": UPSTREAM_STALE,
+        "Total(2, 1)": UPSTREAM_STALE,
+    }
+    assert len(stale) == 5
+    # Without source detection, the same records are fresh.
+    again = build_graph(Total(2, 1))
+    assert plan(again, records, changed, detect=False) == []
+
+
+def test_code_changed_comes_before_upstream_stale() -> None:
+    records = _records(build_graph(Total(2, 1)))
+    graph = build_graph(Total(2, 1))
+    plan(graph, records, {**SOURCES, Leaf: "new", Total: "new"}, detect=True)
+    assert _why(graph)["Total(2, 1)"] == CODE_CHANGED  # its own change is named, not its deps'
+
+
+def test_no_result_comes_before_upstream_stale() -> None:
+    records = _records(build_graph(Total(2, 1)))
+    del records[Leaf(0).__af_key__]
+    del records[Scaled(0, 1).__af_key__]
+    graph = build_graph(Total(2, 1))
+    plan(graph, records, SOURCES, detect=True)
+    why = _why(graph)
+    assert (why["Leaf(0)"], why["Scaled(0, 1)"], why["Total(2, 1)"]) == (NO_RESULT, NO_RESULT, UPSTREAM_STALE)
+    assert (why["Leaf(1)"], why["Scaled(1, 1)"]) == (NOT_STALE, NOT_STALE)
+
+
+def test_an_upstream_result_that_changed_makes_inputs_changed() -> None:
+    records = _records(build_graph(Total(2, 1)))
+    leaf = Leaf(1).__af_key__
+    records[leaf] = records[leaf]._replace(version="v-rewritten")  # another run wrote it since
+    graph = build_graph(Total(2, 1))
+    plan(graph, records, SOURCES, detect=True)
+    why = _why(graph)
+    assert why["Leaf(1)"] == NOT_STALE
+    assert why["Scaled(1, 1)"] == INPUTS_CHANGED
+    assert why["Total(2, 1)"] == UPSTREAM_STALE
+    assert why["Scaled(0, 1)"] == NOT_STALE
+
+
+def test_a_const_value_that_changed_makes_inputs_changed() -> None:
+    records = _records(build_graph(Total(1, 2)))
+    # Same keys but for the Const: rename the records of factor 2 as if made for factor 3.
+    moved = {k.replace(", 2)", ", 3)"): r for k, r in records.items()}
+    graph = build_graph(Total(1, 3))
+    assert {n.key for n in graph} == set(moved)
+    plan(graph, moved, SOURCES, detect=True)
+    assert _why(graph) == {
+        "Leaf(0)": NOT_STALE,
+        "Scaled(0, 3)": INPUTS_CHANGED,
+        "Total(1, 3)": UPSTREAM_STALE,
+    }
+
+
+def test_is_current() -> None:
+    record = Record("src", "v1", "deps")
+    assert is_current(record, "deps", "src", detect=True)
+    assert not is_current(None, "deps", "src", detect=True)
+    assert not is_current(record, "other deps", "src", detect=True)
+    assert not is_current(record, "deps", "other src", detect=True)
+    assert is_current(record, "deps", "other src", detect=False)
+
+
+def test_node_signature_is_kept_only_when_final() -> None:
+    graph = build_graph(Total(1, 1))
+    total = graph.root
+    (scaled,) = total.deps
+    scaled.version = "v1"
+    first = node_signature(total)
+    assert total.signature is None
+    scaled.version = "v2"
+    assert node_signature(total, keep=True) != first
+    scaled.version = "v3"
+    assert node_signature(total) == total.signature  # kept: the deps' versions were final
+
+
+@pytest.mark.parametrize("detect", [True, False])
+def test_prepare_hashes_each_class_once(detect: bool) -> None:
+    graph, sources = prepare(Total(3, 1), detect)
+    assert len(graph) == 7
+    assert set(sources) == {Leaf, Scaled, Total}
+    assert all(bool(h) == detect for h in sources.values())
+
+
+def test_the_plan_needs_no_event_loop() -> None:
+    with pytest.raises(anyio.NoEventLoopError):
+        anyio.get_current_task()  # none runs in a plain def test
+    graph, sources = prepare(Total(2, 1), True)
+    assert len(plan(graph, {}, sources, detect=True)) == 5
