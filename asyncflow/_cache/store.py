@@ -1,6 +1,6 @@
 """The cache outside a run: read one result, clear nodes or a whole class, what the index knows.
 
-Each call opens the index, does its work in one thread call, and closes it; a cache
+Each call opens the index, does its work (a thread call or two), and closes it; a cache
 directory without an index holds nothing (nothing is created to find that out).
 """
 
