@@ -11,11 +11,13 @@ from ._errors import CycleError as CycleError
 from ._errors import EventLoopRunningError as EventLoopRunningError
 from ._errors import GraphError as GraphError
 from ._errors import HostError as HostError
+from ._errors import InputFileError as InputFileError
 from ._errors import MissingRequirementError as MissingRequirementError
 from ._errors import OptionError as OptionError
 from ._errors import TaskDefinitionError as TaskDefinitionError
 from ._errors import TaskFailedError as TaskFailedError
 from ._errors import WorkflowFailedError as WorkflowFailedError
+from ._file import File as File
 from ._options import CacheOptions as CacheOptions
 from ._options import RunOptions as RunOptions
 from ._placements import Host as Host
@@ -43,9 +45,11 @@ __all__ = [
     "Const",
     "CycleError",
     "EventLoopRunningError",
+    "File",
     "GraphError",
     "Host",
     "HostError",
+    "InputFileError",
     "MissingRequirementError",
     "OptionError",
     "Req",

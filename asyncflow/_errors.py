@@ -5,7 +5,8 @@ AsyncflowError
 ├── TaskDefinitionError (also TypeError)    bad class keyword, unsupported argument type,
 │                                           unreadable class source
 ├── OptionError (also ValueError)           unknown run option, bad value, bad Slurm/Host
-├── GraphError                              CycleError, MissingRequirementError, BuildError
+├── GraphError                              CycleError, MissingRequirementError, BuildError,
+│                                           InputFileError
 ├── TaskFailedError                         .task, .command, .returncode, .stderr_tail
 ├── WorkflowFailedError (ExceptionGroup)    every failure under on_error="continue"
 ├── CacheError                              unreadable, damaged or newer cache
@@ -70,6 +71,20 @@ class CycleError(GraphError):
     def __init__(self, message: str, *, cycle: Sequence[str]) -> None:
         super().__init__(message)
         self.cycle: tuple[str, ...] = tuple(cycle)
+
+
+class InputFileError(GraphError):
+    """An input file (`File`) of a task is missing; nothing has run.
+
+    Attributes:
+        task: the first task (as the user writes it) that reads it.
+        path: the file's absolute path.
+    """
+
+    def __init__(self, message: str, *, task: str, path: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.path = path
 
 
 class TaskFailedError(AsyncflowError):

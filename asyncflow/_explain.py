@@ -8,15 +8,17 @@ since, the last run failed. `asyncflow graph` draws these.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._cache.store import Known, known
+from ._cache.store import Known, digest_inputs, known
 from ._graph import FRESH
 from ._options import settings_from
-from ._plan import CODE_CHANGED, NO_RESULT, UPSTREAM_STALE, plan, prepare
+from ._plan import CODE_CHANGED, ELSEWHERE, NO_RESULT, UPSTREAM_STALE, add_inputs, plan, prepare
+from ._source import what_changed
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,9 +39,10 @@ class NodeStatus:
         task_name: its class's `task_name`.
         state: ``"fresh"`` (reused), ``"stale"`` (would run) or ``"failed"`` (stale, and
             its last run failed).
-        reason: why it is stale (empty when fresh): ``"no result"``, ``"code changed"``,
-            ``"upstream Choose(5, 2) is stale"``, ``"upstream Choose(5, 2) changed"``, or
-            the last failure's message.
+        reason: why it is stale (empty when fresh): ``"no result"``, ``"code changed:
+            helpers.scale"`` (the parts of the code that changed), ``"version 1 -> 2"``,
+            ``"upstream Choose(5, 2) is stale"``, ``"upstream Choose(5, 2) changed"``,
+            ``"input changed: data/a.csv"``, or the last failure's message.
         deps: the keys of its upstream nodes, in order.
     """
 
@@ -67,16 +70,21 @@ async def explain(
         options["detect_source_change"] = detect_source_change
     settings = settings_from(options)
     detect = settings.detect_source_change
-    graph, sources = await anyio.to_thread.run_sync(prepare, root, detect)
+    graph, fingerprints, inputs = await anyio.to_thread.run_sync(prepare, root)
+    changed: dict[str, float] = {}  # input file -> when its content last changed
+    if inputs:
+        found = await digest_inputs(settings.cache_dir, list(inputs))
+        add_inputs(inputs, found.digests)
+        changed = found.changed
     facts = await known(settings.cache_dir, [n.key for n in graph])
-    plan(graph, facts.records, sources, detect=detect)
+    plan(graph, facts.records, fingerprints, detect=detect, made_where=facts.made_where)
     out: list[NodeStatus] = []
     for node in graph:
         state: State = "fresh"
         reason = ""
         if node.state != FRESH:
             state = "stale"
-            reason = _reason(node, facts)
+            reason = _reason(node, facts, fingerprints[type(node.task)].manifest, changed)
             failure = facts.failures.get(node.key)
             if failure is not None:
                 state = "failed"
@@ -86,18 +94,31 @@ async def explain(
     return out
 
 
-def _reason(node: Node, facts: Known) -> str:
-    """Say why the plan found `node` stale."""
+def _reason(node: Node, facts: Known, manifest: dict[str, str], changed: dict[str, float]) -> str:
+    """Say why the plan found `node` stale.
+
+    Args:
+        node: the node, planned.
+        facts: what the index knows.
+        manifest: what its class's code is made of now.
+        changed: when each input file's content last changed.
+    """
     if node.why == NO_RESULT:
         return "no result"
     if node.why == CODE_CHANGED:
-        return "code changed"
+        old = facts.manifests.get(facts.records[node.key].source)
+        return "code changed" if old is None else what_changed(old, manifest)
+    if node.why == ELSEWHERE:
+        return "made by a class of the same name in another file"
     if node.why == UPSTREAM_STALE:
         dep = next(d for d in node.deps if d.state != FRESH)
         return f"upstream {dep.task!r} is stale"
-    # Its inputs changed: name an upstream node whose result is newer than its own run.
+    # Its inputs changed: name an upstream node or an input file newer than its own run.
     started = facts.times.get(node.key, (0.0, 0.0))[0]
     newer = [d for d in node.deps if facts.times.get(d.key, (0.0, 0.0))[1] > started]
     if newer:
         return f"upstream {newer[0].task!r} changed"
-    return "an upstream result or Const value changed"
+    for file in node.task.__af_files__():
+        if changed.get(str(file.path), 0.0) > started:
+            return f"input changed: {os.path.relpath(file.path)}"
+    return "an upstream result, input file or Const value changed"

@@ -194,6 +194,8 @@ class ClassOptions:
     retry_delay: float = 1.0
     retry_backoff: float = 2.0
     timeout: float | None = None
+    version: str | None = None  # stands for the class's code (not inherited)
+    hash_includes: tuple[object, ...] = ()  # more code or values to fingerprint (not inherited)
 
 
 CLASS_KEYWORDS = (
@@ -204,11 +206,16 @@ CLASS_KEYWORDS = (
     "retry_delay",
     "retry_backoff",
     "timeout",
+    "version",
+    "hash_includes",
 )
 
 
 def class_options(owner: str, base: ClassOptions, given: Mapping[str, Any]) -> ClassOptions:
     """Validate the class keywords `given` to class `owner`, on top of those it inherits.
+
+    ``version`` and ``hash_includes`` are not inherited: they speak for the code of the
+    class they are given to (a subclass's fingerprint includes its bases' own).
 
     Raises:
         TaskDefinitionError: a keyword's value is not of the accepted kind.
@@ -252,4 +259,12 @@ def class_options(owner: str, base: ClassOptions, given: Mapping[str, Any]) -> C
         if timeout is not None and (type(timeout) not in (int, float) or timeout <= 0):
             raise bad("timeout", "a number of seconds > 0, or None")
         out["timeout"] = None if timeout is None else float(timeout)
+    version = given.get("version")
+    if version is not None and (type(version) not in (str, int) or version == ""):
+        raise bad("version", 'a non-empty str (or an int), e.g. version="2"')
+    out["version"] = None if version is None else str(version)
+    includes = given.get("hash_includes", ())
+    if not isinstance(includes, (list, tuple)):
+        raise bad("hash_includes", "a list of functions, classes, modules or values")
+    out["hash_includes"] = tuple(includes)  # pyright: ignore[reportUnknownArgumentType]  # anything goes
     return replace(base, **out)

@@ -1,30 +1,34 @@
 """Fresh or stale for every node, and why: one decision, shared by the scheduler and `graph`.
 
-A node is fresh when its record was made by its class's current code (with
-``detect_source_change``) from the versions its deps have now and the Const values it
-reads now. Versions are unique per write, so a node whose deps are all fresh is fresh
+A node is fresh when its record was made by its class's current code (its fingerprint,
+`_source.py`) from the versions its deps have now, the Const values it reads now and the
+content its input files (`File` arguments) have now.
+With ``detect_source_change=False`` the code may differ, but the record must still come
+from a class defined in the same file (two classes of one name never share results). Versions are unique per write, so a node whose deps are all fresh is fresh
 exactly when its record matches them, and a node with a stale dep is stale too (it will
 see a new version) without looking further.
 
 `plan` is pure: no I/O, no event loop. What it needs comes from `prepare` (building the
-graph runs the ``build_task`` methods, and hashing class sources reads their files, so
-callers run it off the event loop) and from the index (the records). The scheduler runs
-the plan; `explain` puts its reasons into words.
+graph runs the ``build_task`` methods, and fingerprinting classes walks their code, so
+callers run it off the event loop) and from the index (the records, and which file made
+each fingerprint). The scheduler runs the plan; `explain` puts its reasons into words.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._graph import FRESH, STALE, build_graph
-from ._source import source_hash
+from ._errors import InputFileError
+from ._graph import FRESH, STALE, Graph, Node, build_graph
+from ._source import fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._cache.session import Record
-    from ._graph import Graph, Node
+    from ._file import File
+    from ._source import Fingerprint
     from ._task import Task
 
 # Why a node is stale (`Node.why`, set by `plan`), in the order they are looked for.
@@ -33,40 +37,91 @@ NO_RESULT = 1  # the cache holds no result for it
 CODE_CHANGED = 2  # its class's code changed since its result was made
 UPSTREAM_STALE = 3  # one of its deps is stale, so will have a new result
 INPUTS_CHANGED = 4  # a dep's result or a Const value it reads is not the one it was made from
+ELSEWHERE = 5  # made by a class of the same name defined in another file
 
 
-def prepare(root: Task[Any, Any], detect_source_change: bool) -> tuple[Graph, dict[type, str]]:
-    """Build the graph of `root` and hash the source of each class in it ("" when not detecting).
+class Prepared(NamedTuple):
+    """What a plan needs from the task objects: the graph, each class's fingerprint, the input files."""
 
-    Runs every ``build_task`` and reads class sources: call it off the event loop.
+    graph: Graph
+    fingerprints: dict[type, Fingerprint]
+    inputs: dict[str, tuple[File, list[Node]]]  # by absolute path: the file, the nodes taking it
+
+
+def prepare(root: Task[Any, Any]) -> Prepared:
+    """Build the graph of `root`, fingerprint each class in it, and find the input files.
+
+    Runs every ``build_task`` and walks the classes' code: call it off the event loop.
 
     Raises:
         GraphError: the graph cannot be built.
-        TaskDefinitionError: a class's source cannot be read.
     """
     graph = build_graph(root)
-    sources: dict[type, str] = {}
+    fingerprints: dict[type, Fingerprint] = {}
+    inputs: dict[str, tuple[File, list[Node]]] = {}
     for node in graph:
         cls = type(node.task)
-        if cls not in sources:
-            sources[cls] = source_hash(cls) if detect_source_change else ""
-    return graph, sources
+        if cls not in fingerprints:
+            fingerprints[cls] = fingerprint(cls)
+        if "File(" in node.key:  # rarely: only then ask the task
+            for file in node.task.__af_files__():
+                inputs.setdefault(str(file.path), (file, []))[1].append(node)
+    return Prepared(graph, fingerprints, inputs)
+
+
+def add_inputs(inputs: Mapping[str, tuple[File, list[Node]]], digests: Mapping[str, str]) -> None:
+    """Make the content digest of each input file part of what its nodes are made from.
+
+    Raises:
+        InputFileError: a file has no digest: it does not exist.
+    """
+    for path in sorted(inputs):  # sorted: each node's tokens in one order, run after run
+        file, nodes = inputs[path]
+        digest = digests.get(path)
+        if digest is None:
+            raise InputFileError(
+                f"{nodes[0].task!r}: its input {file!r} does not exist (looked for {path}); create it, "
+                "or fix the path (a relative path is from the directory the task was made in)",
+                task=repr(nodes[0].task),
+                path=path,
+            )
+        token = "F" + digest
+        for node in nodes:
+            node.consts = f"{node.consts}|{token}" if node.consts else token
 
 
 def plan(
-    graph: Graph, records: Mapping[str, Record], sources: Mapping[type, str], *, detect: bool
+    graph: Graph,
+    records: Mapping[str, Record],
+    fingerprints: Mapping[type, Fingerprint],
+    *,
+    detect: bool,
+    made_where: Mapping[str, str] | None = None,
 ) -> list[Node]:
     """Mark every node fresh or stale, deps first; return the stale ones, in graph order.
 
     A fresh node gets the version of its record; a stale one the reason why (`Node.why`).
+
+    Args:
+        graph: the nodes, deps first.
+        records: the index's record of each node that has one, by key.
+        fingerprints: each class's, from `prepare`.
+        detect: whether a change of code makes a node stale (``detect_source_change``).
+        made_where: without `detect`, the identity (`Fingerprint.identity`) of the class
+            that made each record's fingerprint (`Record.source`); unknown ones are stale.
     """
+    digests = {cls: f.digest for cls, f in fingerprints.items()}
+    identities = {cls: f.identity for cls, f in fingerprints.items()}
+    where = made_where or {}
     stale: list[Node] = []
     for node in graph:  # the hot loop of a warm run: one pass, no calls per dep
         record = records.get(node.key)
         if record is None:
             node.why = NO_RESULT
-        elif detect and record.source != sources[type(node.task)]:
+        elif detect and record.source != digests[type(node.task)]:
             node.why = CODE_CHANGED
+        elif not detect and where.get(record.source) != identities[type(node.task)]:
+            node.why = ELSEWHERE
         elif node.why != UPSTREAM_STALE:  # else a dep marked it, below
             if record.deps == node_signature(node, keep=True):
                 node.state = FRESH
@@ -80,14 +135,14 @@ def plan(
     return stale
 
 
-def is_current(record: Record | None, deps: str, source: str, *, detect: bool) -> bool:
-    """Tell whether `record` was made from `deps` (a `node_signature`) by code hashing to `source`.
+def is_current(record: Record | None, deps: str, source: str) -> bool:
+    """Tell whether `record` was made from `deps` (a `node_signature`) by code fingerprinted `source`.
 
-    `plan` asks the same of every node, inline.
+    Asked of a record that another run wrote while this one waited: it is reused only if
+    the same code made it, whatever ``detect_source_change`` says (`plan` asks the same,
+    inline, of every node before the run).
     """
-    if record is None or record.deps != deps:
-        return False
-    return not detect or record.source == source
+    return record is not None and record.deps == deps and record.source == source
 
 
 def node_signature(node: Node, *, keep: bool = False) -> str:

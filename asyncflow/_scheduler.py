@@ -21,9 +21,9 @@ import anyio.lowlevel
 
 from ._cache.session import CacheSession, Entry, open_session
 from ._errors import TaskFailedError, WorkflowFailedError
-from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, Graph, Node
+from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, Node
 from ._limits import Channel, Limits
-from ._plan import is_current, node_signature, plan, prepare
+from ._plan import add_inputs, is_current, node_signature, plan, prepare
 from ._requires import requirements_of, resolve
 from ._runners.choose import Runners
 from ._stats import RunStats, StatsBuilder
@@ -31,6 +31,7 @@ from ._stats import RunStats, StatsBuilder
 if TYPE_CHECKING:
     from ._cache.session import Record
     from ._options import Settings
+    from ._plan import Prepared
     from ._progress import RunProgress
     from ._runners.base import Outcome, Runner
     from ._task import Task
@@ -80,10 +81,10 @@ _IN_FLIGHT: dict[tuple[int, str], _Shared] = {}
 async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
     """Build the graph of `root`, run what is stale, and return root's result and stats."""
     started = time.perf_counter()
-    graph, sources = await anyio.to_thread.run_sync(prepare, root, settings.detect_source_change)
+    prepared = await anyio.to_thread.run_sync(prepare, root)
     value = None
     async with open_session(settings.cache_dir) as session:
-        scheduler = _Scheduler(graph, sources, settings, session)
+        scheduler = _Scheduler(prepared, settings, session)
         try:
             with scheduler.progress or nullcontext():
                 value = await scheduler.run()
@@ -94,11 +95,11 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
 
 
 class _Scheduler:
-    def __init__(
-        self, graph: Graph, sources: dict[type, str], settings: Settings, session: CacheSession
-    ) -> None:
-        self.graph = graph
-        self.sources = sources
+    def __init__(self, prepared: Prepared, settings: Settings, session: CacheSession) -> None:
+        self.graph = graph = prepared.graph
+        self.fingerprints = prepared.fingerprints
+        self.sources = {cls: f.digest for cls, f in prepared.fingerprints.items()}  # what records keep
+        self.inputs = prepared.inputs
         self.settings = settings
         self.session = session
         self.limits = Limits(settings.rate_limits)
@@ -130,12 +131,19 @@ class _Scheduler:
 
     async def run(self) -> Any:
         graph = self.graph
+        if self.inputs:  # before anything runs: a missing input file is an error
+            found = await self.session.digest_inputs(list(self.inputs))
+            add_inputs(self.inputs, found.digests)
         self.records = await self.session.lookup([n.key for n in graph])
+        made_where = None
+        if not self.settings.detect_source_change:  # which file's class made each record
+            made_where = await self.session.made_where({r.source for r in self.records.values()})
+        self.session.note_fingerprints(self.fingerprints.values())
         shared = self._shared = _IN_FLIGHT.get(self._shared_key) or self._shared
         _IN_FLIGHT[self._shared_key] = shared
         shared.runs += 1
         try:
-            await self._take_leases(self._plan())
+            await self._take_leases(self._plan(made_where))
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._settle([n for n in graph if not n.deps])
@@ -165,9 +173,10 @@ class _Scheduler:
                 raise self.failures[0]
             raise WorkflowFailedError(f"{len(self.failures)} task(s) failed", self.failures)
 
-    def _plan(self) -> list[Node]:
+    def _plan(self, made_where: dict[str, str] | None) -> list[Node]:
         """Plan which nodes are fresh (see `_plan`), set each node's counts; return the stale ones."""
-        stale = plan(self.graph, self.records, self.sources, detect=self.settings.detect_source_change)
+        detect = self.settings.detect_source_change
+        stale = plan(self.graph, self.records, self.fingerprints, detect=detect, made_where=made_where)
         for node in self.graph:
             node.remaining = len(node.deps)
             node.consumers = len(node.dependents)
@@ -208,8 +217,7 @@ class _Scheduler:
     # Settling: fresh nodes complete at once, stale ones queue for the workers.
 
     def _is_current(self, node: Node, record: Record | None, deps: str) -> bool:
-        detect = self.settings.detect_source_change
-        return is_current(record, deps, self.sources[type(node.task)], detect=detect)
+        return is_current(record, deps, self.sources[type(node.task)])
 
     def _settle(self, ready: list[Node]) -> None:
         """Complete the fresh nodes among `ready` (and what they make ready); queue the rest."""

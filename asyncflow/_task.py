@@ -18,6 +18,7 @@ from typing_extensions import ParamSpec, Unpack
 from . import _keys
 from ._cache import paths
 from ._errors import TaskDefinitionError
+from ._file import File, files_in
 from ._options import (
     CLASS_KEYWORDS,
     CacheOptions,
@@ -178,6 +179,10 @@ class Task(TaskLike[R], Generic[P, R]):
         if kwargs:
             state["_af_kwargs"] = kwargs
         state["__af_key__"] = _keys.node_key(cls.task_name, text)
+        if "File(" in text:  # rarely: then find the input files among the arguments
+            files = files_in((*args, *kwargs.values()))
+            if files:
+                state["_af_files"] = tuple(files)
 
     def build_task(self, *args: Any, **kwargs: Any) -> None:
         """Declare requirements (assign tasks to `Requires` attributes) and keep parameters."""
@@ -199,6 +204,10 @@ class Task(TaskLike[R], Generic[P, R]):
         # Pickle a task as its class and arguments plus its instance state, minus the
         # upstream tasks (a worker needs the resolved values, not the whole graph).
         return (_rebuild, (type(self), without_requirements(self.__dict__)))
+
+    def __af_files__(self) -> tuple[File, ...]:
+        """Return the input files among the task's arguments (see `File`)."""
+        return self.__dict__.get("_af_files", ())
 
     def __af_build__(self) -> None:
         """Run `build_task` with the task's arguments, the first time only; raise what it raises."""

@@ -91,11 +91,27 @@ async def test_a_schema_1_index_is_upgraded_in_place(cache_dir: Path) -> None:
     conn.commit()
     value, stats = await Plain().run_with_stats(cache_dir=cache_dir)
     assert (value, stats.reused) == (list(range(10)), 1)  # the record survived
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     assert (
         conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL").fetchall() == []
     )
     conn.close()
+
+
+async def test_a_schema_2_cache_runs_again_once(cache_dir: Path) -> None:
+    # asyncflow 0.1's records hold AST hashes of class sources: no fingerprint matches them.
+    await Plain().run(cache_dir=cache_dir)
+    conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
+    conn.execute("DROP TABLE fingerprints")
+    conn.execute("DROP TABLE files")
+    conn.execute("UPDATE nodes SET source='0f1e2d3c4b5a69788796a5b4c3d2e1f0'")
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+    _, stats = await Plain().run_with_stats(cache_dir=cache_dir)
+    assert (stats.run, stats.reused) == (1, 0)
+    _, stats = await Plain().run_with_stats(cache_dir=cache_dir)
+    assert (stats.run, stats.reused) == (0, 1)
 
 
 class Twin(Task):

@@ -133,7 +133,12 @@ def test_run_options(taskfile: Path, tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert "1 run, 4 from cache" in again.stdout
-    # Results made without source hashes count as "code changed" once detection is back on.
+    # Results made with detection off still name the code that made them: fresh with it on.
+    detect = cli("run", taskfile, "--cache-dir", cache, "-D", cwd=tmp_path)
+    assert "0 run, 5 from cache" in detect.stdout
+    taskfile.write_text(taskfile.read_text().replace("self.i * self.i", "self.i * self.i * 1"))
+    ignored = cli("run", taskfile, "--cache-dir", cache, "--no-detect-source-change", cwd=tmp_path)
+    assert "0 run, 5 from cache" in ignored.stdout  # the code changed, but is not looked at
     detect = cli("run", taskfile, "--cache-dir", cache, "-D", cwd=tmp_path)
     assert "5 run, 0 from cache" in detect.stdout
     other = cli("run", taskfile, "--cache-dir", cache, "-e", "Other", cwd=tmp_path)
@@ -262,30 +267,43 @@ def test_graph_image_needs_graphviz(taskfile: Path, tmp_path: Path) -> None:
         assert (tmp_path / "g.svg").read_text().lstrip().startswith("<")
 
 
-UNREADABLE = """
-from asyncflow import Task
+MISSING_INPUT = """
+from asyncflow import File, Requires, Task
 
-# A class whose source cannot be found (made by exec): hashing it is a TaskDefinitionError.
-exec('''
+
+class Count(Task):
+    def build_task(self, data: File) -> None:
+        self.data = data
+
+    def run_task(self) -> int:
+        return len(self.data.path.read_text())
+
+
 class Main(Task):
+    n: Requires[int]
+
+    def build_task(self) -> None:
+        self.n = Count(File("missing.csv"))
+
     async def run_task(self) -> int:
-        return 1
-''')
+        return self.n
 """
 
 
 def test_an_asyncflow_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    path = tmp_path / "unreadable.py"
-    path.write_text(textwrap.dedent(UNREADABLE))
+    path = tmp_path / "inputs.py"
+    path.write_text(textwrap.dedent(MISSING_INPUT))
     done = cli("run", path, "-l", "CRITICAL", cwd=tmp_path)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
-    assert line.startswith("asyncflow run: TaskDefinitionError: Main: cannot read the source of the class")
-    assert "--no-detect-source-change" in line  # the flag, for a command-line user
-    again = cli("run", path, "--no-detect-source-change", "-l", "CRITICAL", cwd=tmp_path)
+    assert line.startswith(
+        "asyncflow run: InputFileError: Count(File('missing.csv')): its input File('missing.csv') does not exist"
+    )
+    (tmp_path / "missing.csv").write_text("abc")
+    again = cli("run", path, "-l", "CRITICAL", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("Main() = 1")
+    assert again.stdout.startswith("Main() = 3")
 
 
 def test_a_bad_option_from_the_environment_is_a_usage_error(taskfile: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from asyncflow._cache.session import Record
 from asyncflow._graph import FRESH, STALE, build_graph
 from asyncflow._plan import (
     CODE_CHANGED,
+    ELSEWHERE,
     INPUTS_CHANGED,
     NO_RESULT,
     NOT_STALE,
@@ -22,6 +23,7 @@ from asyncflow._plan import (
     prepare,
     signature,
 )
+from asyncflow._source import Fingerprint
 
 if TYPE_CHECKING:
     from asyncflow._graph import Graph
@@ -57,17 +59,21 @@ class Total(Task):
         return sum(self.parts)
 
 
-SOURCES: dict[type, str] = {Leaf: "leaf-src", Scaled: "scaled-src", Total: "total-src"}
+def _made(digest: str, where: str = "here") -> Fingerprint:
+    return Fingerprint(digest, {"part": digest}, where)
 
 
-def _records(graph: Graph, sources: dict[type, str] = SOURCES) -> dict[str, Record]:
+SOURCES = {Leaf: _made("leaf-src"), Scaled: _made("scaled-src"), Total: _made("total-src")}
+
+
+def _records(graph: Graph, sources: dict[type, Fingerprint] = SOURCES) -> dict[str, Record]:
     """Records as a run of `graph` would leave them: every node fresh, deps first."""
     versions: dict[str, str] = {}
     records: dict[str, Record] = {}
     for node in graph:
         deps = signature([versions[d.key] for d in node.deps], node.consts)
         versions[node.key] = f"v-{node.key}"
-        records[node.key] = Record(sources[type(node.task)], versions[node.key], deps)
+        records[node.key] = Record(sources[type(node.task)].digest, versions[node.key], deps)
     return records
 
 
@@ -94,7 +100,7 @@ def test_matching_records_are_all_fresh_with_their_versions() -> None:
 def test_a_changed_class_is_stale_and_dooms_its_dependents() -> None:
     records = _records(build_graph(Total(2, 1)))
     graph = build_graph(Total(2, 1))
-    changed = {**SOURCES, Leaf: "leaf-src-2"}
+    changed = {**SOURCES, Leaf: _made("leaf-src-2")}
     stale = plan(graph, records, changed, detect=True)
     assert _why(graph) == {
         "Leaf(0)": CODE_CHANGED,
@@ -106,13 +112,14 @@ def test_a_changed_class_is_stale_and_dooms_its_dependents() -> None:
     assert len(stale) == 5
     # Without source detection, the same records are fresh.
     again = build_graph(Total(2, 1))
-    assert plan(again, records, changed, detect=False) == []
+    made_where = {f.digest: f.identity for f in SOURCES.values()}
+    assert plan(again, records, changed, detect=False, made_where=made_where) == []
 
 
 def test_code_changed_comes_before_upstream_stale() -> None:
     records = _records(build_graph(Total(2, 1)))
     graph = build_graph(Total(2, 1))
-    plan(graph, records, {**SOURCES, Leaf: "new", Total: "new"}, detect=True)
+    plan(graph, records, {**SOURCES, Leaf: _made("new"), Total: _made("new")}, detect=True)
     assert _why(graph)["Total(2, 1)"] == CODE_CHANGED  # its own change is named, not its deps'
 
 
@@ -154,13 +161,25 @@ def test_a_const_value_that_changed_makes_inputs_changed() -> None:
     }
 
 
+def test_without_detection_a_record_must_come_from_the_same_file() -> None:
+    records = _records(build_graph(Total(2, 1)))
+    graph = build_graph(Total(2, 1))
+    elsewhere = {**SOURCES, Leaf: _made("leaf-src-2", where="another file")}
+    made_where = {f.digest: f.identity for f in SOURCES.values()}
+    plan(graph, records, elsewhere, detect=False, made_where=made_where)
+    assert _why(graph)["Leaf(0)"] == ELSEWHERE  # same name, another file's class
+    assert _why(graph)["Scaled(0, 1)"] == UPSTREAM_STALE
+    unknown = build_graph(Total(2, 1))  # a record whose fingerprint the index does not know
+    plan(unknown, records, SOURCES, detect=False, made_where={})
+    assert set(_why(unknown).values()) == {ELSEWHERE}
+
+
 def test_is_current() -> None:
     record = Record("src", "v1", "deps")
-    assert is_current(record, "deps", "src", detect=True)
-    assert not is_current(None, "deps", "src", detect=True)
-    assert not is_current(record, "other deps", "src", detect=True)
-    assert not is_current(record, "deps", "other src", detect=True)
-    assert is_current(record, "deps", "other src", detect=False)
+    assert is_current(record, "deps", "src")
+    assert not is_current(None, "deps", "src")
+    assert not is_current(record, "other deps", "src")
+    assert not is_current(record, "deps", "other src")
 
 
 def test_node_signature_is_kept_only_when_final() -> None:
@@ -176,16 +195,16 @@ def test_node_signature_is_kept_only_when_final() -> None:
     assert node_signature(total) == total.signature  # kept: the deps' versions were final
 
 
-@pytest.mark.parametrize("detect", [True, False])
-def test_prepare_hashes_each_class_once(detect: bool) -> None:
-    graph, sources = prepare(Total(3, 1), detect)
+def test_prepare_fingerprints_each_class_once() -> None:
+    graph, fingerprints, _ = prepare(Total(3, 1))
     assert len(graph) == 7
-    assert set(sources) == {Leaf, Scaled, Total}
-    assert all(bool(h) == detect for h in sources.values())
+    assert set(fingerprints) == {Leaf, Scaled, Total}
+    assert len({f.digest for f in fingerprints.values()}) == 3
+    assert len({f.identity for f in fingerprints.values()}) == 1  # all from this file
 
 
 def test_the_plan_needs_no_event_loop() -> None:
     with pytest.raises(anyio.NoEventLoopError):
         anyio.get_current_task()  # none runs in a plain def test
-    graph, sources = prepare(Total(2, 1), True)
-    assert len(plan(graph, {}, sources, detect=True)) == 5
+    graph, fingerprints, _ = prepare(Total(2, 1))
+    assert len(plan(graph, {}, fingerprints, detect=True)) == 5

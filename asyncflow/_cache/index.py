@@ -12,6 +12,7 @@ Only the process that awaits ``run()`` opens the index; workers never do.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # 2: no secondary indexes (each cost a B-tree write per node)
+# 2: no secondary indexes (each cost a B-tree write per node). 3: fingerprints of the code
+# that made results (the bytecode a class reaches; 2's AST hashes never match them, so a
+# cache from asyncflow 0.1 re-runs once) and the digests of input files.
+SCHEMA_VERSION = 3
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
 _SCHEMA = """
@@ -40,7 +44,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     key TEXT PRIMARY KEY,          -- task_name(canonical arguments)
     task_name TEXT NOT NULL,
     args TEXT NOT NULL,
-    source TEXT NOT NULL,          -- normalised-AST hash of the class, '' when not checked
+    source TEXT NOT NULL,          -- fingerprint of the code that made it (see fingerprints)
     version TEXT NOT NULL,         -- unique per write: dependents record it
     deps TEXT NOT NULL,            -- hash of the upstream versions and Const values used
     codec INTEGER NOT NULL,
@@ -60,6 +64,20 @@ CREATE TABLE IF NOT EXISTS failures (
     task_name TEXT NOT NULL,
     error TEXT NOT NULL,
     at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fingerprints (
+    digest TEXT PRIMARY KEY,       -- as nodes.source holds it
+    identity TEXT NOT NULL,        -- digest of the file defining the class
+    manifest TEXT NOT NULL         -- JSON {part: digest}: what "code changed: ..." names
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,         -- absolute path of an input file (asyncflow.File)
+    size INTEGER NOT NULL,         -- the stat it was hashed at: hashed again when it changes
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    digest TEXT NOT NULL,          -- of its content
+    hashed_ns INTEGER NOT NULL,    -- when: a file changed within a second of that is hashed again
+    changed REAL NOT NULL          -- when the digest last changed (what "input changed" names)
 ) WITHOUT ROWID;
 -- A class's nodes are a range of keys ("name(" up to "name)"), and leases are few.
 DROP INDEX IF EXISTS nodes_by_class;
@@ -242,6 +260,52 @@ def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
     return out
 
 
+def made_where(conn: sqlite3.Connection, digests: Iterable[str]) -> dict[str, str]:
+    """Return the identity (defining file) of the class behind each known fingerprint."""
+    wanted = list(digests)
+    out: dict[str, str] = {}
+    for chunk in _chunks(wanted):
+        marks = ",".join("?" * len(chunk))
+        out.update(
+            conn.execute(f"SELECT digest, identity FROM fingerprints WHERE digest IN ({marks})", chunk)
+        )
+    return out
+
+
+def manifests(conn: sqlite3.Connection, digests: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Return the manifest (what the code was made of) of each known fingerprint."""
+    wanted = list(digests)
+    out: dict[str, dict[str, str]] = {}
+    for chunk in _chunks(wanted):
+        marks = ",".join("?" * len(chunk))
+        for digest, text in conn.execute(
+            f"SELECT digest, manifest FROM fingerprints WHERE digest IN ({marks})", chunk
+        ):
+            out[digest] = json.loads(text)
+    return out
+
+
+def file_rows(conn: sqlite3.Connection, paths: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """Return the ``files`` rows (size, mtime_ns, inode, digest, hashed_ns, changed) of `paths` and of the paths under them."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for path in paths:
+        # The path itself, and the range of paths under it (the character after "/" is "0").
+        rows = conn.execute(
+            "SELECT path, size, mtime_ns, inode, digest, hashed_ns, changed FROM files"
+            " WHERE path = ? OR (path > ? AND path < ?)",
+            (path, path + os.sep, path + chr(ord(os.sep) + 1)),
+        )
+        for found, *row in rows:
+            out[found] = tuple(row)
+    return out
+
+
+def note_files(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Keep ``(path, size, mtime_ns, inode, digest, hashed_ns, changed)`` of hashed input files."""
+    with _transaction(conn):
+        conn.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)", rows)
+
+
 def times_and_failures(
     conn: sqlite3.Connection, keys: Sequence[str]
 ) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
@@ -337,11 +401,13 @@ def commit(
     encoded: Sequence[Encoded],
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
+    fingerprints: Sequence[tuple[str, str, str]] = (),
 ) -> list[str]:
     """Record results, drop their leases and note failures, in one transaction.
 
-    The files of large results must be written before (`blobs.store`). Returns the
-    files of the results these replace, to be removed after.
+    The files of large results must be written before (`blobs.store`); `fingerprints`
+    are ``(digest, identity, manifest JSON)`` of the code the results' records name.
+    Returns the files of the results these replace, to be removed after.
     """
     rows: list[tuple[Any, ...]] = []
     for s in encoded:
@@ -364,6 +430,7 @@ def commit(
             "INSERT OR REPLACE INTO failures VALUES (?,?,?,?)",
             [(k, name, err, now) for k, name, err in failures],
         )
+        conn.executemany("INSERT OR IGNORE INTO fingerprints VALUES (?,?,?)", fingerprints)
     return old_files
 
 

@@ -12,6 +12,7 @@ finished result is never thrown away.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import sqlite3
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 
 from .._errors import CacheError
-from . import blobs, index
+from . import blobs, files, index
 from .index import Encoded, Index
 
 # The door to the cache for a run is this module: it passes on the index's types it uses.
@@ -29,8 +30,11 @@ from .index import Entry as Entry
 from .index import Record as Record
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
     from pathlib import Path
+
+    from .._source import Fingerprint
+    from .files import Inputs
 
 I = TypeVar("I")  # noqa: E741 - an item
 O = TypeVar("O")  # noqa: E741 - its outcome
@@ -128,6 +132,7 @@ class CacheSession:
         self._pending: list[Entry] = []
         self._released: list[str] = []
         self._failures: list[tuple[str, str, str]] = []
+        self._fingerprints: dict[str, tuple[str, str, str]] = {}  # digest -> its row, until written
         self._wake = anyio.Event()
         self.write_error: Exception | None = None
         self._seen: int | None = None  # the index's data_version when `lookup` read it
@@ -145,6 +150,19 @@ class CacheSession:
         """Return the records of those of `keys` that have one (one thread call)."""
         records, self._seen = await self.index.call(index.snapshot, keys)
         return records
+
+    async def digest_inputs(self, paths: Sequence[str]) -> Inputs:
+        """Return the content digests of input files (see `files.py`); missing ones are listed."""
+        return await self.index.call(files.digest_inputs, paths)
+
+    async def made_where(self, digests: Iterable[str]) -> dict[str, str]:
+        """Return the identity of the class behind each of these fingerprints that the index knows."""
+        return await self.index.call(index.made_where, digests)
+
+    def note_fingerprints(self, fingerprints: Iterable[Fingerprint]) -> None:
+        """Keep the fingerprints of this run's classes: each is written with the first result it made."""
+        for f in fingerprints:
+            self._fingerprints[f.digest] = (f.digest, f.identity, json.dumps(f.manifest))
 
     async def acquire(self, key: str) -> tuple[str | None, Record | None]:
         """Take the lease of `key` unless a live owner holds it; see `index.acquire`."""
@@ -222,10 +240,15 @@ class CacheSession:
             entries, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
             released, self._released = self._released, []
             failures, self._failures = self._failures, []
+            made_by = [
+                self._fingerprints.pop(d) for d in {e.source for e in entries} if d in self._fingerprints
+            ]
             # Shielded: what was taken off the queues must reach the index, or a
             # cancellation arriving before the worker thread starts would drop it.
             with anyio.CancelScope(shield=True):
-                await self.index.call(_write, self.cache_dir, self.owner, entries, released, failures)
+                await self.index.call(
+                    _write, self.cache_dir, self.owner, entries, released, failures, made_by
+                )
 
     async def _renewer(self) -> None:
         while True:
@@ -249,6 +272,7 @@ def _write(
     entries: Sequence[Entry],
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
+    fingerprints: Sequence[tuple[str, str, str]],
 ) -> None:
     """Encode results and write the large ones to files, then commit all to the index.
 
@@ -261,4 +285,4 @@ def _write(
         codec, data = blobs.compress(e.pickled, e.compress_level)
         path = blobs.store(cache_dir, e.version, data)
         encoded.append(Encoded(e, codec, None if path else data, path, len(data)))
-    blobs.remove(cache_dir, index.commit(conn, owner, encoded, released, failures))
+    blobs.remove(cache_dir, index.commit(conn, owner, encoded, released, failures, fingerprints))

@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import anyio
 
 from .._errors import CacheError
-from . import blobs, index, paths
+from . import blobs, files, index, paths
 from .index import ClassSummary as ClassSummary
 from .index import Index, Record
 from .session import read_results
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import AsyncGenerator, Sequence
     from pathlib import Path
+
+    from .files import Inputs
 
 
 @asynccontextmanager
@@ -77,16 +80,31 @@ class Known(NamedTuple):
     records: dict[str, Record]
     times: dict[str, tuple[float, float]]  # (started, finished) of each record's run
     failures: dict[str, str]  # the error of the last run, when it failed
+    made_where: dict[str, str]  # fingerprint (Record.source) -> identity of its class
+    manifests: dict[str, dict[str, str]]  # fingerprint -> what its code was made of
 
 
 async def known(cache_dir: Path, keys: Sequence[str]) -> Known:
     """Return what the index of `cache_dir` knows of `keys` (nothing, when it has no index)."""
     async with open_index(cache_dir) as idx:
         if idx is None:
-            return Known({}, {}, {})
-        records = await idx.call(index.lookup, keys)
-        times, failures = await idx.call(index.times_and_failures, keys)
-    return Known(records, times, failures)
+            return Known({}, {}, {}, {}, {})
+        return await idx.call(_known, keys)
+
+
+def _known(conn: sqlite3.Connection, keys: Sequence[str]) -> Known:
+    records = index.lookup(conn, keys)
+    times, failures = index.times_and_failures(conn, keys)
+    sources = {r.source for r in records.values()}
+    return Known(records, times, failures, index.made_where(conn, sources), index.manifests(conn, sources))
+
+
+async def digest_inputs(cache_dir: Path, paths: Sequence[str]) -> Inputs:
+    """Return the content digests of input files (see `files.py`), kept in the index if it exists."""
+    async with open_index(cache_dir) as idx:
+        if idx is None:
+            return await anyio.to_thread.run_sync(files.digest_inputs, None, paths)
+        return await idx.call(files.digest_inputs, paths)
 
 
 async def summarize(cache_dir: Path) -> list[ClassSummary] | None:
