@@ -91,6 +91,11 @@ class Prefixed(Task, job_prefix=["srun", "-p", "gpu"], retries=0, timeout=None):
         ("timeout", -1),
         ("timeout", "5"),
         ("timeout", True),
+        ("version", ""),
+        ("version", 1.5),
+        ("version", ["2"]),
+        ("hash_includes", "helpers"),
+        ("hash_includes", len),
     ],
 )
 def test_bad_class_keyword_value_is_refused(keyword: str, value: object) -> None:
@@ -126,11 +131,22 @@ def test_unknown_class_keyword_is_refused() -> None:
         {"timeout": 2},
         {"timeout": 0.5},
         {"timeout": None},
+        {"version": "2"},
+        {"version": 3},
+        {"hash_includes": [len, types, 3]},
+        {"hash_includes": ()},
     ],
 )
 def test_good_class_keywords_are_accepted(keywords: dict[str, Any]) -> None:
     cls = types.new_class("GoodOptions", (Task,), keywords)
     assert issubclass(cls, Task)
+
+
+def test_version_and_hash_includes_are_not_inherited() -> None:
+    base = types.new_class("Versioned", (Task,), {"version": 2, "hash_includes": [len]})
+    child = types.new_class("Child", (base,), {})
+    assert (base.__af_options__.version, base.__af_options__.hash_includes) == ("2", (len,))
+    assert (child.__af_options__.version, child.__af_options__.hash_includes) == (None, ())
 
 
 def test_class_keywords_on_module_level_classes() -> None:
