@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import asyncflow
-from asyncflow import Const, RequiresList, SinkTask, Task
+from asyncflow import Const, RequiresList, SinkTask, Task, _keys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -385,3 +385,67 @@ def test_refusal_happens_at_construction_not_at_run() -> None:
     # No run, no event loop: making the task is enough to be told.
     with pytest.raises(TypeError):
         Collect([Echo({1})])
+
+
+# Depth and cycles.
+
+DEPTH = 10_000
+
+
+def test_deeply_nested_lists_are_encoded() -> None:
+    value: Any = []
+    for _ in range(DEPTH):
+        value = [value]
+    task = Echo(value)
+    assert task.__af_key__ == f"{Echo.task_name}({'[' * (DEPTH + 1)}{']' * (DEPTH + 1)})"
+    assert Echo(value) == task
+    assert Const(value).token.startswith("k[[[")
+
+
+def test_deeply_nested_dicts_and_tuples_are_encoded() -> None:
+    value: Any = {}
+    for i in range(DEPTH):
+        value = {"a": value} if i % 2 else (value, i)
+    assert Echo(value) == Echo(value)
+    assert len(echo_key(value)) > 5 * DEPTH
+
+
+def test_deep_nesting_refusal_names_the_path() -> None:
+    value: Any = 1j
+    for _ in range(DEPTH):
+        value = [value]
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        Echo(value)
+    assert "x" + "[0]" * DEPTH in str(info.value)
+
+
+def test_list_that_holds_itself_is_refused() -> None:
+    value: list[Any] = [1]
+    value.append(value)
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        Echo(value)
+    message = str(info.value)
+    assert message.startswith("Echo(")
+    assert "at x[1] (which is x again: it holds itself)" in message
+
+
+def test_cycle_through_dicts_is_refused() -> None:
+    inner: dict[str, Any] = {}
+    value = [0, ({"inner": inner},)]
+    inner["back"] = value
+    with pytest.raises(asyncflow.TaskDefinitionError, match=r"which is x again: it holds itself"):
+        Echo(value)
+    with pytest.raises(_keys.UnsupportedValueError, match=r"holds itself"):
+        _keys.encode(value)
+
+
+def test_value_that_holds_itself_still_has_a_const_token() -> None:
+    # A Const is identified by its pickle when it has no key.
+    value: list[Any] = []
+    value.append(value)
+    assert Const(value).token.startswith("p")
+
+
+def test_shared_values_are_not_cycles() -> None:
+    shared = [1, {"a": 2}]
+    assert echo_key([shared, shared, (shared,)]) == echo_key([[1, {"a": 2}]] * 2 + [([1, {"a": 2}],)])
