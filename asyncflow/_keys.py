@@ -16,6 +16,9 @@ differs from a list, and dict key order does not matter. How each accepted value
   (naive and aware differ), ``datetime.time(...)``, ``datetime.timedelta(days=1)``.
 - An Enum member by class, name and value: ``mod.Colour.RED(1)``; a frozen dataclass or a
   NamedTuple by class and fields: ``mod.Point(x=1, y=2)``.
+- numpy and pandas values, only if the value's type comes from them (this module never
+  imports them): ``numpy.int64(5)``, ``numpy.ndarray(int64, (3,), <digest>)``,
+  ``pandas.DataFrame((3, 2), <digest>)``; a digest covers dtypes, shape, labels and content.
 - A type registered with `register_key`: ``mod.Type(<its encoding, encoded>)``.
 
 A key depends on the value only: never on ``id()``, an address, ``hash()`` (randomised
@@ -42,10 +45,12 @@ T = TypeVar("T")
 
 ACCEPTED = (
     "None, bool, int, float, str, bytes, Decimal, UUID, a Path, a date/time/datetime/timedelta, "
-    "an Enum member, a frozen dataclass or NamedTuple, a list/tuple/set/frozenset "
+    "an Enum member, a frozen dataclass or NamedTuple, numpy/pandas data, a list/tuple/set/frozenset "
     "of those, a dict with str keys, a task or a task item (task['key']); or register a key for "
     "the type with asyncflow.register_key(type, encode)"
 )
+
+_DIGEST_SIZE = 8  # bytes: 16 hex digits; 64 bits keep apart arrays a 48-bit prefix might not
 
 
 class UnsupportedValueError(Exception):
@@ -386,7 +391,16 @@ def _handles(cls: type[object]) -> bool:
     """Return whether asyncflow encodes instances of `cls` itself (those cannot be registered)."""
     if cls in _LEAVES or cls in _OPENERS or _stdlib(cls) is not None:
         return True
-    return cls.__module__.partition(".")[0] == "pathlib" and issubclass(cls, pathlib.PurePath)
+    package = cls.__module__.partition(".")[0]
+    if package == "pathlib":
+        return issubclass(cls, pathlib.PurePath)
+    library = sys.modules.get(package) if package in ("numpy", "pandas") else None
+    if library is None:
+        return False
+    if package == "numpy":
+        return cls is library.ndarray or issubclass(cls, library.generic)
+    handled = (library.Series, library.DataFrame, library.Index, library.Timestamp, library.Timedelta)
+    return issubclass(cls, handled) or cls in (type(library.NA), type(library.NaT))
 
 
 # Encoding.
@@ -501,7 +515,105 @@ def _open_other(value: object, cls: type[object]) -> str | _Frame:
         return _Frame(
             value, children, _join_fields, _step_field, head=type_name(value), labels=[f.name for f in fields]
         )
+    package = cls.__module__.partition(".")[0]
+    if package == "numpy":
+        return _numpy(value)
+    if package == "pandas":
+        return _pandas(value)
     raise UnsupportedValueError(value, "")
+
+
+# numpy and pandas, reached only through a value whose type they define, so both are
+# already imported. Any: neither is a dependency, and either may lack type information.
+
+
+def _digest(pieces: list[bytes]) -> str:
+    """Return a short hex digest of `pieces`, each framed by its length (no two splits collide)."""
+    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    for piece in pieces:
+        h.update(len(piece).to_bytes(8, "little"))
+        h.update(piece)
+    return h.hexdigest()
+
+
+def _nested(value: object, where: str) -> bytes:
+    """Return the canonical text of Python objects inside numpy or pandas data, as bytes."""
+    try:
+        return encode(value).encode()
+    except UnsupportedValueError as exc:
+        raise UnsupportedValueError(exc.value, where + exc.path) from None
+
+
+def _numpy(value: Any) -> str:
+    np: Any = sys.modules.get("numpy")
+    if np is not None and type(value) is np.ndarray:  # not a subclass: a masked array hides values
+        dtype = value.dtype
+        # descr: the byte order and fields, which the name leaves out.
+        pieces = [repr(dtype.descr).encode(), repr(value.shape).encode()]
+        # Python objects are keyed by their canonical text, not by their addresses.
+        pieces.append(_nested(value.tolist(), "") if dtype.hasobject else value.tobytes())
+        return f"numpy.ndarray({dtype.name}, {value.shape!r}, {_digest(pieces)})"
+    if np is not None and isinstance(value, np.generic):
+        dtype = value.dtype
+        if dtype.kind in "mM":  # datetime64, timedelta64: the unit is part of the value
+            return f"numpy.{dtype.name}({str(value)!r})"
+        item = value.item()
+        if type(item) in (bool, int, float, complex, str, bytes):  # exact: not longdouble
+            return f"numpy.{type(value).__name__}({item!r})"
+    raise UnsupportedValueError(value, "")
+
+
+def _pandas(value: Any) -> str:
+    pd: Any = sys.modules.get("pandas")
+    if pd is None:
+        raise UnsupportedValueError(value, "")
+    obj: object = value
+    cls = type(obj)
+    name = f"pandas.{cls.__name__}" if getattr(pd, cls.__name__, None) is cls else type_name(value)
+    if value is pd.NA or value is pd.NaT:
+        return "pandas.NA" if value is pd.NA else "pandas.NaT"
+    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
+        return f"pandas.{value!r}"  # pandas.Timestamp('2024-01-01 00:00:00+0100', tz='Europe/Paris')
+    if isinstance(value, pd.DataFrame):
+        pieces = _pandas_index(pd, value.columns, " columns") + _pandas_index(pd, value.index, " index")
+        for label, column in value.items():
+            pieces += _pandas_values(pd, column, f" column {label!r}")
+        return f"{name}({value.shape!r}, {_digest(pieces)})"
+    if isinstance(value, pd.Series):
+        pieces = [_nested(value.name, " name"), *_pandas_index(pd, value.index, " index")]
+        pieces += _pandas_values(pd, value, " values")
+        return f"{name}({value.dtype}, {value.shape!r}, {_digest(pieces)})"
+    if isinstance(value, pd.Index):
+        return f"{name}({value.dtype}, {value.shape!r}, {_digest(_pandas_index(pd, value, ''))})"
+    raise UnsupportedValueError(value, "")
+
+
+def _pandas_index(pd: Any, index: Any, where: str) -> list[bytes]:
+    """Return the pieces identifying an Index: its type, names and labels."""
+    names = _nested(list(index.names), where + " names")
+    return [type_name(index).encode(), names, *_pandas_values(pd, index, where)]
+
+
+def _pandas_values(pd: Any, data: Any, where: str) -> list[bytes]:
+    """Return the pieces identifying the values of a Series or an Index, with their dtype."""
+    np: Any = sys.modules["numpy"]  # pandas imports it
+    dtype = data.dtype
+    pieces = [str(dtype).encode()]
+    if isinstance(dtype, np.dtype) and not dtype.hasobject:
+        array = data.to_numpy()
+        pieces += [repr(dtype.descr).encode(), array.tobytes()]
+    elif isinstance(dtype, np.dtype):
+        # hash_pandas_object hashes objects by str(): it would take 1 and '1' for one value.
+        pieces.append(_nested(list(data), where))
+    elif isinstance(dtype, pd.CategoricalDtype):
+        categorical = data.array
+        pieces += [repr(categorical.ordered).encode(), categorical.codes.tobytes()]
+        pieces += _pandas_values(pd, categorical.categories, where + " categories")
+    else:  # extension dtypes: strings, nullable numbers, datetimes with a zone...
+        # categorize=True (the default): without it, a missing string hashes like 'nan'.
+        hashes = pd.util.hash_pandas_object(data, index=False)
+        pieces.append(hashes.to_numpy().tobytes())
+    return pieces
 
 
 def token(value: object) -> str:

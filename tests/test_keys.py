@@ -947,3 +947,127 @@ async def test_registered_argument_runs_and_is_reused(cache_dir: Path, registry:
         assert await Rich(Money("EUR", 5)).run(cache_dir=cache_dir) == ((Money("EUR", 5),), {})
         _, stats = await Rich(Money("EUR", 5)).run_with_stats(cache_dir=cache_dir)
     assert stats[Rich.task_name].reused == 1
+
+
+# numpy and pandas, when installed.
+
+
+def test_numpy_scalars_are_keyed_by_type_and_value() -> None:
+    np = pytest.importorskip("numpy")
+    assert _keys.encode(np.int64(5)) == "numpy.int64(5)"
+    assert _keys.encode(np.float64(0.5)) == "numpy.float64(0.5)"
+    assert _keys.encode(np.datetime64("2024-01-02")) == "numpy.datetime64[D]('2024-01-02')"
+    keys = [np.int64(1), np.int32(1), np.float64(1), np.bool_(True), 1, 1.0, True, np.str_("1"), "1"]
+    assert len({_keys.encode(v) for v in keys}) == len(keys)
+    assert _keys.encode(np.datetime64("2024-01-02")) != _keys.encode(np.datetime64("2024-01-02T00:00"))
+
+
+def test_numpy_arrays_are_keyed_by_dtype_shape_and_content() -> None:
+    np = pytest.importorskip("numpy")
+    a = np.arange(6, dtype=np.int64)
+    text = _keys.encode(a)
+    assert text.startswith("numpy.ndarray(int64, (6,), ")
+    assert len(text.rpartition(", ")[2]) == len("0123456789abcdef)")
+    assert _keys.encode(np.arange(6, dtype=np.int64)) == text  # equal content, equal key
+    others = [
+        a.reshape(2, 3),
+        a.astype(np.int32),
+        a.astype(np.float64),
+        a.astype(">i8"),  # the same numbers, other bytes
+        a + 1,
+        a[:5],
+        a.astype(object),
+        a.tolist(),
+    ]
+    assert len({text, *(_keys.encode(o) for o in others)}) == len(others) + 1
+    # Memory layout is not content: a Fortran-ordered copy is the same array.
+    b = np.arange(6.0).reshape(2, 3)
+    assert _keys.encode(np.asfortranarray(b)) == _keys.encode(b)
+
+
+def test_numpy_object_arrays_are_keyed_by_their_items() -> None:
+    np = pytest.importorskip("numpy")
+    assert _keys.encode(np.array([1, "a"], dtype=object)) != _keys.encode(np.array(["1", "a"], dtype=object))
+    with pytest.raises(asyncflow.TaskDefinitionError, match=r"at x\[1\], an object"):
+        Echo(np.array([1, object()], dtype=object))
+
+
+def test_numpy_types_without_a_faithful_key_are_refused() -> None:
+    np = pytest.importorskip("numpy")
+    with pytest.raises(asyncflow.TaskDefinitionError, match=r"MaskedArray"):
+        Echo(np.ma.masked_array([1, 2], mask=[0, 1]))  # a masked array hides values
+
+
+def test_pandas_objects_are_keyed_by_type_labels_dtypes_and_content() -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    text = _keys.encode(frame)
+    assert text.startswith("pandas.DataFrame((2, 2), ")
+    assert _keys.encode(pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})) == text
+    others = [
+        pd.DataFrame({"a": [1, 3], "b": ["x", "y"]}),
+        pd.DataFrame({"a": [1, 2], "c": ["x", "y"]}),
+        pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}),
+        pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}, index=[1, 2]),
+        pd.DataFrame({"b": ["x", "y"], "a": [1, 2]}),
+        frame.astype({"b": "category"}),
+        frame.astype({"b": "string"}),
+    ]
+    assert len({text, *(_keys.encode(o) for o in others)}) == len(others) + 1
+    series = pd.Series([1, 2, 3], name="s")
+    assert _keys.encode(series).startswith("pandas.Series(int64, (3,), ")
+    assert _keys.encode(series) != _keys.encode(series.rename("t"))
+    assert _keys.encode(pd.Index(["a", "b"])).startswith("pandas.Index(")
+    assert _keys.encode(pd.RangeIndex(3)) != _keys.encode(pd.Index([0, 1, 2]))
+
+
+def test_pandas_values_that_hash_alike_keep_apart() -> None:
+    pd = pytest.importorskip("pandas")
+    # hash_pandas_object alone takes both of each pair for one value.
+    pairs = [
+        (pd.Series([1], dtype=object), pd.Series(["1"], dtype=object)),
+        (pd.Series([True], dtype=object), pd.Series(["True"], dtype=object)),
+        (pd.Series(["nan", "a"]), pd.Series([None, "a"])),
+        (pd.Series(["None", "a"], dtype="string"), pd.Series([None, "a"], dtype="string")),
+    ]
+    for left, right in pairs:
+        assert _keys.encode(left) != _keys.encode(right), (left, right)
+
+
+def test_pandas_object_column_with_an_unkeyable_item_names_it() -> None:
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(asyncflow.TaskDefinitionError, match=r"at x column 'a'\[1\], an object"):
+        Echo(pd.DataFrame({"a": [1, object()]}))
+
+
+def pandas_sample() -> object:
+    """numpy and pandas values whose keys must not change between processes."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"n": [1, 2], "s": ["a", None], "o": pd.Series([1, "x"], dtype=object)})
+    return [
+        np.arange(3),
+        frame,
+        frame.set_index("s").index,
+        np.float32(0.25),
+        pd.Timestamp("2024-01-02", tz="UTC"),
+    ]
+
+
+def test_numpy_and_pandas_keys_are_the_same_in_other_processes() -> None:
+    pytest.importorskip("pandas")
+    here = _keys.encode(pandas_sample())
+    assert _key_in_a_process("t.pandas_sample()", "3") == here
+    assert _key_in_a_process("t.pandas_sample()", "4") == here
+
+
+async def test_task_with_numpy_and_pandas_arguments_is_reused(cache_dir: Path) -> None:
+    np = pytest.importorskip("numpy")
+    pd = pytest.importorskip("pandas")
+    with anyio.fail_after(30):
+        _, stats = await Rich(np.arange(3), pd.DataFrame({"a": [1]})).run_with_stats(cache_dir=cache_dir)
+        assert stats[Rich.task_name].run == 1
+        again, stats = await Rich(np.arange(3), pd.DataFrame({"a": [1]})).run_with_stats(cache_dir=cache_dir)
+    assert stats[Rich.task_name].reused == 1
+    assert again[0][0].tolist() == [0, 1, 2]
