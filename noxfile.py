@@ -45,6 +45,9 @@ def tests(session: nox.Session) -> None:
         "nbclient",
         "nbformat",
         "ipykernel",
+        # Optional: keys of numpy and pandas values (tests skip without them).
+        "numpy",
+        "pandas",
     )
     session.run("pytest", *session.posargs)
 

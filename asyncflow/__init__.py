@@ -4,6 +4,10 @@ Define tasks as classes (`build_task` declares upstream tasks, `run_task` comput
 then ``await task.run()`` in any event loop (asyncio or trio) runs only what is stale.
 """
 
+# Absolute, unlike the rest: pyright takes a relative `from ._keys import` as declaring
+# `_keys` here, and then flags `from . import _keys` in _task and _requires as private use.
+from asyncflow._keys import register_key as register_key
+
 from ._errors import AsyncflowError as AsyncflowError
 from ._errors import BuildError as BuildError
 from ._errors import CacheError as CacheError
@@ -68,6 +72,7 @@ __all__ = [
     "TaskLike",
     "WorkflowFailedError",
     "infer_task_type",
+    "register_key",
 ]
 
 __version__ = "0.1.0"

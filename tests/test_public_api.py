@@ -61,6 +61,7 @@ def test_core_names_are_public() -> None:
         "RequiresList",
         "RequiresDict",
         "infer_task_type",
+        "register_key",
         "AsyncflowError",
         "TaskDefinitionError",
         "GraphError",
