@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 ACCEPTED = (
-    "None, bool, int, float, str, bytes, Decimal, UUID, a Path, a date/time/datetime/timedelta, "
+    "None, bool, int, float, str, bytes, Decimal, UUID, a Path, an input File, a date/time/datetime/timedelta, "
     "an Enum member, a frozen dataclass or NamedTuple, numpy/pandas data, a list/tuple/set/frozenset "
     "of those, a dict with str keys, a task or a task item (task['key']); or register a key for "
     "the type with asyncflow.register_key(type, encode)"

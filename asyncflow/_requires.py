@@ -75,13 +75,14 @@ class TaskItem(TaskLike[T_co]):
             base = item.base
         self.base = base
         self.path = path
-        for key in path:  # keys must be hashable in the cache key too
+        for key in path:  # an item is part of a cache key too, and looked up in a result
             try:
                 _keys.encode(key)
-            except _keys.UnsupportedValueError:
+                hash(key)
+            except (_keys.UnsupportedValueError, TypeError):
                 raise TaskDefinitionError(
-                    f"{base!r}[{key!r}]: an item key must be an int, str, float, bool or None, "
-                    f"got {_keys.a_type(key)}"
+                    f"{base!r}[{key!r}]: an item key must be hashable and have a cache key (an int, "
+                    f"str, float, bool, None, a tuple of those, ...), got {_keys.a_type(key)}"
                 ) from None
         base_key: str | None = getattr(base, "__af_key__", None)
         # An item of a Const has no canonical key: it cannot be a task argument.

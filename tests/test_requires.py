@@ -281,6 +281,10 @@ def test_item_reference_repr_and_key() -> None:
 def test_item_key_must_be_keyable() -> None:
     with pytest.raises(TypeError, match=r"Record\(1\)"):
         Record(1)[1j]
+    with pytest.raises(
+        asyncflow.TaskDefinitionError, match=r"Record\(1\)\[\[1\]\]: an item key must be hashable"
+    ):
+        Record(1)[[1]]  # has a cache key, but no result can be indexed by a list
 
 
 async def test_unwrapped_value_as_requirement_is_refused(cache_dir: Path) -> None:
