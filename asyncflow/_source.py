@@ -49,7 +49,7 @@ _OWN_MODULE = "asyncflow._task"  # where asyncflow's own task classes are define
 _CLASS_SKIP = frozenset({
     "__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__annotations__",
     "__orig_bases__", "__parameters__", "__slots__", "__firstlineno__", "__static_attributes__",
-    "__abstractmethods__", "_abc_impl", "__init_subclass__", "__class_getitem__",
+    "__abstractmethods__", "_abc_impl",
     "task_name", "_af_params", "__af_options__", "__af_requires__",
 })  # fmt: skip
 _COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
@@ -237,8 +237,8 @@ class _Walker:
             self._class(obj)
         elif isinstance(obj, types.FunctionType):
             self._function(obj)
-        elif hasattr(obj, "__wrapped__"):  # a decorator's wrapper (lru_cache, wraps...)
-            self._push(obj.__wrapped__)  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownArgumentType]  # checked by hasattr
+        elif _wrapped(obj) is not None:  # a decorator's wrapper (lru_cache, wraps...)
+            self._push(_wrapped(obj))
 
     def _class(self, cls: type) -> None:
         """Hash the user's classes in `cls`'s MRO: attributes here, methods as parts of their own."""
@@ -263,13 +263,14 @@ class _Walker:
 
     def _includes(self, klass: type) -> None:
         """Push what the class's ``hash_includes=[...]`` names (a module: all it defines)."""
-        for extra in _own_options(klass, "hash_includes") or ():
+        includes: tuple[object, ...] = _own_options(klass, "hash_includes") or ()
+        for i, extra in enumerate(includes):
             if isinstance(extra, types.ModuleType):
                 self._module(extra)
             elif callable(extra):
                 self._push(extra)
             else:
-                self.manifest[f"{_name_of(klass)} hash_includes"] = self._value(extra)
+                self.manifest[f"{_name_of(klass)} hash_includes[{i}]"] = self._value(extra)
 
     def _function(self, func: types.FunctionType) -> None:
         if not is_user_module(_module_of(func)):
@@ -339,8 +340,10 @@ class _Walker:
         if isinstance(value, property):
             accessors = (value.fget, value.fset, value.fdel)
             return "property:" + ",".join(self._ref(a, depth + 1) for a in accessors if a is not None)
+        if isinstance(value, functools.cached_property):
+            return "cached_property:" + self._ref(value.func, depth + 1)
         code = _unwrap(value)
-        if inspect.isclass(code) or inspect.isfunction(code) or hasattr(code, "__wrapped__"):
+        if inspect.isclass(code) or inspect.isfunction(code) or _wrapped(code) is not None:
             self._push(code)
             return "code:" + _name_of(code)
         if callable(value) and not is_user_module(_module_of(type(value))):
@@ -351,7 +354,7 @@ class _Walker:
         """Hash a value by its canonical key when it has one, else element by element, else by its type."""
         try:
             encoded = _keys.encode(value)
-        except _keys.UnsupportedValueError:
+        except Exception:  # no key (or a proxy that raises on any attribute): by its type
             pass
         else:
             return _digest(encoded)
@@ -365,6 +368,17 @@ class _Walker:
         if is_user_module(kind.__module__):
             self._push(kind)
         return "type:" + _name_of(kind)
+
+
+def _wrapped(value: object) -> object | None:
+    """Return what a decorator's wrapper wraps (``__wrapped__``), or None.
+
+    Any error counts as none: some objects (proxies) raise on every attribute.
+    """
+    try:
+        return getattr(value, "__wrapped__", None)
+    except Exception:
+        return None
 
 
 def _unwrap(value: object) -> object:

@@ -427,3 +427,46 @@ def test_an_edited_taskfile_module_reruns_its_class_in_process(tmp_path: Path, c
     v1b = load_taskfile(path, TASKFILE_TEMPLATE.format(leaf_op="+ 2", comment=""))
     _, stats = v1b.Root().run_graph_with_stats(cache_dir=cache_dir)
     assert stats.run == 2
+
+
+def test_odd_objects_do_not_break_a_fingerprint() -> None:
+    # A proxy raising on any attribute (as werkzeug's LocalProxy does out of context),
+    # a cached_property, a class's own __init_subclass__: all are walked without error.
+    source = """
+        import functools
+        from asyncflow import Task
+
+        class Proxy:
+            def __getattr__(self, name):
+                raise RuntimeError("working outside of a request")
+
+        REQUEST = Proxy()
+
+        class Base(Task):
+            def __init_subclass__(cls, **kwargs):
+                super().__init_subclass__(**kwargs)
+                cls.marker = 1
+
+        class Odd(Base):
+            def build_task(self) -> None:
+                pass
+
+            @functools.cached_property
+            def size(self) -> int:
+                return 1
+
+            def run_task(self) -> object:
+                return REQUEST, self.size
+        """
+    module = _module("af_test_odd", source)
+    try:
+        first = fingerprint(module.Odd)
+        assert "af_test_odd.Odd.size" in first.manifest  # the cached_property's function
+        assert "af_test_odd.Base.__init_subclass__" in first.manifest
+        edited = _module("af_test_odd", source.replace("return 1", "return 2"))
+        assert (
+            what_changed(first.manifest, fingerprint(edited.Odd).manifest)
+            == "code changed: af_test_odd.Odd.size"
+        )
+    finally:
+        del sys.modules["af_test_odd"]
