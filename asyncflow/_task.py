@@ -7,6 +7,7 @@ recurse on the Python stack.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 import shutil
@@ -77,8 +78,11 @@ def _install_requirements(cls: type) -> None:
 class _Params:
     """The parameters of a class's `build_task`, for binding and encoding arguments fast."""
 
-    def __init__(self, cls: type) -> None:
-        self.signature = inspect.signature(cls.build_task)  # type: ignore[attr-defined]
+    def __init__(self, cls: type[Task[Any, Any]]) -> None:
+        self.cls = cls
+        # Without a build_task of its own (Task's takes anything), a class takes no arguments.
+        self.undefined = cls.build_task is vars(Task)["build_task"]
+        self.signature = inspect.signature(_no_build_task if self.undefined else cls.build_task)
         params = list(self.signature.parameters.values())[1:]  # drop self
         self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         self.names = [p.name for p in params]
@@ -103,6 +107,8 @@ class _Params:
         self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> list[tuple[str, object, bool]]:
         """Bind a call to `build_task`'s parameters: ``(name, value, keyword-only)`` each."""
+        if self.undefined:  # and given arguments: the fast path in `encode` took the others
+            raise TaskDefinitionError(_no_build_task_message(self.cls, args, kwargs))
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
@@ -120,6 +126,41 @@ class _Params:
             else:
                 out.append((name, value, kind is inspect.Parameter.KEYWORD_ONLY))
         return out
+
+
+def _no_build_task(self: object) -> None:
+    """The parameters of a class that defines no build_task: none."""
+
+
+def _no_build_task_message(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    name = cls.__qualname__
+    shown = ", ".join([*map(_safe_repr, args), *(f"{k}={_safe_repr(v)}" for k, v in kwargs.items())])
+    message = f"{name}({shown}): class {name} defines no build_task, so it takes no arguments"
+    misspelled = _misspelled_build_task(cls)
+    if misspelled is None:
+        return message + "; define build_task(self, ...) to take them"
+    return message + f"; is its method {misspelled} a misspelled build_task? Rename it build_task"
+
+
+def _misspelled_build_task(cls: type) -> str | None:
+    """Return a method of `cls` (name and parameters) whose name looks like ``build_task``."""
+    for klass in cls.__mro__:
+        if klass.__module__ == __name__:  # Task, SourceTask, SinkTask: ours, not the user's
+            break
+        for name, value in vars(klass).items():
+            if inspect.isfunction(value) and not name.startswith("__") and _looks_like_build_task(name):
+                return f"{name}{inspect.signature(value)}"
+    return None
+
+
+def _looks_like_build_task(name: str) -> bool:
+    """Tell whether `name` could be build_task mistyped: build, buildtask, bulid_task, ..."""
+    flat = name.lower().replace("_", "")
+    return (
+        "build" in flat
+        or difflib.SequenceMatcher(None, flat, "buildtask").ratio() >= 0.75
+        or difflib.SequenceMatcher(None, flat, "build").ratio() >= 0.8
+    )
 
 
 class Task(TaskLike[R], Generic[P, R]):
