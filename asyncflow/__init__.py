@@ -15,6 +15,7 @@ from ._errors import MissingRequirementError as MissingRequirementError
 from ._errors import OptionError as OptionError
 from ._errors import TaskDefinitionError as TaskDefinitionError
 from ._errors import TaskFailedError as TaskFailedError
+from ._errors import UndeclaredRequirementError as UndeclaredRequirementError
 from ._errors import WorkflowFailedError as WorkflowFailedError
 from ._options import CacheOptions as CacheOptions
 from ._options import RunOptions as RunOptions
@@ -62,6 +63,7 @@ __all__ = [
     "TaskFailedError",
     "TaskItem",
     "TaskLike",
+    "UndeclaredRequirementError",
     "WorkflowFailedError",
     "infer_task_type",
 ]

@@ -5,7 +5,8 @@ AsyncflowError
 ├── TaskDefinitionError (also TypeError)    bad class keyword, unsupported argument type,
 │                                           unreadable class source
 ├── OptionError (also ValueError)           unknown run option, bad value, bad Slurm/Host
-├── GraphError                              CycleError, MissingRequirementError, BuildError
+├── GraphError                              CycleError, MissingRequirementError, BuildError,
+│                                           UndeclaredRequirementError
 ├── TaskFailedError                         .task, .command, .returncode, .stderr_tail
 ├── WorkflowFailedError (ExceptionGroup)    every failure under on_error="continue"
 ├── CacheError                              unreadable, damaged or newer cache
@@ -57,6 +58,15 @@ class BuildError(GraphError):
 
 class MissingRequirementError(GraphError):
     """A requirement declared on a task class was left unset by `build_task`."""
+
+    def __init__(self, message: str, *, task: str, attribute: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.attribute = attribute
+
+
+class UndeclaredRequirementError(GraphError):
+    """A task keeps tasks in an attribute that is not a declared requirement: no dependency."""
 
     def __init__(self, message: str, *, task: str, attribute: str) -> None:
         super().__init__(message)

@@ -32,7 +32,7 @@ from ._requires import REQUIRES_KINDS, Requirement, TaskLike, clear_values, set_
 from ._sync import run_blocking
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable, Iterable
     from pathlib import Path
 
     from ._stats import RunStats
@@ -248,6 +248,29 @@ class Task(TaskLike[R], Generic[P, R]):
             self.build_task(*state["_af_args"], **state.get("_af_kwargs", _NO_KEYWORDS))
             state["_af_built"] = True
 
+    def __af_undeclared__(self) -> tuple[str, str, str] | None:
+        """Find an attribute holding task-likes that is not a declared requirement.
+
+        Looks at the instance dict once built, and one level into lists, tuples, sets and
+        dict values (never deeper: this runs for every node of graphs of 100,000).
+
+        Returns:
+            ``(attribute, what it holds, the declaration to write)``, or None.
+        """
+        state: dict[str, object] = self.__dict__
+        for name, value in state.items():
+            # By exact type: cheaper than a failing isinstance, and this runs for every node.
+            container = _CONTAINERS.get(type(value))
+            if container is None:
+                if isinstance(value, TaskLike):
+                    return name, f"{value!r}", f"{name}: Requires[...]"
+            elif not name.startswith(_OWN):  # `_af_args` holds the arguments, tasks included
+                elements, declaration = container
+                for item in elements(value):
+                    if isinstance(item, TaskLike):
+                        return name, f"{_keys.a_type(value)} containing {item!r}", f"{name}: {declaration}"
+        return None
+
     def __af_enter__(self, values: dict[str, Any], cache_dir: Path) -> None:
         """Prepare an attempt of the body: requirements read as `values`, a fresh `task_directory`."""
         set_values(self, values)
@@ -353,6 +376,16 @@ class Task(TaskLike[R], Generic[P, R]):
 
 
 _NO_KEYWORDS: dict[str, Any] = {}
+_OWN = ("_af_", "__af_")  # this module's keys in a task's instance dict (`_af_args` is a tuple)
+# The containers an undeclared attribute is looked into (one level): their elements, and
+# the requirement to declare instead (a set has no order: a requirement keeps one).
+_CONTAINERS: dict[type, tuple[Callable[[Any], Iterable[object]], str]] = {
+    list: (iter, "RequiresList[...]"),
+    tuple: (iter, "RequiresList[...]"),
+    set: (iter, "RequiresList[...], assigned a list"),
+    frozenset: (iter, "RequiresList[...], assigned a list"),
+    dict: (lambda d: d.values(), "RequiresDict[...]"),
+}
 
 
 def _rebuild(cls: type[Task[Any, Any]], state: dict[str, Any]) -> Task[Any, Any]:
