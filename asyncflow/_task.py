@@ -259,16 +259,20 @@ class Task(TaskLike[R], Generic[P, R]):
         """
         state: dict[str, object] = self.__dict__
         for name, value in state.items():
-            # By exact type: cheaper than a failing isinstance, and this runs for every node.
-            container = _CONTAINERS.get(type(value))
+            kind = type(value)
+            # Plain values (most entries) by exact type, sparing a failing isinstance: this
+            # runs for every node. `_af_*` entries are ours (`_af_args` holds tasks passed as arguments).
+            if kind in _PLAIN or name.startswith(_OWN):
+                continue
+            container = _CONTAINERS.get(kind)
             if container is None:
                 if isinstance(value, TaskLike):
                     return name, f"{value!r}", f"{name}: Requires[...]"
-            elif not name.startswith(_OWN):  # `_af_args` holds the arguments, tasks included
-                elements, declaration = container
-                for item in elements(value):
-                    if isinstance(item, TaskLike):
-                        return name, f"{_keys.a_type(value)} containing {item!r}", f"{name}: {declaration}"
+                continue
+            elements, declaration = container
+            for item in elements(value):
+                if isinstance(item, TaskLike):
+                    return name, f"{_keys.a_type(value)} containing {item!r}", f"{name}: {declaration}"
         return None
 
     def __af_enter__(self, values: dict[str, Any], cache_dir: Path) -> None:
@@ -376,7 +380,8 @@ class Task(TaskLike[R], Generic[P, R]):
 
 
 _NO_KEYWORDS: dict[str, Any] = {}
-_OWN = ("_af_", "__af_")  # this module's keys in a task's instance dict (`_af_args` is a tuple)
+_OWN = ("_af_", "__af_")  # this module's keys in a task's instance dict
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 # The containers an undeclared attribute is looked into (one level): their elements, and
 # the requirement to declare instead (a set has no order: a requirement keeps one).
 _CONTAINERS: dict[type, tuple[Callable[[Any], Iterable[object]], str]] = {
