@@ -149,7 +149,9 @@ def _misspelled_build_task(cls: type) -> str | None:
             break
         for name, value in vars(klass).items():
             if inspect.isfunction(value) and not name.startswith("__") and _looks_like_build_task(name):
-                return f"{name}{inspect.signature(value)}"
+                signature = inspect.signature(value)
+                bare = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+                return f"{name}{signature.replace(parameters=bare, return_annotation=signature.empty)}"
     return None
 
 
