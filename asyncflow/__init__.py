@@ -20,6 +20,7 @@ from ._errors import MissingRequirementError as MissingRequirementError
 from ._errors import OptionError as OptionError
 from ._errors import TaskDefinitionError as TaskDefinitionError
 from ._errors import TaskFailedError as TaskFailedError
+from ._errors import UndeclaredRequirementError as UndeclaredRequirementError
 from ._errors import WorkflowFailedError as WorkflowFailedError
 from ._file import File as File
 from ._options import CacheOptions as CacheOptions
@@ -70,6 +71,7 @@ __all__ = [
     "TaskFailedError",
     "TaskItem",
     "TaskLike",
+    "UndeclaredRequirementError",
     "WorkflowFailedError",
     "infer_task_type",
     "register_key",

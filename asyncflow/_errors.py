@@ -6,7 +6,7 @@ AsyncflowError
 │                                           unreadable class source
 ├── OptionError (also ValueError)           unknown run option, bad value, bad Slurm/Host
 ├── GraphError                              CycleError, MissingRequirementError, BuildError,
-│                                           InputFileError
+│                                           UndeclaredRequirementError, InputFileError
 ├── TaskFailedError                         .task, .command, .returncode, .stderr_tail
 ├── WorkflowFailedError (ExceptionGroup)    every failure under on_error="continue"
 ├── CacheError                              unreadable, damaged or newer cache
@@ -16,8 +16,8 @@ AsyncflowError
 ```
 
 Facts are attributes, so callers never parse messages; the first line of each
-message stands alone. `UsageError` is the command line's own (exit status 2), not
-asyncflow's API.
+message stands alone. `UsageError` is the command line's own (exit status 2), and
+`UnstorableResultError` the runners' word to the scheduler; neither is asyncflow's API.
 """
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ class BuildError(GraphError):
 
 class MissingRequirementError(GraphError):
     """A requirement declared on a task class was left unset by `build_task`."""
+
+    def __init__(self, message: str, *, task: str, attribute: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.attribute = attribute
+
+
+class UndeclaredRequirementError(GraphError):
+    """A task keeps tasks in an attribute that is not a declared requirement: no dependency."""
 
     def __init__(self, message: str, *, task: str, attribute: str) -> None:
         super().__init__(message)
@@ -164,6 +173,15 @@ class GraphvizError(AsyncflowError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class UnstorableResultError(AsyncflowError):
+    """A body returned a value the cache cannot store; the scheduler reports a `TaskFailedError`.
+
+    Raised where the body ran, perhaps in another process, and never retried: the body
+    would return the same kind of value again. Its one argument is the message, so it
+    pickles (the errors above with keyword-only arguments do not) and crosses processes.
+    """
 
 
 class UsageError(Exception):

@@ -1,16 +1,16 @@
 """Expand a root task into nodes and edges with an explicit work-list. No I/O here.
 
 Every `build_task` runs once per distinct node (same class and arguments = same node),
-before anything runs. Unset requirements, builds that raise and cycles are reported
-here, naming the task and the attribute. Nothing recurses on the Python stack, so a
-chain 10,000 deep builds like a fan-out of 100,000.
+before anything runs. Unset requirements, tasks kept in undeclared attributes, builds
+that raise and cycles are reported here, naming the task and the attribute. Nothing
+recurses on the Python stack, so a chain 10,000 deep builds like a fan-out of 100,000.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import BuildError, CycleError, MissingRequirementError
+from ._errors import BuildError, CycleError, MissingRequirementError, UndeclaredRequirementError
 from ._requires import Const, requirements_of, sources_of
 
 if TYPE_CHECKING:
@@ -95,6 +95,15 @@ def _build(task: Task[Any, Any]) -> dict[str, Any]:
                 task=repr(task),
                 attribute=name,
             )
+    undeclared = task.__af_undeclared__()
+    if undeclared is not None:
+        name, held, declaration = undeclared
+        raise UndeclaredRequirementError(
+            f"{task!r}: attribute {name!r} holds {held} but is not a declared requirement, so "
+            f"run_task would read it as it is, not the result it stands for; declare it: {declaration}",
+            task=repr(task),
+            attribute=name,
+        )
     return reqs
 
 
@@ -104,6 +113,7 @@ def build_graph(root: Task[Any, Any]) -> Graph:
     Raises:
         BuildError: a `build_task` raised; the original is the ``__cause__``.
         MissingRequirementError: a declared requirement was left unset.
+        UndeclaredRequirementError: a task keeps tasks in an attribute that is not a requirement.
         CycleError: tasks require each other in a cycle.
     """
     root_node = Node(root)

@@ -7,7 +7,7 @@ body runs, reading one gives the resolved value. No I/O here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from typing_extensions import Self
 
@@ -36,6 +36,39 @@ class TaskLike(Generic[T_co]):
     def __getitem__(self, key: Any) -> TaskItem[Any]:
         """Refer to ``result[key]`` of this task (chainable: ``t["a"][0]``)."""
         return TaskItem(self, (key,))
+
+    def __iter__(self) -> NoReturn:
+        """Refuse iteration (and ``in``, unpacking, ``list()``): a task is not its result."""
+        # Without this, `__getitem__` makes Python iterate t[0], t[1], ... forever, each a
+        # new item, until the process runs out of memory.
+        raise TaskDefinitionError(_not_iterable(self))
+
+    def __contains__(self, value: object) -> NoReturn:
+        """Refuse ``in``, as iteration (Python would replace `__iter__`'s TypeError by its own)."""
+        raise TaskDefinitionError(_not_iterable(self))
+
+
+def _not_iterable(obj: TaskLike[Any]) -> str:
+    """Say why `obj` cannot be iterated, and what to write instead."""
+    if isinstance(obj, TaskItem):
+        base, path = obj.base, "".join(f"[{k!r}]" for k in obj.path)
+    else:
+        base, path = obj, ""
+    if isinstance(base, Const):
+        # A Const's value is ready, but iterating a Const does not iterate it: a Const
+        # stands where a task could, and code that iterated it would break the day a task
+        # took its place. The value is at hand, so point there.
+        return (
+            f"{obj!r} is not its value, so it cannot be iterated: a requirement's value exists "
+            f"only in run_task. This one is ready: iterate {base!r}.value{path}"
+        )
+    what = "is a task, not its result" if not path else f"stands for an item of {base!r}'s result"
+    result = f"await {base!r}.run()" if not path else f"(await {base!r}.run()){path}"
+    return (
+        f"{obj!r} {what}, so it cannot be iterated: a requirement's value exists only in "
+        f"run_task. To fan out over it, run the task first and pass the items as arguments "
+        f"(items = {result}; [YourTask(x) for x in items]), or iterate it in run_task"
+    )
 
 
 class Const(TaskLike[T_co]):

@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from ._cache.session import CacheSession, Entry, open_session
-from ._errors import TaskFailedError, WorkflowFailedError
+from ._errors import TaskFailedError, UnstorableResultError, WorkflowFailedError
 from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, Node
 from ._limits import Channel, Limits
 from ._plan import add_inputs, is_current, node_signature, plan, prepare
@@ -449,7 +449,10 @@ class _Scheduler:
                     with anyio.fail_after(options.timeout):
                         outcome = await runner.run(task)
             except Exception as exc:
-                if attempt >= options.retries:
+                if isinstance(exc, UnstorableResultError):  # the same value again: no retry
+                    raise TaskFailedError(f"{task!r} {exc}", task=repr(task)) from exc.__cause__
+                # A job's failure carries its worker's UnstorableResultError as the cause.
+                if attempt >= options.retries or isinstance(exc.__cause__, UnstorableResultError):
                     if isinstance(exc, TaskFailedError):  # a runner's own, with its facts
                         raise
                     raise _failure(task, exc, options.timeout, attempt) from exc

@@ -7,6 +7,7 @@ recurse on the Python stack.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 import shutil
@@ -32,7 +33,7 @@ from ._requires import REQUIRES_KINDS, Requirement, TaskLike, clear_values, set_
 from ._sync import run_blocking
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable, Iterable
     from pathlib import Path
 
     from ._stats import RunStats
@@ -78,8 +79,11 @@ def _install_requirements(cls: type) -> None:
 class _Params:
     """The parameters of a class's `build_task`, for binding and encoding arguments fast."""
 
-    def __init__(self, cls: type) -> None:
-        self.signature = inspect.signature(cls.build_task)  # type: ignore[attr-defined]
+    def __init__(self, cls: type[Task[Any, Any]]) -> None:
+        self.cls = cls
+        # Without a build_task of its own (Task's takes anything), a class takes no arguments.
+        self.undefined = cls.build_task is vars(Task)["build_task"]
+        self.signature = inspect.signature(_no_build_task if self.undefined else cls.build_task)
         params = list(self.signature.parameters.values())[1:]  # drop self
         self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         self.names = [p.name for p in params]
@@ -104,6 +108,8 @@ class _Params:
         self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> list[tuple[str, object, bool]]:
         """Bind a call to `build_task`'s parameters: ``(name, value, keyword-only)`` each."""
+        if self.undefined:  # and given arguments: the fast path in `encode` took the others
+            raise TaskDefinitionError(_no_build_task_message(self.cls, args, kwargs))
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
@@ -121,6 +127,43 @@ class _Params:
             else:
                 out.append((name, value, kind is inspect.Parameter.KEYWORD_ONLY))
         return out
+
+
+def _no_build_task(self: object) -> None:
+    """The parameters of a class that defines no build_task: none."""
+
+
+def _no_build_task_message(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    name = cls.__qualname__
+    shown = ", ".join([*map(_safe_repr, args), *(f"{k}={_safe_repr(v)}" for k, v in kwargs.items())])
+    message = f"{name}({shown}): class {name} defines no build_task, so it takes no arguments"
+    misspelled = _misspelled_build_task(cls)
+    if misspelled is None:
+        return message + "; define build_task(self, ...) to take them"
+    return message + f"; is its method {misspelled} a misspelled build_task? Rename it build_task"
+
+
+def _misspelled_build_task(cls: type) -> str | None:
+    """Return a method of `cls` (name and parameters) whose name looks like ``build_task``."""
+    for klass in cls.__mro__:
+        if klass.__module__ == __name__:  # Task, SourceTask, SinkTask: ours, not the user's
+            break
+        for name, value in vars(klass).items():
+            if inspect.isfunction(value) and not name.startswith("__") and _looks_like_build_task(name):
+                signature = inspect.signature(value)
+                bare = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+                return f"{name}{signature.replace(parameters=bare, return_annotation=signature.empty)}"
+    return None
+
+
+def _looks_like_build_task(name: str) -> bool:
+    """Tell whether `name` could be build_task mistyped: build, buildtask, bulid_task, ..."""
+    flat = name.lower().replace("_", "")
+    return (
+        "build" in flat
+        or difflib.SequenceMatcher(None, flat, "buildtask").ratio() >= 0.75
+        or difflib.SequenceMatcher(None, flat, "build").ratio() >= 0.8
+    )
 
 
 class Task(TaskLike[R], Generic[P, R]):
@@ -215,6 +258,33 @@ class Task(TaskLike[R], Generic[P, R]):
         if not state.get("_af_built"):
             self.build_task(*state["_af_args"], **state.get("_af_kwargs", _NO_KEYWORDS))
             state["_af_built"] = True
+
+    def __af_undeclared__(self) -> tuple[str, str, str] | None:
+        """Find an attribute holding task-likes that is not a declared requirement.
+
+        Looks at the instance dict once built, and one level into lists, tuples, sets and
+        dict values (never deeper: this runs for every node of graphs of 100,000).
+
+        Returns:
+            ``(attribute, what it holds, the declaration to write)``, or None.
+        """
+        state: dict[str, object] = self.__dict__
+        for name, value in state.items():
+            kind = type(value)
+            # Plain values (most entries) by exact type, sparing a failing isinstance: this
+            # runs for every node. `_af_*` entries are ours (`_af_args` holds tasks passed as arguments).
+            if kind in _PLAIN or name.startswith(_OWN):
+                continue
+            container = _CONTAINERS.get(kind)
+            if container is None:
+                if isinstance(value, TaskLike):
+                    return name, f"{value!r}", f"{name}: Requires[...]"
+                continue
+            elements, declaration = container
+            for item in elements(value):
+                if isinstance(item, TaskLike):
+                    return name, f"{_keys.a_type(value)} containing {item!r}", f"{name}: {declaration}"
+        return None
 
     def __af_enter__(self, values: dict[str, Any], cache_dir: Path) -> None:
         """Prepare an attempt of the body: requirements read as `values`, a fresh `task_directory`."""
@@ -321,6 +391,17 @@ class Task(TaskLike[R], Generic[P, R]):
 
 
 _NO_KEYWORDS: dict[str, Any] = {}
+_OWN = ("_af_", "__af_")  # this module's keys in a task's instance dict
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+# The containers an undeclared attribute is looked into (one level): their elements, and
+# the requirement to declare instead (a set has no order: a requirement keeps one).
+_CONTAINERS: dict[type, tuple[Callable[[Any], Iterable[object]], str]] = {
+    list: (iter, "RequiresList[...]"),
+    tuple: (iter, "RequiresList[...]"),
+    set: (iter, "RequiresList[...], assigned a list"),
+    frozenset: (iter, "RequiresList[...], assigned a list"),
+    dict: (lambda d: d.values(), "RequiresDict[...]"),
+}
 
 
 def _rebuild(cls: type[Task[Any, Any]], state: dict[str, Any]) -> Task[Any, Any]:

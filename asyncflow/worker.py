@@ -24,8 +24,8 @@ from pathlib import Path
 
 import anyio
 
-from ._cache import blobs
 from ._runners import payload
+from ._runners.base import pickle_result
 
 USAGE = "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR"
 HANGUP = 129  # exit status when stdin ends first (128 + SIGHUP, as a hung-up terminal gives)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         value = anyio.run(task.run_task) if inspect.iscoroutinefunction(task.run_task) else task.run_task()
-        pickled = blobs.dumps(value)
+        pickled = pickle_result(value)
     except BaseException as exc:  # reported to the parent, whatever it is
         traceback.print_exc()
         payload.write_answer(job, payload.failure(exc))

@@ -189,6 +189,95 @@ def test_unset_requirement_from_the_sync_twin(cache_dir: Path) -> None:
     assert ran(tag) == []
 
 
+# Tasks in attributes that are not declared requirements.
+
+HELD: dict[str, Any] = {
+    "task": lambda: Marker("held"),
+    "item": lambda: Marker("held")["x"],
+    "const": lambda: Const(1),
+    "list": lambda: [1, Marker("held")],
+    "tuple": lambda: (Marker("held"),),
+    "set": lambda: {Marker("held")},
+    "dict": lambda: {"a": 1, "b": Marker("held")},
+}
+
+
+class Undeclared(Task):
+    """Keeps a task-like (or a container of them) in an attribute it did not declare."""
+
+    done: Requires[str]
+
+    def build_task(self, tag: str, how: str) -> None:
+        self.done = Marker(tag)
+        self.label = tag  # plain values and containers of them are fine
+        self.sizes = {"a": [1, 2]}
+        self.data = HELD[how]()
+
+    async def run_task(self) -> str:
+        return self.done
+
+
+class AboveUndeclared(SinkTask[[str, str]]):
+    below: Requires[str]
+
+    def build_task(self, tag: str, how: str) -> None:
+        self.below = Undeclared(tag, how)
+
+
+class Passes(Task):
+    """Takes a task as an argument and declares it: the arguments are not attributes."""
+
+    up: Requires[str]
+
+    def build_task(self, up: Task[Any, str]) -> None:
+        self.up = up
+
+    async def run_task(self) -> str:
+        return self.up
+
+
+@pytest.mark.parametrize(
+    ("how", "held", "declaration"),
+    [
+        ("task", "Marker('held')", "data: Requires[...]"),
+        ("item", "Marker('held')['x']", "data: Requires[...]"),
+        ("const", "Const(1)", "data: Requires[...]"),
+        ("list", "a list containing Marker('held')", "data: RequiresList[...]"),
+        ("tuple", "a tuple containing Marker('held')", "data: RequiresList[...]"),
+        ("set", "a set containing Marker('held')", "data: RequiresList[...], assigned a list"),
+        ("dict", "a dict containing Marker('held')", "data: RequiresDict[...]"),
+    ],
+)
+async def test_undeclared_attribute_holding_tasks(
+    cache_dir: Path, how: str, held: str, declaration: str
+) -> None:
+    task = Undeclared("t", how)
+    with anyio.fail_after(30), pytest.raises(asyncflow.UndeclaredRequirementError) as info:
+        await task.run(cache_dir=cache_dir)
+    error = info.value
+    assert isinstance(error, asyncflow.GraphError)
+    assert error.task == "Undeclared('t', " + repr(how) + ")"
+    assert error.attribute == "data"
+    assert str(error) == (
+        f"{error.task}: attribute 'data' holds {held} but is not a declared requirement, so run_task "
+        f"would read it as it is, not the result it stands for; declare it: {declaration}"
+    )
+
+
+async def test_undeclared_attribute_deep_in_the_graph(cache_dir: Path) -> None:
+    tag = str(cache_dir)
+    with anyio.fail_after(30), pytest.raises(asyncflow.UndeclaredRequirementError) as info:
+        await AboveUndeclared(tag, "list").run(cache_dir=cache_dir)
+    assert info.value.task == repr(Undeclared(tag, "list"))
+    assert ran(tag) == []  # refused while the graph is built: nothing ran
+
+
+async def test_a_task_argument_is_not_an_undeclared_attribute(cache_dir: Path) -> None:
+    tag = str(cache_dir)
+    with anyio.fail_after(30):
+        assert await Passes(Marker(tag)).run(cache_dir=cache_dir) == tag
+
+
 # Cycles.
 
 

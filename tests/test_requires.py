@@ -15,6 +15,7 @@ from .test_task import ListOf, Num, Record
 from .workflows import runs
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -188,6 +189,45 @@ class BadAssignment(Task):
         return self.a
 
 
+class Listing(Task):
+    async def run_task(self) -> dict[str, list[str]]:
+        return {"files": ["a", "b"]}
+
+
+class Process(Task):
+    def build_task(self, name: str) -> None:
+        self.name = name
+
+    async def run_task(self) -> str:
+        return self.name.upper()
+
+
+class FanOutInBuild(Task):
+    """The mistake: iterating an upstream result in build_task, where it does not exist yet."""
+
+    files: Requires[list[str]]
+    done: RequiresList[str]
+
+    def build_task(self) -> None:
+        self.files = Listing()["files"]
+        self.done = [Process(f) for f in self.files]
+
+    async def run_task(self) -> list[str]:
+        return self.done
+
+
+class FanOut(Task):
+    """The fix: the items are arguments, from a run of the upstream task."""
+
+    done: RequiresList[str]
+
+    def build_task(self, files: list[str]) -> None:
+        self.done = [Process(f) for f in files]
+
+    async def run_task(self) -> list[str]:
+        return self.done
+
+
 # Requirements.
 
 
@@ -302,3 +342,86 @@ def test_requirement_with_a_non_req_default_is_refused() -> None:
 
     with pytest.raises(asyncflow.TaskDefinitionError, match=r"BadDefault\.a"):
         types.new_class("BadDefault", (Task,), {}, body)
+
+
+# Iterating a task-like is refused at once (it used to loop forever, growing memory).
+
+
+@pytest.fixture
+def endless_iteration_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make Python's fallback iteration through __getitem__ fail fast instead of eating memory.
+
+    Without `__iter__`, `for x in task` calls task[0], task[1], ... forever: a regression
+    must fail the test at once, not hang it or exhaust the machine's memory.
+    """
+
+    def guarded(original: Any) -> Any:
+        def getitem(self: Any, key: Any) -> Any:
+            if isinstance(key, int) and key >= 100:
+                raise AssertionError(f"{self!r} is being iterated through __getitem__ ({key})")
+            return original(self, key)
+
+        return getitem
+
+    monkeypatch.setattr(asyncflow.TaskItem, "__getitem__", guarded(asyncflow.TaskItem.__getitem__))
+    monkeypatch.setattr(Task, "__getitem__", guarded(Task.__getitem__))
+    monkeypatch.setattr(Const, "__getitem__", guarded(Const.__getitem__))
+
+
+ITERATIONS: dict[str, Callable[[Any], object]] = {
+    "for": lambda t: [x for x in t],  # noqa: C416 - the spelling under test
+    "list": list,
+    "in": lambda t: "a" in t,
+    "unpacking": lambda t: (*t,),
+    "assignment": lambda t: [a for a, _ in [t]],
+}
+
+
+@pytest.mark.usefixtures("endless_iteration_fails")
+@pytest.mark.parametrize("iterate", ITERATIONS.values(), ids=list(ITERATIONS))
+def test_iterating_a_task_is_refused(iterate: Callable[[Any], object]) -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        iterate(Listing())
+    assert isinstance(info.value, TypeError)
+    message = str(info.value)
+    assert message.startswith("Listing() is a task, not its result, so it cannot be iterated: ")
+    assert "a requirement's value exists only in run_task" in message
+    assert "items = await Listing().run(); [YourTask(x) for x in items]" in message
+
+
+@pytest.mark.usefixtures("endless_iteration_fails")
+@pytest.mark.parametrize("iterate", ITERATIONS.values(), ids=list(ITERATIONS))
+def test_iterating_a_task_item_is_refused(iterate: Callable[[Any], object]) -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        iterate(Listing()["files"])
+    message = str(info.value)
+    assert message.startswith("Listing()['files'] stands for an item of Listing()'s result, so it")
+    assert "items = (await Listing().run())['files']" in message
+
+
+@pytest.mark.usefixtures("endless_iteration_fails")
+@pytest.mark.parametrize("iterate", ITERATIONS.values(), ids=list(ITERATIONS))
+def test_iterating_a_const_points_at_its_value(iterate: Callable[[Any], object]) -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError, match=r"iterate Const\(\['a', 'b'\]\)\.value$"):
+        iterate(Const(["a", "b"]))
+    with pytest.raises(
+        asyncflow.TaskDefinitionError, match=r"iterate Const\(\{'k': \[1\]\}\)\.value\['k'\]$"
+    ):
+        iterate(Const({"k": [1]})["k"])
+
+
+@pytest.mark.usefixtures("endless_iteration_fails")
+async def test_iterating_a_requirement_in_build_task_fails_the_build(cache_dir: Path) -> None:
+    with anyio.fail_after(30), pytest.raises(asyncflow.BuildError) as info:
+        await FanOutInBuild().run(cache_dir=cache_dir)
+    assert str(info.value).startswith(
+        "FanOutInBuild(): build_task raised TaskDefinitionError: Listing()['files']"
+    )
+    assert isinstance(info.value.__cause__, asyncflow.TaskDefinitionError)
+
+
+async def test_fan_out_over_a_result_run_first(cache_dir: Path) -> None:
+    # What the message says to write instead.
+    with anyio.fail_after(30):
+        files = (await Listing().run(cache_dir=cache_dir))["files"]
+        assert await FanOut(files).run(cache_dir=cache_dir) == ["A", "B"]

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -356,6 +357,55 @@ async def test_retries_of_a_prefixed_body(cache_dir: Path, tmp_path: Path) -> No
         value, stats = await FlakyJob(str(log)).run_with_stats(cache_dir=cache_dir)
     assert value == "done"
     assert stats[FlakyJob.task_name].retried == 2
+
+
+async def _helper() -> int:
+    return 1
+
+
+def _attempt(log: str) -> None:
+    with open(log, "a") as f:
+        f.write("try\n")
+
+
+class ForgetsAwaitInAJob(Task, job_prefix=["env"], retries=2, retry_delay=0):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    async def run_task(self) -> Any:
+        _attempt(self.log)
+        return _helper()  # the mistake: `return await _helper()`
+
+
+class YieldsInAJob(Task, job_prefix=["env"], retries=2, retry_delay=0):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    def run_task(self) -> Any:
+        _attempt(self.log)
+        return (i for i in range(3))
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (ForgetsAwaitInAJob, "returned a coroutine, which cannot be stored: did you forget `await`?"),
+        (YieldsInAJob, "returned a generator, which cannot be stored: return a list(...) instead"),
+    ],
+)
+async def test_an_unstorable_result_is_not_retried(
+    cache_dir: Path, tmp_path: Path, cls: type[Task[Any, Any]], message: str
+) -> None:
+    log = tmp_path / "log"
+    task = cls(str(log))
+    with anyio.fail_after(60), pytest.raises(TaskFailedError) as info:
+        await task.run(cache_dir=cache_dir)
+    error = info.value
+    assert str(error).splitlines()[0] == f"{task!r} {message}"
+    assert error.task == repr(task)
+    assert error.returncode == 1
+    assert "cannot pickle" in str(error)  # the remote traceback shows the pickling error
+    assert log.read_text() == "try\n"  # one attempt of three
 
 
 KILL_SCRIPT = """

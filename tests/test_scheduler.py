@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,114 @@ async def test_retries(cache_dir: Path) -> None:
     CALLS.clear()
     with pytest.raises(TaskFailedError, match="after 3 attempts"):
         await Flaky(5).run(cache_dir=cache_dir)
+
+
+# A result that cannot be stored fails at once, saying why: retrying would return the same.
+
+
+def _attempt(log: str) -> None:
+    # A file, not a dict: bodies run in worker processes too.
+    with open(log, "a") as f:
+        f.write("attempt\n")
+
+
+async def _helper() -> int:
+    return 1
+
+
+class ForgetsAwait(Task, retries=2, retry_delay=0):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    async def run_task(self) -> Any:
+        _attempt(self.log)
+        return _helper()  # the mistake: `return await _helper()`
+
+
+class SyncForgetsAwait(Task, retries=2, retry_delay=0):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    def run_task(self) -> Any:
+        _attempt(self.log)
+        return _helper()
+
+
+class YieldsInstead(Task, retries=2, retry_delay=0):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    def run_task(self) -> Any:
+        _attempt(self.log)
+        return (i for i in range(3))
+
+
+class ReturnsLock(Task, retries=2, retry_delay=0):
+    def build_task(self, log: str) -> None:
+        self.log = log
+
+    def run_task(self) -> Any:
+        _attempt(self.log)
+        return threading.Lock()
+
+
+COROUTINE = "returned a coroutine, which cannot be stored: did you forget `await`?"
+GENERATOR = "returned a generator, which cannot be stored: return a list(...) instead"
+LOCK = (
+    "returned a _thread.lock, which cannot be stored: it does not pickle "
+    "(TypeError: cannot pickle '_thread.lock' object); return plain data instead"
+)
+
+
+@pytest.mark.parametrize(
+    ("cls", "message", "executor"),
+    [
+        (ForgetsAwait, COROUTINE, "thread"),  # an async body, on the loop
+        (SyncForgetsAwait, COROUTINE, "thread"),
+        (YieldsInstead, GENERATOR, "thread"),
+        (ReturnsLock, LOCK, "thread"),
+        (ReturnsLock, LOCK, "user"),
+    ],
+)
+async def test_an_unstorable_result_in_this_process(
+    cache_dir: Path, tmp_path: Path, cls: type[Task[Any, Any]], message: str, executor: str
+) -> None:
+    log = tmp_path / "log"
+    task = cls(str(log))
+    with ThreadPoolExecutor(max_workers=1) as pool, pytest.raises(TaskFailedError) as info:
+        with anyio.fail_after(30):
+            await task.run(cache_dir=cache_dir, executor=pool if executor == "user" else "thread")
+    assert str(info.value) == f"{task!r} {message}"
+    assert info.value.task == repr(task)
+    assert isinstance(info.value.__cause__, TypeError)  # the pickling error
+    assert log.read_text() == "attempt\n"  # not retried
+
+
+@pytest.mark.parametrize(("cls", "message"), [(SyncForgetsAwait, COROUTINE), (ReturnsLock, LOCK)])
+async def test_an_unstorable_result_in_a_worker_process(
+    cache_dir: Path, tmp_path: Path, cls: type[Task[Any, Any]], message: str
+) -> None:
+    log = tmp_path / "log"
+    task = cls(str(log))
+    with anyio.fail_after(60), pytest.raises(TaskFailedError) as info:
+        await task.run(cache_dir=cache_dir, executor="process")
+    assert str(info.value) == f"{task!r} {message}"
+    assert log.read_text() == "attempt\n"
+
+
+async def test_an_unstorable_result_in_a_process_pool(cache_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    task = ReturnsLock(str(log))
+    context = multiprocessing.get_context("spawn")
+    with (
+        ProcessPoolExecutor(max_workers=1, mp_context=context) as pool,
+        pytest.raises(TaskFailedError) as info,
+    ):
+        with anyio.fail_after(60):
+            await task.run(cache_dir=cache_dir, executor=pool)
+    assert str(info.value) == f"{task!r} {LOCK}"
+    assert "cannot pickle '_thread.lock' object" in str(info.value.__cause__)  # the remote traceback
+    assert log.read_text() == "attempt\n"
 
 
 class Slow(Task, timeout=0.05):

@@ -239,6 +239,37 @@ class SyncDir(Task):
         return _use_directory(self)
 
 
+# Classes without a build_task take no arguments.
+
+
+class NoBuild(Task):
+    async def run_task(self) -> int:
+        return 1
+
+
+class MisspelledBuild(Task):
+    def build(self, x: int) -> None:
+        self.x = x
+
+    async def run_task(self) -> int:
+        return self.x
+
+
+class TypoBuild(NoBuild):
+    """The look-alike is found in a base class too, and through a typo."""
+
+    def biuld_task(self, x: int, *, scale: int = 1) -> None:
+        self.x = x * scale
+
+
+class Gathers(SinkTask[[]]):
+    pass
+
+
+class InheritsBuild(Noted):
+    pass
+
+
 # Clearing.
 
 
@@ -312,6 +343,47 @@ async def test_sink_task_gathers_requirements(cache_dir: Path) -> None:
     assert sorted(s for s in SINK_SEEN if s.startswith(prefix)) == sorted(
         f"{prefix}-{s}" for s in ("one", "m0", "m1", "m2", "x")
     )
+
+
+@pytest.mark.parametrize(
+    ("make", "label"),
+    [
+        (lambda: NoBuild(5), "NoBuild(5)"),
+        (lambda: NoBuild(x=[1]), "NoBuild(x=[1])"),
+        (lambda: Gathers("a"), "Gathers('a')"),
+    ],
+)
+def test_arguments_without_build_task_are_refused(make: Callable[[], object], label: str) -> None:
+    cls = label.partition("(")[0]
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        make()
+    assert str(info.value) == (
+        f"{label}: class {cls} defines no build_task, so it takes no arguments; "
+        "define build_task(self, ...) to take them"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "method"),
+    [
+        (lambda: MisspelledBuild(5), "build(self, x)"),
+        (lambda: TypoBuild(5, scale=2), "biuld_task(self, x, *, scale=1)"),
+    ],
+)
+def test_a_look_alike_of_build_task_is_named(make: Callable[[], object], method: str) -> None:
+    with pytest.raises(asyncflow.TaskDefinitionError) as info:
+        make()
+    assert "defines no build_task, so it takes no arguments" in str(info.value)
+    assert str(info.value).endswith(f"; is its method {method} a misspelled build_task? Rename it build_task")
+
+
+async def test_no_build_task_and_no_arguments_still_runs(cache_dir: Path) -> None:
+    with anyio.fail_after(30):
+        assert await NoBuild().run(cache_dir=cache_dir) == 1
+        assert await Gathers().run(cache_dir=cache_dir) is None
+        assert await InheritsBuild("t").run(cache_dir=cache_dir) == "t"  # its base's build_task counts
+    # The key is what it always was.
+    assert NoBuild().__af_key__ == f"{NoBuild.task_name}()"
 
 
 # Names.

@@ -1,14 +1,20 @@
 """The `Runner` protocol every place-to-run implements, and what a runner hands back.
 
 A runner gets a task whose requirements are already resolved (reading them gives
-values) and returns the result together with its pickle, which the cache stores. The
+values) and returns the result together with its pickle, which the cache stores
+(`pickle_result`, where the body ran: a result that does not pickle says why). The
 scheduler never asks which runner it holds; `choose.py` picks one per task class.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .. import _keys
+from .._cache import blobs
+from .._errors import UnstorableResultError
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -20,6 +26,35 @@ class Outcome:
 
     value: Any
     pickled: bytes
+
+
+def pickle_result(value: object) -> bytes:
+    """Pickle a body's result for the cache, or say why it cannot be stored.
+
+    Every runner pickles where the body ran (a thread, a worker process, a job), so the
+    reason is found there too.
+
+    Raises:
+        UnstorableResultError: `value` does not pickle; the pickling error is the ``__cause__``.
+    """
+    try:
+        return blobs.dumps(value)
+    except Exception as exc:
+        raise UnstorableResultError(_unstorable(value, exc)) from exc
+
+
+def _unstorable(value: object, exc: Exception) -> str:
+    if inspect.iscoroutine(value):
+        value.close()  # it will never run: spare the "never awaited" warning
+        return "returned a coroutine, which cannot be stored: did you forget `await`?"
+    if inspect.isgenerator(value):
+        return "returned a generator, which cannot be stored: return a list(...) instead"
+    if inspect.isasyncgen(value):
+        return "returned an async generator, which cannot be stored: return [x async for x in ...] instead"
+    return (
+        f"returned {_keys.a_type(value)}, which cannot be stored: it does not pickle "
+        f"({type(exc).__name__}: {exc}); return plain data instead"
+    )
 
 
 class Runner(Protocol):

@@ -20,7 +20,7 @@ import anyio
 from anyio.streams.text import TextReceiveStream
 
 from .._cache import blobs
-from .._errors import TaskFailedError
+from .._errors import TaskFailedError, UnstorableResultError
 from . import payload
 from .base import Outcome
 
@@ -178,7 +178,9 @@ def emit(out: TextIO, label: str, line: str, tail: deque[str] | None) -> None:
 def job_failure(label: str, end: JobEnd, answer: payload.Answer | None, stderr_tail: str) -> TaskFailedError:
     """Say how a job failed: the body's exception if it raised, else its exit status."""
     returncode = end.returncode
-    if answer is not None and answer.error_type:
+    if answer is not None and isinstance(answer.error, UnstorableResultError):
+        what = str(answer.error)  # says what the body returned, and what to return instead
+    elif answer is not None and answer.error_type:
         what = f"failed: {answer.error_type.rpartition('.')[2]}: {answer.error_text}"
     elif answer is None:
         what = f"failed: its job exited with status {returncode} without an answer"

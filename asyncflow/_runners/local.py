@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._cache import blobs
-from .base import Outcome
+from .base import Outcome, pickle_result
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -18,13 +17,13 @@ class LoopRunner:
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         value = await task.run_task()
-        return Outcome(value, blobs.dumps(value))
+        return Outcome(value, pickle_result(value))
 
 
 def call_and_pickle(task: Task[Any, Any]) -> Outcome:
     """Run a plain ``def`` body and pickle its result on the same thread."""
     value = task.run_task()
-    return Outcome(value, blobs.dumps(value))
+    return Outcome(value, pickle_result(value))
 
 
 class ThreadRunner:
