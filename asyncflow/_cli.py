@@ -381,14 +381,14 @@ def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argp
         dest="detect_source_change",
         action="store_const",
         const=True,
-        help="re-run tasks whose class source changed (default, unless $AF_DETECT_SOURCE_CHANGE=0)",
+        help="re-run tasks whose code changed (default, unless $AF_DETECT_SOURCE_CHANGE=0)",
     )
     run.add_argument(
         "--no-detect-source-change",
         dest="detect_source_change",
         action="store_const",
         const=False,
-        help="reuse cached results even when their class source changed",
+        help="reuse cached results even when their code changed",
     )
     run.add_argument(
         "--force-entrypoint",

@@ -3,7 +3,7 @@
 ```
 AsyncflowError
 ├── TaskDefinitionError (also TypeError)    bad class keyword, unsupported argument type,
-│                                           unreadable class source
+│                                           iterating a task, arguments without build_task
 ├── OptionError (also ValueError)           unknown run option, bad value, bad Slurm/Host
 ├── GraphError                              CycleError, MissingRequirementError, BuildError,
 │                                           UndeclaredRequirementError, InputFileError

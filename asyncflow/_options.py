@@ -1,7 +1,7 @@
 """Options: the `RunOptions` users pass to a run and the keywords of a task class, each validated once.
 
 Environment variables are read here and nowhere else: ``AF_CACHE_DIR`` (cache
-location) and ``AF_DETECT_SOURCE_CHANGE`` (``0`` turns source hashing off).
+location) and ``AF_DETECT_SOURCE_CHANGE`` (``0``: a change of code does not re-run a task).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class RunOptions(TypedDict, total=False):
     cache_dir: str | os.PathLike[str]
     """Cache location; default ``$AF_CACHE_DIR``, else ``./.cache``."""
     detect_source_change: bool
-    """Re-run a task whose class source changed; default on (``AF_DETECT_SOURCE_CHANGE=0``)."""
+    """Re-run a task whose code changed; default on (``AF_DETECT_SOURCE_CHANGE=0``)."""
     on_error: OnError
     """``"cancel"`` (default) stops at the first failure; ``"continue"`` finishes the rest."""
     progress: bool
