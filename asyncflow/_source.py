@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import _keys
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
 _LOCK = threading.Lock()  # concurrent runs prepare their graphs in worker threads
 _ABSENT: Any = object()  # a name that was bound to nothing
@@ -76,7 +76,7 @@ class Fingerprint(NamedTuple):
 
 class _Cached(NamedTuple):
     fingerprint: Fingerprint
-    bindings: list[tuple[dict[str, Any], str, Any]]  # (namespace, name, what it held)
+    bindings: list[tuple[Mapping[str, Any], str, Any]]  # (namespace, name, what it held)
     codes: list[tuple[types.FunctionType, types.CodeType]]  # (function, its code then)
 
 
@@ -207,7 +207,7 @@ class _Walker:
 
     def __init__(self) -> None:
         self.manifest: dict[str, str] = {}
-        self.bindings: list[tuple[dict[str, Any], str, Any]] = []
+        self.bindings: list[tuple[Mapping[str, Any], str, Any]] = []
         self.codes: list[tuple[types.FunctionType, types.CodeType]] = []
         self._seen: set[int] = set()
         self._keep: list[object] = []  # what _seen holds ids of, alive until the walk ends
@@ -256,8 +256,10 @@ class _Walker:
                 continue
             self._includes(klass)
             parts = [f"bases={','.join(_name_of(b) for b in klass.__bases__)}"]
-            for attr, value in sorted(vars(klass).items()):
+            namespace = vars(klass)
+            for attr, value in sorted(namespace.items()):
                 if attr not in _CLASS_SKIP:
+                    self.bindings.append((namespace, attr, value))  # e.g. Main.FACTOR = 2, later
                     parts.append(f"{attr}={self._ref(value)}")
             self.manifest[name] = _digest(*parts)
 

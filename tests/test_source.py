@@ -470,3 +470,27 @@ def test_odd_objects_do_not_break_a_fingerprint() -> None:
         )
     finally:
         del sys.modules["af_test_odd"]
+
+
+def test_a_class_attribute_set_later_is_seen() -> None:
+    module = _module(
+        "af_test_attr",
+        """
+        from asyncflow import Task
+
+        class Scaled(Task):
+            factor = 2
+
+            def build_task(self) -> None:
+                pass
+
+            def run_task(self) -> int:
+                return 3 * self.factor
+        """,
+    )
+    try:
+        first = fingerprint(module.Scaled)
+        module.Scaled.factor = 5
+        assert fingerprint(module.Scaled).digest != first.digest
+    finally:
+        del sys.modules["af_test_attr"]
