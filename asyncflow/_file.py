@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _keys
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -67,9 +69,11 @@ def _rebuild(path: str, key: str) -> File:
 
 
 def files_in(values: Iterable[object]) -> list[File]:
-    """Return the `File` objects among `values` and inside their lists, tuples, sets and dicts.
+    """Return the `File` objects inside task arguments, wherever their keys hold them.
 
-    Each once, in the order of their paths (a set's order changes from process to process).
+    Found as the key encodes the arguments (in lists, dicts, dataclasses, registered
+    types...), so that a file in the key is never left out of the inputs. Each once, in
+    the order of their paths (a set's order changes from process to process).
     """
     found: set[File] = set()
     stack: list[object] = list(values)
@@ -77,8 +81,6 @@ def files_in(values: Iterable[object]) -> list[File]:
         value = stack.pop()
         if isinstance(value, File):
             found.add(value)
-        elif isinstance(value, dict):
-            stack.extend(value.values())  # pyright: ignore[reportUnknownArgumentType]  # any dict
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            stack.extend(value)  # pyright: ignore[reportUnknownArgumentType]  # any container
+        else:
+            stack.extend(_keys.parts_of(value))
     return sorted(found, key=lambda f: str(f.path))

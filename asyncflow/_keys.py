@@ -459,6 +459,18 @@ def _walk(value: object, path: str) -> str:
             stack[-1].parts.append(text)
 
 
+def parts_of(value: object) -> Sequence[object]:
+    """Return the values the key of `value` encodes inside it, one level down.
+
+    A container's items, a dataclass's fields, a registered type's encoding; none for a
+    leaf, a task or a file. For a value `encode` accepted (so that nothing here raises).
+    """
+    if type(value) in _LEAVES:
+        return ()
+    opened = _open(value)
+    return () if isinstance(opened, str) else opened.children
+
+
 def _where(path: str, stack: Sequence[_Frame]) -> str:
     """Return the path of the child each frame of `stack` is at, from the argument's name."""
     return path + "".join(f.step(f, f.next - 1) for f in stack)

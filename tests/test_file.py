@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import sqlite3
@@ -202,3 +203,27 @@ async def test_a_body_in_another_process_reads_the_same_file(tmp_path: Path, cac
     data = tmp_path / "a.csv"
     data.write_text("abc")
     assert await Size(File(data)).run(cache_dir=cache_dir, executor="process") == 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: File
+
+
+class Rows(Task):
+    def build_task(self, data: Dataset) -> None:
+        self.data = data
+
+    def run_task(self) -> int:
+        return len(self.data.source.path.read_text().splitlines())
+
+
+def test_a_file_inside_a_dataclass_is_an_input(tmp_path: Path, cache_dir: Path) -> None:
+    # Wherever the key holds a file, its content is an input (not only in lists and dicts).
+    data = tmp_path / "rows.csv"
+    data.write_text("a\n")
+    _age(data)
+    assert _counts(Rows(Dataset("rows", File(data))), cache_dir) == (1, 1, 0)
+    data.write_text("a\nb\n")
+    assert _counts(Rows(Dataset("rows", File(data))), cache_dir) == (2, 1, 0)
