@@ -112,19 +112,38 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(sorted(os.path.realpath(d) + os.sep for d in dirs))
 
 
-@functools.lru_cache(maxsize=4096)
 def is_user_module(name: str) -> bool:
-    """Tell whether module `name` is the user's own code (not the standard library, an installed package or asyncflow)."""
+    """Tell whether module `name` is the user's own code (not the standard library, an installed package or asyncflow).
+
+    When in doubt (a module that is not in `sys.modules`, or has no file and is neither
+    built in nor frozen: ``exec``'d code, a notebook), it is the user's: hashing too
+    much costs a re-run, hashing too little a stale result.
+    """
     if name == "__main__":
         return True
-    if name == "asyncflow" or (name.startswith("asyncflow.") and not name.startswith("asyncflow.examples")):
+    if name == "builtins" or name in sys.builtin_module_names or name == "asyncflow":
+        return False
+    if name.startswith("asyncflow.") and not name.startswith("asyncflow.examples"):
         return False
     module = sys.modules.get(name)
+    if module is None:
+        return True
+    known = _PLACES.get(name)
+    if known is not None and known[0] is module:
+        return known[1]
     file = getattr(module, "__file__", None)
-    if module is None or not file:
-        return False  # built in, frozen, or gone
-    real = os.path.realpath(file)
-    return not any(real.startswith(d) for d in _library_dirs())
+    if file:
+        real = os.path.realpath(file)
+        mine = not any(real.startswith(d) for d in _library_dirs())
+    else:
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        mine = origin not in ("built-in", "frozen")
+    _PLACES[name] = (module, mine)
+    return mine
+
+
+# Module name -> (the module, whether it is the user's): a module imported again may be elsewhere.
+_PLACES: dict[str, tuple[types.ModuleType, bool]] = {}
 
 
 def _module_of(obj: Any) -> str:

@@ -494,3 +494,21 @@ def test_a_class_attribute_set_later_is_seen() -> None:
         assert fingerprint(module.Scaled).digest != first.digest
     finally:
         del sys.modules["af_test_attr"]
+
+
+def test_code_from_a_module_python_does_not_know_is_hashed() -> None:
+    # exec'd into a namespace that is not a registered module: when in doubt, it is yours.
+    namespace: dict[str, object] = {"__name__": "af_test_nowhere"}
+    exec("from asyncflow import Task\n\ndef helper():\n    return 1\n", namespace)
+    exec(
+        "class Floating(Task):\n"
+        "    def build_task(self) -> None:\n        pass\n\n"
+        "    def run_task(self) -> int:\n        return helper()\n",
+        namespace,
+    )
+    cls = namespace["Floating"]
+    assert isinstance(cls, type)
+    first = fingerprint(cls)
+    assert "af_test_nowhere.helper" in first.manifest
+    exec("def helper():\n    return 2\n", namespace)
+    assert fingerprint(cls).digest != first.digest
