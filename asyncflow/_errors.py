@@ -83,7 +83,7 @@ class CycleError(GraphError):
 
 
 class InputFileError(GraphError):
-    """An input file (`File`) of a task is missing; nothing has run.
+    """An input file (`File`) of a task is missing or cannot be read; nothing has run.
 
     Attributes:
         task: the first task (as the user writes it) that reads it.

@@ -74,7 +74,7 @@ async def explain(
     changed: dict[str, float] = {}  # input file -> when its content last changed
     if inputs:
         found = await digest_inputs(settings.cache_dir, list(inputs))
-        add_inputs(inputs, found.digests)
+        add_inputs(inputs, found.digests, found.problems)
         changed = found.changed
     facts = await known(settings.cache_dir, [n.key for n in graph])
     plan(graph, facts.records, fingerprints, detect=detect, made_where=facts.made_where)

@@ -69,19 +69,27 @@ def prepare(root: Task[Any, Any]) -> Prepared:
     return Prepared(graph, fingerprints, inputs)
 
 
-def add_inputs(inputs: Mapping[str, tuple[File, list[Node]]], digests: Mapping[str, str]) -> None:
+def add_inputs(
+    inputs: Mapping[str, tuple[File, list[Node]]], digests: Mapping[str, str], problems: Mapping[str, str]
+) -> None:
     """Make the content digest of each input file part of what its nodes are made from.
 
+    Args:
+        inputs: the files and the nodes taking each, from `prepare`.
+        digests: each file's content digest, by absolute path.
+        problems: why a file has none ("does not exist", "cannot be read (...)").
+
     Raises:
-        InputFileError: a file has no digest: it does not exist.
+        InputFileError: a file has no digest.
     """
     for path in sorted(inputs):  # sorted: each node's tokens in one order, run after run
         file, nodes = inputs[path]
         digest = digests.get(path)
         if digest is None:
             raise InputFileError(
-                f"{nodes[0].task!r}: its input {file!r} does not exist (looked for {path}); create it, "
-                "or fix the path (a relative path is from the directory the task was made in)",
+                f"{nodes[0].task!r}: its input {file!r} {problems.get(path, 'does not exist')} "
+                f"(looked for {path}); create it, or fix the path (a relative path is from the "
+                "directory the task was made in)",
                 task=repr(nodes[0].task),
                 path=path,
             )

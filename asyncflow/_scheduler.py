@@ -133,7 +133,7 @@ class _Scheduler:
         graph = self.graph
         if self.inputs:  # before anything runs: a missing input file is an error
             found = await self.session.digest_inputs(list(self.inputs))
-            add_inputs(self.inputs, found.digests)
+            add_inputs(self.inputs, found.digests, found.problems)
         self.records = await self.session.lookup([n.key for n in graph])
         made_where = None
         if not self.settings.detect_source_change:  # which file's class made each record

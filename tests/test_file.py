@@ -227,3 +227,16 @@ def test_a_file_inside_a_dataclass_is_an_input(tmp_path: Path, cache_dir: Path) 
     assert _counts(Rows(Dataset("rows", File(data))), cache_dir) == (1, 1, 0)
     data.write_text("a\nb\n")
     assert _counts(Rows(Dataset("rows", File(data))), cache_dir) == (2, 1, 0)
+
+
+async def test_an_unreadable_input_is_an_error_and_a_bad_link_in_a_tree_is_not(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(InputFileError, match=r"cannot be read \(NotADirectoryError"):
+        await Size(File(tmp_path / "a.txt" / "inside")).run(cache_dir=cache_dir)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "ok.txt").write_text("ok")
+    (tree / "loop").symlink_to(tree / "loop")  # stat fails (ELOOP): counted by name, no crash
+    assert await Size(File(tree)).run(cache_dir=cache_dir) == 2

@@ -27,11 +27,11 @@ _RACY_NS = 1_000_000_000  # a file changed this close to its hashing is hashed a
 
 
 class Inputs(NamedTuple):
-    """The digests of some input paths, when each last changed, and those that are missing."""
+    """The digests of some input paths, when each last changed, and why some have none."""
 
     digests: dict[str, str]
     changed: dict[str, float]  # epoch seconds when the path's digest last changed
-    missing: list[str]
+    problems: dict[str, str]  # path -> what is wrong: "does not exist", "cannot be read (...)"
 
 
 class _Row(NamedTuple):
@@ -72,11 +72,10 @@ class _Digests:
             for name in sorted(files):
                 path = os.path.join(current, name)
                 try:
-                    file_st = os.stat(path)
-                except FileNotFoundError:  # a dangling link, or removed meanwhile
-                    lines.append(f"x {os.path.join(rel, name)}")
-                    continue
-                lines.append(f"f {os.path.join(rel, name)} {self.of_file(path, file_st)}")
+                    line = f"f {os.path.join(rel, name)} {self.of_file(path, os.stat(path))}"
+                except OSError as exc:  # a dangling link, removed meanwhile, unreadable
+                    line = f"x {os.path.join(rel, name)} {type(exc).__name__}"
+                lines.append(line)
         digest = hashlib.blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
         row = self.row(root)
         return row.digest if row is not None and row.digest == digest else self.note(root, st, digest)
@@ -95,15 +94,18 @@ def digest_inputs(conn: sqlite3.Connection | None, paths: Sequence[str]) -> Inpu
     """
     wanted = list(dict.fromkeys(paths))
     digests = _Digests(_rows(conn, wanted))
-    out = Inputs({}, {}, [])
+    out = Inputs({}, {}, {})
     for path in wanted:
         try:
             st = os.stat(path)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            out.digests[path] = digests.of_tree(path, st) if is_dir else digests.of_file(path, st)
         except FileNotFoundError:
-            out.missing.append(path)
+            out.problems[path] = "does not exist"
             continue
-        is_dir = stat.S_ISDIR(st.st_mode)
-        out.digests[path] = digests.of_tree(path, st) if is_dir else digests.of_file(path, st)
+        except OSError as exc:
+            out.problems[path] = f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
+            continue
         row = digests.row(path)
         assert row is not None, "asyncflow bug: a digest without its row"
         out.changed[path] = row.changed

@@ -281,7 +281,10 @@ def manifests(conn: sqlite3.Connection, digests: Iterable[str]) -> dict[str, dic
         for digest, text in conn.execute(
             f"SELECT digest, manifest FROM fingerprints WHERE digest IN ({marks})", chunk
         ):
-            out[digest] = json.loads(text)
+            try:
+                out[digest] = json.loads(text)
+            except (TypeError, ValueError):  # damaged: the reason is then "code changed", unnamed
+                continue
     return out
 
 

@@ -152,7 +152,7 @@ class CacheSession:
         return records
 
     async def digest_inputs(self, paths: Sequence[str]) -> Inputs:
-        """Return the content digests of input files (see `files.py`); missing ones are listed."""
+        """Return the content digests of input files (see `files.py`), and why some have none."""
         return await self.index.call(files.digest_inputs, paths)
 
     async def made_where(self, digests: Iterable[str]) -> dict[str, str]:
