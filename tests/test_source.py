@@ -15,8 +15,6 @@ import pytest
 from asyncflow import Task
 from asyncflow._source import code_digest, fingerprint, what_changed
 
-from .workflows import TASKFILE_TEMPLATE, load_taskfile
-
 
 class Project:
     """A directory of modules and a taskfile, run with the real command line in new processes."""
@@ -418,15 +416,6 @@ def test_code_digest_is_the_same_in_every_process() -> None:
         for seed in (1, 2, 3)
     }
     assert len(digests) == 1
-
-
-def test_an_edited_taskfile_module_reruns_its_class_in_process(tmp_path: Path, cache_dir: Path) -> None:
-    path = tmp_path / "taskfile.py"
-    v1 = load_taskfile(path, TASKFILE_TEMPLATE.format(leaf_op="+ 1", comment=""))
-    assert v1.Root().run_graph(cache_dir=cache_dir) == 40
-    v1b = load_taskfile(path, TASKFILE_TEMPLATE.format(leaf_op="+ 2", comment=""))
-    _, stats = v1b.Root().run_graph_with_stats(cache_dir=cache_dir)
-    assert stats.run == 2
 
 
 def test_odd_objects_do_not_break_a_fingerprint() -> None:
