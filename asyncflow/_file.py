@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 
+MARK = "File("  # how a file's key starts: a key without it takes no input file
+
+
 class File(os.PathLike[str]):
     """An input file or directory a task reads: ``Count(File("data/a.csv"))``.
 
@@ -42,7 +45,7 @@ class File(os.PathLike[str]):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         given: str = os.path.normpath(os.fspath(path))
         self.path = Path(os.path.abspath(given))
-        self.__af_key__ = f"File({given!r})"
+        self.__af_key__ = f"{MARK}{given!r})"
 
     def __fspath__(self) -> str:
         return str(self.path)

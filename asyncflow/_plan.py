@@ -20,6 +20,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import InputFileError
+from ._file import MARK as FILE_MARK
 from ._graph import FRESH, STALE, Graph, Node, build_graph
 from ._source import fingerprint
 
@@ -63,7 +64,7 @@ def prepare(root: Task[Any, Any]) -> Prepared:
         cls = type(node.task)
         if cls not in fingerprints:
             fingerprints[cls] = fingerprint(cls)
-        if "File(" in node.key:  # rarely: only then ask the task
+        if FILE_MARK in node.key:  # rarely: only then ask the task
             for file in node.task.__af_files__():
                 inputs.setdefault(str(file.path), (file, []))[1].append(node)
     return Prepared(graph, fingerprints, inputs)

@@ -19,6 +19,7 @@ from typing_extensions import ParamSpec, Unpack
 from . import _keys
 from ._cache import paths
 from ._errors import TaskDefinitionError
+from ._file import MARK as FILE_MARK
 from ._file import File, files_in
 from ._options import (
     CLASS_KEYWORDS,
@@ -222,7 +223,7 @@ class Task(TaskLike[R], Generic[P, R]):
         if kwargs:
             state["_af_kwargs"] = kwargs
         state["__af_key__"] = _keys.node_key(cls.task_name, text)
-        if "File(" in text:  # rarely: then find the input files among the arguments
+        if FILE_MARK in text:  # rarely: then find the input files among the arguments
             files = files_in((*args, *kwargs.values()))
             if files:
                 state["_af_files"] = tuple(files)
