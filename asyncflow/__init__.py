@@ -11,6 +11,7 @@ from asyncflow._keys import register_key as register_key
 from ._errors import AsyncflowError as AsyncflowError
 from ._errors import BuildError as BuildError
 from ._errors import CacheError as CacheError
+from ._errors import CacheWarning as CacheWarning
 from ._errors import CycleError as CycleError
 from ._errors import EventLoopRunningError as EventLoopRunningError
 from ._errors import GraphError as GraphError
@@ -21,6 +22,7 @@ from ._errors import OptionError as OptionError
 from ._errors import TaskDefinitionError as TaskDefinitionError
 from ._errors import TaskFailedError as TaskFailedError
 from ._errors import UndeclaredRequirementError as UndeclaredRequirementError
+from ._errors import UnreadableResultError as UnreadableResultError
 from ._errors import WorkflowFailedError as WorkflowFailedError
 from ._file import File as File
 from ._options import CacheOptions as CacheOptions
@@ -46,6 +48,7 @@ __all__ = [
     "BuildError",
     "CacheError",
     "CacheOptions",
+    "CacheWarning",
     "ClassStats",
     "Const",
     "CycleError",
@@ -72,6 +75,7 @@ __all__ = [
     "TaskItem",
     "TaskLike",
     "UndeclaredRequirementError",
+    "UnreadableResultError",
     "WorkflowFailedError",
     "infer_task_type",
     "register_key",

@@ -10,6 +10,7 @@ AsyncflowError
 ├── TaskFailedError                         .task, .command, .returncode, .stderr_tail
 ├── WorkflowFailedError (ExceptionGroup)    every failure under on_error="continue"
 ├── CacheError                              unreadable, damaged or newer cache
+│   └── UnreadableResultError               one cached result cannot be read back
 ├── HostError (also OSError)                unreachable, auth, host key, no remote python
 ├── EventLoopRunningError (also RuntimeError)  a blocking twin inside a running loop
 └── GraphvizError                           a graph image that Graphviz cannot write
@@ -137,6 +138,28 @@ class WorkflowFailedError(AsyncflowError, ExceptionGroup[TaskFailedError]):
 
 class CacheError(AsyncflowError):
     """The cache cannot be used as it is (unreadable, written by a newer asyncflow, ...)."""
+
+
+class UnreadableResultError(CacheError):
+    """A cached result cannot be read back: its file is missing, its bytes do not match
+    their digest, or it does not unpickle here (its class was renamed or removed since).
+
+    Inside a run this is never raised: the entry is stale, and is computed again with a
+    `CacheWarning`. `Task.result()` raises it; ``await task.run()`` computes it again.
+
+    Attributes:
+        task: the node (as the user writes it, or its key).
+        reason: why it cannot be read, e.g. ``"its result file ab/ab12 is missing"``.
+    """
+
+    def __init__(self, message: str, *, task: str, reason: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.reason = reason
+
+
+class CacheWarning(UserWarning):
+    """The cache held something unusable (a damaged or unreadable result); asyncflow recovered."""
 
 
 class HostError(AsyncflowError, OSError):

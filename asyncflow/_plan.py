@@ -39,6 +39,7 @@ CODE_CHANGED = 2  # its class's code changed since its result was made
 UPSTREAM_STALE = 3  # one of its deps is stale, so will have a new result
 INPUTS_CHANGED = 4  # a dep's result or a Const value it reads is not the one it was made from
 ELSEWHERE = 5  # made by a class of the same name defined in another file
+UNREADABLE = 6  # its cached result could not be read back (set by the scheduler, during a run)
 
 
 class Prepared(NamedTuple):

@@ -117,6 +117,12 @@ class RunProgress:
         counts.cached += 1
         self._update(counts)
 
+    def unreadable(self, task_name: str) -> None:
+        """A node counted by `reused` had a result that cannot be read: it runs again."""
+        counts = self._of(task_name)
+        counts.cached -= 1
+        self._update(counts)
+
     def failed(self, task_name: str, *, running: bool = True) -> None:
         """A node failed (after `started`, unless `running` is False)."""
         counts = self._of(task_name)

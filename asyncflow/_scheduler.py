@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+import warnings
 from collections import Counter, deque
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -19,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._cache.session import CacheSession, Entry, open_session
-from ._errors import TaskFailedError, UnstorableResultError, WorkflowFailedError
-from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, Node
+from ._cache.session import CacheSession, Entry, Unreadable, open_session
+from ._errors import CacheWarning, TaskFailedError, UnstorableResultError, WorkflowFailedError
+from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, STALE, Node
 from ._limits import Channel, Limits
-from ._plan import add_inputs, is_current, node_signature, plan, prepare
+from ._plan import UNREADABLE, add_inputs, is_current, node_signature, plan, prepare
 from ._requires import requirements_of, resolve
 from ._runners.choose import Runners
 from ._stats import RunStats, StatsBuilder
@@ -147,6 +148,7 @@ class _Scheduler:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._settle([n for n in graph if not n.deps])
+            return await self._root_value()
         finally:
             self._count_skipped()
             for key, flight in list(self._flights.items()):  # wake runs waiting on leftovers
@@ -156,13 +158,20 @@ class _Scheduler:
                 del _IN_FLIGHT[self._shared_key]
             with anyio.CancelScope(shield=True):  # e.g. SSH connections, also on cancel
                 await self.runners.aclose()
-        root = graph.root
-        if root.state != DONE:
-            return None
-        if root.value is MISSING:
+
+    async def _root_value(self) -> Any:
+        """Return the root's result (None if it failed), computing it again while its cached one cannot be read."""
+        root = self.graph.root
+        while root.state == DONE and root.value is MISSING:
             assert root.version is not None, "asyncflow bug: the root is done without a version"
-            root.value = await self.session.load(root.key, root.version)
-        return root.value
+            value = await self.session.load(root.key, root.version)
+            if not isinstance(value, Unreadable):
+                return value
+            if await self._unreadable(root, root.version, value):
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self._settle([root])
+        return root.value if root.state == DONE else None
 
     def raise_failures(self) -> None:
         """Raise what went wrong, once the cache has kept what went right."""
@@ -300,14 +309,17 @@ class _Scheduler:
         task = node.task
         cls = type(task)
         signature = node_signature(node)
-        if node.state != PARKED and await self._reuse_elsewhere(node, signature):
-            self.stats.reused(cls.task_name)
-            mine = self._flights.get(node.key)
-            if mine is not None:  # tell other runs of this process waiting on it
-                mine.version, mine.value, mine.signature = node.version, node.value, signature
-                self._land(node.key, mine)
-            self._settle(self._done(node))
-            return
+        if node.state != PARKED:
+            if await self._reuse_elsewhere(node, signature):
+                self.stats.reused(cls.task_name)
+                mine = self._flights.get(node.key)
+                if mine is not None:  # tell other runs of this process waiting on it
+                    mine.version, mine.value, mine.signature = node.version, node.value, signature
+                    self._land(node.key, mine)
+                self._settle(self._done(node))
+                return
+            if not await self._load_deps(node):  # it waits for deps computed again
+                return
         runner, channels = self._pick(cls)
         if channels:
             full = self.limits.take(channels)
@@ -368,6 +380,7 @@ class _Scheduler:
         while True:
             if must_acquire:
                 holder, record = await self.session.acquire(key)
+                self._holders[key] = holder
                 if record is not None:
                     self.records[key] = record
             must_acquire = True
@@ -383,11 +396,12 @@ class _Scheduler:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
 
-    async def _inputs(self, node: Node) -> dict[str, Any]:
-        """Resolve the requirements of `node`'s task, loading cached deps' results."""
-        reqs = requirements_of(node.task)
-        if not reqs:
-            return {}
+    async def _load_deps(self, node: Node) -> bool:
+        """Have the results of `node`'s deps in memory, loading cached ones; False if it must wait.
+
+        A dep whose cached result cannot be read runs again (see `_unreadable`): `node`
+        then waits for it, as for any dep, and comes back through the ready queue.
+        """
         missing = [dep for dep in node.deps if dep.value is MISSING]
         if missing:
             wanted: list[tuple[str, str]] = []
@@ -395,9 +409,61 @@ class _Scheduler:
                 assert dep.version is not None, "asyncflow bug: a dep is done without a version"
                 wanted.append((dep.key, dep.version))
             loaded = await self.session.load_many(wanted)
-            for dep, value in zip(missing, loaded, strict=True):
-                if dep.value is MISSING:  # another dependent may have loaded it meanwhile
+            for dep, (_, version), value in zip(missing, wanted, loaded, strict=True):
+                if dep.version != version or dep.state != DONE:
+                    continue  # another dependent found it unreadable meanwhile
+                if isinstance(value, Unreadable):
+                    if await self._unreadable(dep, version, value):
+                        self._settle([dep])
+                elif dep.value is MISSING:
                     dep.value = value
+        waiting = sum(dep.state != DONE for dep in node.deps)
+        if waiting:
+            node.state = STALE
+            node.remaining = waiting
+            return False
+        return True
+
+    async def _unreadable(self, node: Node, version: str, unreadable: Unreadable) -> bool:
+        """Make a done node stale again: its cached result (at `version`) cannot be read.
+
+        Returns whether the caller should settle it (False: another dependent got here first).
+
+        A damaged entry is removed from the index first (a warning names the node and
+        why), so that nothing takes it for fresh again. Dependents that counted the node
+        as done wait for it again; those that were about to load it find it not done
+        (see `_load_deps`). Dependents already done were made from the old result, which
+        was right when read: they are stale for the next run, as the node's version changes.
+        """
+        if unreadable.damaged:
+            warnings.warn(
+                f"{node.task!r}: its cached result cannot be read ({unreadable.reason}); computing it again",
+                CacheWarning,
+                stacklevel=2,
+            )
+            await self.session.forget([(node.key, version)])
+        if node.state != DONE or node.version != version:
+            return False
+        node.state = STALE
+        node.why = UNREADABLE
+        node.version = None
+        node.value = MISSING
+        self.records.pop(node.key, None)
+        self.stats.unreadable(type(node.task).task_name)
+        for dep in node.deps:  # it reads them again
+            dep.consumers += 1
+        for dependent in node.dependents:
+            if dependent.state not in (DONE, FAILED):
+                dependent.signature = None  # it will read a new version
+                if dependent.remaining > 0:  # it counted the node as done
+                    dependent.remaining += 1
+        return True
+
+    def _inputs(self, node: Node) -> dict[str, Any]:
+        """Resolve the requirements of `node`'s task from its deps' results (in memory, see `_load_deps`)."""
+        reqs = requirements_of(node.task)
+        if not reqs:
+            return {}
         by_key = {d.key: d for d in node.deps}
         values: dict[str, Any] = {}
         for name, requirement in reqs.items():
@@ -425,7 +491,7 @@ class _Scheduler:
     async def _compute(self, node: Node, runner: Runner) -> tuple[Outcome, float, float]:
         """Run the body (with retries and timeouts); the node holds its channels' slots."""
         task = node.task
-        values = await self._inputs(node)
+        values = self._inputs(node)
         try:
             return await self._attempts(task, runner, values)
         finally:

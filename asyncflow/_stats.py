@@ -119,6 +119,12 @@ class StatsBuilder:
         if self._progress is not None:
             self._progress.reused(task_name)
 
+    def unreadable(self, task_name: str) -> None:
+        """A node counted as `reused` turned out to have a result that cannot be read: it runs again."""
+        self._of(task_name).reused -= 1
+        if self._progress is not None:
+            self._progress.unreadable(task_name)
+
     def retried(self, task_name: str) -> None:
         """A node's body failed and will be tried again."""
         self._of(task_name).retried += 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from asyncflow import CacheError, Task
+from asyncflow._cache.index import SCHEMA_VERSION
 
 from .workflows import TASKFILE_TEMPLATE, load_taskfile
 
@@ -91,7 +92,7 @@ async def test_a_schema_1_index_is_upgraded_in_place(cache_dir: Path) -> None:
     conn.commit()
     value, stats = await Plain().run_with_stats(cache_dir=cache_dir)
     assert (value, stats.reused) == (list(range(10)), 1)  # the record survived
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert (
         conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL").fetchall() == []
     )
@@ -112,6 +113,19 @@ async def test_a_schema_2_cache_runs_again_once(cache_dir: Path) -> None:
     assert (stats.run, stats.reused) == (1, 0)
     _, stats = await Plain().run_with_stats(cache_dir=cache_dir)
     assert (stats.run, stats.reused) == (0, 1)
+
+
+async def test_a_schema_3_index_gains_digests_and_keeps_its_records(cache_dir: Path) -> None:
+    await Plain().run(cache_dir=cache_dir)
+    conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
+    conn.execute("ALTER TABLE nodes DROP COLUMN digest")  # as schema 3 had it
+    conn.execute("PRAGMA user_version=3")
+    conn.commit()
+    value, stats = await Plain().run_with_stats(cache_dir=cache_dir)
+    assert (value, stats.reused) == (list(range(10)), 1)  # read unchecked: it has no digest
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT digest FROM nodes").fetchall() == [(None,)]
+    conn.close()
 
 
 class Twin(Task):

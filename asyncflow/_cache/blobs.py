@@ -2,11 +2,14 @@
 
 The index (`index.py`) keeps the small encoded results inline and the names of the
 files of the large ones; this module does the encoding and every result file's I/O.
+Every stored result carries a digest of what was stored, bound to its node and version,
+checked when it is read: a damaged entry is never decoded into a wrong value.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import zlib
@@ -14,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped; wrapped here
 
+from .._errors import UnreadableResultError
 from . import paths
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
     from types import ModuleType
+
+    from .index import Stored
 
 RAW = 0
 GZIP = 1
@@ -58,6 +64,16 @@ def compress(pickled: bytes, level: int) -> tuple[int, bytes]:
     return GZIP, encoder.compress(pickled) + encoder.flush()
 
 
+def digest(key: str, version: str, codec: int, data: bytes) -> str:
+    """Hash a stored result together with what it is the result of (its node and version).
+
+    A record whose data, codec, file name or key was damaged no longer matches.
+    """
+    h = hashlib.blake2b(f"{key}\0{version}\0{codec}\0".encode(), digest_size=16)
+    h.update(data)
+    return h.hexdigest()
+
+
 def decode(codec: int, data: bytes) -> Any:
     """Return the result stored as ``(codec, data)``."""
     if codec == GZIP:
@@ -78,12 +94,47 @@ def store(cache_dir: Path, version: str, data: bytes) -> str | None:
     return name
 
 
-def read(cache_dir: Path, codec: int, data: bytes | None, name: str | None) -> Any:
-    """Return a stored result: `data` inline, or the contents of result file `name`."""
-    if name is not None:
-        data = (paths.results_dir(cache_dir) / name).read_bytes()
-    assert data is not None, "asyncflow bug: a record has neither data nor a file"
-    return decode(codec, data)
+def read_bytes(cache_dir: Path, key: str, version: str, stored: Stored) -> bytes:
+    """Return the bytes of a stored result (inline, or its file's), checked against its digest.
+
+    Raises:
+        UnreadableResultError: its file is missing or unreadable, or the bytes do not match.
+    """
+    data = stored.data
+    if stored.path is not None:
+        try:
+            data = (paths.results_dir(cache_dir) / stored.path).read_bytes()
+        except FileNotFoundError:
+            raise _unreadable(key, f"its result file {stored.path} is missing") from None
+        except OSError as exc:
+            raise _unreadable(key, f"its result file {stored.path} cannot be read ({exc})") from exc
+    if data is None:
+        raise _unreadable(key, "its record names neither data nor a file")
+    # A record from before digests (schema 3) has none: it is decoded unchecked.
+    if stored.digest is not None and digest(key, version, stored.codec, data) != stored.digest:
+        where = "its result file" if stored.path is not None else "its record"
+        raise _unreadable(key, f"{where} is damaged (the digest does not match)")
+    return data
+
+
+def _unreadable(key: str, reason: str) -> UnreadableResultError:
+    return UnreadableResultError(
+        f"the cached result of {key} cannot be read: {reason}", task=key, reason=reason
+    )
+
+
+def read(cache_dir: Path, key: str, version: str, stored: Stored) -> Any:
+    """Return a stored result, checked (see `read_bytes`) and decoded.
+
+    Raises:
+        UnreadableResultError: it cannot be read, does not match its digest, or does not
+            unpickle here (e.g. its class was renamed or its module removed since).
+    """
+    data = read_bytes(cache_dir, key, version, stored)
+    try:
+        return decode(stored.codec, data)
+    except Exception as exc:  # any failure to decode: the entry is of no use
+        raise _unreadable(key, f"it cannot be unpickled ({type(exc).__name__}: {exc})") from exc
 
 
 def remove(cache_dir: Path, names: Iterable[str]) -> None:

@@ -35,8 +35,9 @@ T = TypeVar("T")
 
 # 2: no secondary indexes (each cost a B-tree write per node). 3: fingerprints of the code
 # that made results (the bytecode a class reaches; 2's AST hashes never match them, so a
-# cache from asyncflow 0.1 re-runs once) and the digests of input files.
-SCHEMA_VERSION = 3
+# cache from asyncflow 0.1 re-runs once) and the digests of input files. 4: a digest of
+# every stored result (`blobs.digest`); older records have none and are read unchecked.
+SCHEMA_VERSION = 4
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
 _SCHEMA = """
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     path TEXT,                     -- else its file under results/
     size INTEGER NOT NULL,
     started REAL NOT NULL,
-    finished REAL NOT NULL
+    finished REAL NOT NULL,
+    digest TEXT                    -- blobs.digest of the stored result (NULL: made before schema 4)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY,
@@ -117,6 +119,7 @@ class Encoded(NamedTuple):
     data: bytes | None
     path: str | None
     size: int  # bytes of the encoded result
+    digest: str  # of the encoded result, see `blobs.digest`
 
 
 class Stored(NamedTuple):
@@ -125,6 +128,7 @@ class Stored(NamedTuple):
     codec: int
     data: bytes | None
     path: str | None
+    digest: str | None  # None: stored before digests were kept
 
 
 def owner_alive(owner: str, expires: float, now: float) -> bool:
@@ -168,8 +172,17 @@ class Index:
         return None if conn is None else cls(cache_dir, conn)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` on a worker thread, one call at a time."""
-        return await anyio.to_thread.run_sync(fn, self._conn, *args, limiter=self._lock)
+        """Run ``fn(conn, *args)`` on a worker thread, one call at a time.
+
+        Raises:
+            CacheError: SQLite found the index damaged (other SQLite errors pass as they are).
+        """
+        try:
+            return await anyio.to_thread.run_sync(fn, self._conn, *args, limiter=self._lock)
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # OperationalError ("locked"), ...
+                raise
+            raise damaged(self.cache_dir, exc) from exc
 
     async def close(self) -> None:
         """Close the connection (after any call in progress)."""
@@ -212,13 +225,26 @@ def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
+                if "digest" not in columns:  # an index of schema 2 or 3
+                    conn.execute("ALTER TABLE nodes ADD COLUMN digest TEXT")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.DatabaseError as exc:
-        hint = ""
-        if "not a database" in str(exc) or "malformed" in str(exc):
-            hint = f"; remove {paths.root(cache_dir)} to start an empty cache"
-        raise CacheError(f"the cache index {path} cannot be used ({exc}){hint}") from exc
+        raise damaged(cache_dir, exc) from exc
     return conn
+
+
+def damaged(cache_dir: Path, exc: sqlite3.DatabaseError) -> CacheError:
+    """Word an error SQLite raised on the index of `cache_dir` as a `CacheError` saying what to do."""
+    path = paths.index_path(cache_dir)
+    text = str(exc)
+    if "malformed" in text or "not a database" in text:
+        return CacheError(
+            f"the cache index {path} is damaged ({text}); run `asyncflow check --repair "
+            f"--cache-dir {cache_dir}` to keep what can be read (the rest runs again), "
+            f"or remove {paths.root(cache_dir)} to start an empty cache"
+        )
+    return CacheError(f"the cache index {path} cannot be used ({text})")
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
@@ -418,12 +444,12 @@ def commit(
         task_name, args = split_key(e.key)
         rows.append(
             (e.key, task_name, args, e.source, e.version, e.deps, s.codec, s.data, s.path, s.size,
-             e.started, e.finished)
+             e.started, e.finished, s.digest)
         )  # fmt: skip
     now = time.time()
     with _transaction(conn):
         old_files = _files_of(conn, [s.entry.key for s in encoded])
-        conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         conn.executemany("DELETE FROM failures WHERE key=?", [(s.entry.key,) for s in encoded])
         conn.executemany(
             "DELETE FROM leases WHERE key=? AND owner=?",
@@ -442,28 +468,40 @@ def release_all(conn: sqlite3.Connection, owner: str) -> None:
     conn.execute("DELETE FROM leases WHERE owner=?", (owner,))
 
 
-def load(conn: sqlite3.Connection, wanted: Sequence[tuple[str, str]]) -> list[Stored]:
-    """Return how the results of ``(key, version)`` pairs are stored (decode with `blobs.read`).
+def load(conn: sqlite3.Connection, wanted: Sequence[tuple[str, str]]) -> list[Stored | None]:
+    """Return how the results of ``(key, version)`` pairs are stored (read them with `blobs.read`).
 
-    Raises:
-        CacheError: a result is gone or was replaced by another version meanwhile.
+    None for a result that is gone, or was replaced by another version meanwhile.
     """
     rows: dict[str, tuple[str, Stored]] = {}
     keys = [key for key, _ in wanted]
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        query = f"SELECT key, version, codec, data, path FROM nodes WHERE key IN ({marks})"
-        for key, version, codec, data, path in conn.execute(query, chunk):
-            rows[key] = (version, Stored(codec, data, path))
-    out: list[Stored] = []
+        query = f"SELECT key, version, codec, data, path, digest FROM nodes WHERE key IN ({marks})"
+        for key, version, codec, data, path, digest in conn.execute(query, chunk):
+            rows[key] = (version, Stored(codec, data, path, digest))
+    out: list[Stored | None] = []
     for key, version in wanted:
         row = rows.get(key)
-        if row is None or row[0] != version:
-            raise CacheError(
-                f"the cached result of {key} was removed or replaced while this run used it; run again"
-            )
-        out.append(row[1])
+        out.append(None if row is None or row[0] != version else row[1])
     return out
+
+
+def forget(conn: sqlite3.Connection, wanted: Sequence[tuple[str, str]]) -> list[str]:
+    """Remove the records of ``(key, version)`` pairs (unreadable ones), unless replaced since.
+
+    Returns:
+        The files of the results removed (to be removed after).
+    """
+    files: list[str] = []
+    with _transaction(conn):
+        for key, version in wanted:
+            row = conn.execute("SELECT path FROM nodes WHERE key=? AND version=?", (key, version)).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM nodes WHERE key=? AND version=?", (key, version))
+                if row[0] is not None:
+                    files.append(row[0])
+    return files
 
 
 def delete(conn: sqlite3.Connection, keys: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -17,11 +17,11 @@ import os
 import secrets
 import sqlite3
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
-from .._errors import CacheError
+from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index
 from .index import Encoded, Index
 
@@ -185,12 +185,17 @@ class CacheSession:
         return await self._poll.submit(key)
 
     async def load(self, key: str, version: str) -> Any:
-        """Return the cached result of `key` at `version`."""
+        """Return the cached result of `key` at `version`, or an `Unreadable` saying why not."""
         return await self._load.submit((key, version))
 
     async def load_many(self, wanted: Sequence[tuple[str, str]]) -> list[Any]:
-        """Return the cached results of many ``(key, version)`` pairs in one thread call."""
+        """Like `load` for many ``(key, version)`` pairs, in one thread call."""
         return await self.index.call(read_results, self.cache_dir, wanted)
+
+    async def forget(self, wanted: Sequence[tuple[str, str]]) -> None:
+        """Remove the records of ``(key, version)`` pairs that cannot be read, unless replaced since."""
+        files = await self.index.call(index.forget, wanted)
+        await anyio.to_thread.run_sync(blobs.remove, self.cache_dir, files)
 
     async def _acquire_batch(
         self, keys: Sequence[str], seen: int | None = None
@@ -260,9 +265,25 @@ class CacheSession:
 # On the index's worker thread.
 
 
+class Unreadable(NamedTuple):
+    """In place of a result that cannot be read back: why, and whether its entry is damaged."""
+
+    reason: str
+    damaged: bool  # False: the record was removed or replaced meanwhile, nothing is wrong with it
+
+
 def read_results(conn: sqlite3.Connection, cache_dir: Path, wanted: Sequence[tuple[str, str]]) -> list[Any]:
-    """Return the results of ``(key, version)`` pairs, read from the index and result files."""
-    return [blobs.read(cache_dir, *stored) for stored in index.load(conn, wanted)]
+    """Return the results of ``(key, version)`` pairs, or an `Unreadable` in place of each that cannot be read."""
+    out: list[Any] = []
+    for (key, version), stored in zip(wanted, index.load(conn, wanted), strict=True):
+        if stored is None:
+            out.append(Unreadable("it was removed or replaced while this run used it", damaged=False))
+            continue
+        try:
+            out.append(blobs.read(cache_dir, key, version, stored))
+        except UnreadableResultError as exc:
+            out.append(Unreadable(exc.reason, damaged=True))
+    return out
 
 
 def _write(
@@ -284,5 +305,6 @@ def _write(
     for e in entries:
         codec, data = blobs.compress(e.pickled, e.compress_level)
         path = blobs.store(cache_dir, e.version, data)
-        encoded.append(Encoded(e, codec, None if path else data, path, len(data)))
+        digest = blobs.digest(e.key, e.version, codec, data)
+        encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
     blobs.remove(cache_dir, index.commit(conn, owner, encoded, released, failures, fingerprints))

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
-from .._errors import CacheError
+from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
 from .index import ClassSummary as ClassSummary
 from .index import Index, Record
-from .session import read_results
+from .session import Unreadable, read_results
 
 if TYPE_CHECKING:
     import sqlite3
@@ -41,6 +41,7 @@ async def load_result(cache_dir: Path, key: str, label: str) -> Any:
     """Return the cached result of node `key` (`label`: the task, for the message).
 
     Raises:
+        UnreadableResultError: its result cannot be read back (damaged, or its class renamed).
         CacheError: the cache holds no result for it.
     """
     async with open_index(cache_dir) as idx:
@@ -48,7 +49,15 @@ async def load_result(cache_dir: Path, key: str, label: str) -> Any:
             record = (await idx.call(index.lookup, [key])).get(key)
             if record is not None:
                 (value,) = await idx.call(read_results, cache_dir, [(key, record.version)])
-                return value
+                if not isinstance(value, Unreadable):
+                    return value
+                if value.damaged:
+                    raise UnreadableResultError(
+                        f"the cached result of {label} cannot be read: {value.reason}; "
+                        "`await task.run()` computes it again",
+                        task=label,
+                        reason=value.reason,
+                    )
     raise CacheError(f"{label} has no cached result in {cache_dir}; run it first: await task.run()")
 
 
