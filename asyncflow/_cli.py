@@ -1,4 +1,4 @@
-"""The ``asyncflow`` command line: ``run``, ``graph``, ``status``, ``clear``.
+"""The ``asyncflow`` command line: ``run``, ``graph``, ``status``, ``clear``, ``check``.
 
 Exit statuses: 0 success, 1 a task failed (or any other asyncflow error: the graph, the
 cache, a class's source, printed as ``Type: message``), 2 a usage error (missing
@@ -290,6 +290,54 @@ async def cmd_clear(taskfile: str, entry: str, cache_dir: str | None, all_of: li
     return OK
 
 
+async def cmd_check(cache_dir: str | None, repair: bool) -> int:
+    """Check the cache for damage (and with `repair`, remove it); exit 1 if damage is left."""
+    from ._cache.store import check
+
+    where = _cache_dir(cache_dir, None)
+    report = await check(where, repair=repair)
+    if report is None:
+        _write(f"no asyncflow cache in {where} (nothing has run with this --cache-dir)")
+        return OK
+    _write(f"cache: {where}")
+    if report.problems:
+        _write(f"index: DAMAGED, SQLite's integrity check reports {len(report.problems)} problem(s):")
+        for problem in report.problems[:10]:
+            _write(f"  {problem}")
+    else:
+        _write("index: ok (SQLite's integrity check)")
+    unchecked = f", {report.unchecked} stored before digests (files only)" if report.unchecked else ""
+    _write(
+        f"results: {report.checked} checked against their digests{unchecked}, {len(report.damaged)} damaged"
+    )
+    for damaged in report.damaged[:20]:
+        _write(f"  {damaged.key}: {damaged.reason}")
+    if len(report.damaged) > 20:
+        _write(f"  ... and {len(report.damaged) - 20} more")
+    if report.orphans:
+        _write(f"result files no record names: {len(report.orphans)}")
+    if report.leftovers:
+        _write(f"temporary files left by writers that died: {len(report.leftovers)}")
+    if report.repaired:
+        if report.kept_aside is not None:
+            _write(
+                f"repaired: rebuilt the index from what could be read; the damaged one is kept as {report.kept_aside}"
+            )
+        if report.damaged:
+            _write(
+                f"repaired: removed {len(report.damaged)} damaged result(s); they run again when next needed"
+            )
+        if report.orphans or report.leftovers:
+            _write(f"removed {len(report.orphans) + len(report.leftovers)} stray file(s)")
+        return OK
+    if not report.clean:
+        _write(
+            f"run `{PROG} check --repair --cache-dir {where}` to remove the damage (what it held runs again)"
+        )
+        return FAILED
+    return OK
+
+
 def _some(statuses: dict[str, NodeStatus], keys: list[str], limit: int = 10) -> str:
     shown = ", ".join(repr(statuses[k].task) for k in keys[:limit])
     more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
@@ -336,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-l", "--loglevel", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL", help=_LEVEL
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_run_parser, _graph_parser, _status_parser, _clear_parser):
+    for add in (_run_parser, _graph_parser, _status_parser, _clear_parser, _check_parser):
         add(sub, common)
     return parser
 
@@ -459,6 +507,24 @@ def _clear_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: se
     )
 
 
+def _check_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="check the cache for damage (and repair it)",
+        description="Run SQLite's integrity check on the index and check every cached result against "
+        "its digest; report what is damaged. With --repair, remove it: the damaged results run again "
+        "when next needed. Repair while no workflow runs on this cache.",
+        epilog="exit status: 0 no damage (or repaired), 1 damage found and left, 2 usage error",
+    )
+    _add_cache_dir(check, "./.cache")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove damaged results, stray files, and rebuild a damaged index from what can be read",
+    )
+
+
 def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
     """Bind the parsed namespace (untyped: argparse) to its command's coroutine function."""
     a: Any = ns  # argparse gives Any attributes; each is checked by its parser above
@@ -471,6 +537,8 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
         return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
     if a.command == "status":
         return lambda: cmd_status(a.cache_dir, a.json)
+    if a.command == "check":
+        return lambda: cmd_check(a.cache_dir, a.repair)
     assert a.command == "clear", "asyncflow bug: a subcommand without an implementation"
     return lambda: cmd_clear(a.taskfile, a.entry, a.cache_dir, a.all_of)
 

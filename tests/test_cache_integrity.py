@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import sqlite3
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -270,3 +273,83 @@ def test_random_bit_flips_never_give_a_wrong_value(tmp_path: Path) -> None:
         outcomes[kind] = outcomes.get(kind, 0) + 1
     assert sum(outcomes.values()) == 20
     assert outcomes.get("recomputed", 0) > 0  # the seed flips bits in results, not only elsewhere
+
+
+def _check(cache_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncflow", "check", "--cache-dir", str(cache_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_check_finds_damaged_results_and_repair_removes_them(cache_dir: Path) -> None:
+    n = 120_000
+    Words(5, 0).run_graph(cache_dir=cache_dir)
+    Noise(n).run_graph(cache_dir=cache_dir)
+    clean = _check(cache_dir)
+    assert clean.returncode == 0, clean.stderr
+    assert "index: ok" in clean.stdout
+    assert "7 checked against their digests, 0 damaged" in clean.stdout
+    _result_file(cache_dir, Noise(n)).write_bytes(b"truncated")
+    _flip_in_file(_index(cache_dir), b"payload-2-payload-2-")  # Word(2), and Words(5, 0) holding it
+    stray = cache_dir / "asyncflow" / "results" / "ff" / "ff00"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"no record names me")
+    os.utime(stray, (time.time() - 3600, time.time() - 3600))
+    leftover = cache_dir / "asyncflow" / "tmp" / "ab12.999999999.tmp"  # its writer is gone
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half a result")
+
+    found = _check(cache_dir)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "3 damaged" in found.stdout
+    assert f"Noise({n}): its result file" in found.stdout
+    assert "Word(2): its record is damaged" in found.stdout
+    assert "result files no record names: 1" in found.stdout
+    assert "temporary files left by writers that died: 1" in found.stdout
+    assert "asyncflow check --repair" in found.stdout
+
+    repaired = _check(cache_dir, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "removed 3 damaged result(s)" in repaired.stdout
+    assert not stray.exists()
+    assert not leftover.exists()
+    assert "0 damaged" in _check(cache_dir).stdout
+    RUNS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing damaged is left to find
+        assert Words(5, 0).run_graph(cache_dir=cache_dir) == [f"payload-{i}-" * 3 for i in range(5)]
+        assert Noise(n).run_graph(cache_dir=cache_dir) == random.Random(n).randbytes(n)
+    assert {"Word(2)": 1, f"Noise({n})": 1} == RUNS
+
+
+def test_check_repair_rebuilds_a_malformed_index_from_what_it_can_read(cache_dir: Path) -> None:
+    n = 400
+    expected = [f"payload-{i}-" * 3 for i in range(n)]
+    Words(n, 0).run_graph(cache_dir=cache_dir)
+    path = _index(cache_dir)
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = len(data) // page // 2 * page  # most pages hold the nodes table: one of its leaves
+    data[middle : middle + page] = bytes(page)
+    path.write_bytes(bytes(data))
+
+    found = _check(cache_dir)
+    assert found.returncode == 1
+    assert "index: DAMAGED" in found.stdout
+    repaired = _check(cache_dir, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "rebuilt the index" in repaired.stdout
+    assert list(path.parent.glob("index.sqlite.damaged-*"))
+    after = _check(cache_dir)
+    assert after.returncode == 0, after.stdout
+    assert "index: ok" in after.stdout
+    RUNS.clear()
+    value, stats = Words(n, 0).run_graph_with_stats(cache_dir=cache_dir)
+    assert value == expected
+    # The page lost some records (they run again); the rest were kept.
+    assert 0 < stats[Word.task_name].run < n
+    assert stats[Word.task_name].reused == n - stats[Word.task_name].run

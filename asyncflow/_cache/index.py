@@ -168,7 +168,7 @@ class Index:
         Raises:
             CacheError: the file is not an asyncflow index, or a newer asyncflow wrote it.
         """
-        conn = await anyio.to_thread.run_sync(_connect, cache_dir, create)
+        conn = await anyio.to_thread.run_sync(connect, cache_dir, create)
         return None if conn is None else cls(cache_dir, conn)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -201,13 +201,31 @@ def _transaction(conn: sqlite3.Connection) -> Generator[None, None, None]:
     conn.execute("COMMIT")
 
 
-def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
+def connect(cache_dir: Path, create: bool = False) -> sqlite3.Connection | None:
+    """Open the index of `cache_dir` (bringing an older one up to date); None if absent and not `create`.
+
+    Raises:
+        CacheError: the file is not an asyncflow index, is damaged, or a newer asyncflow wrote it.
+    """
     path = paths.index_path(cache_dir)
     if not create and not path.exists():
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        return create_at(path)
+    except sqlite3.DatabaseError as exc:
+        raise damaged(cache_dir, exc) from exc
+
+
+def create_at(path: Path) -> sqlite3.Connection:
+    """Open the index file at `path`, creating it or bringing it up to date as needed.
+
+    Raises:
+        CacheError: a newer asyncflow wrote it.
+        sqlite3.DatabaseError: SQLite cannot use the file.
+    """
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    try:
         # Switching a new, empty index to WAL syncs it to disk (~25 ms) unless told not
         # to; an OS crash at that moment costs nothing but an empty index.
         conn.execute("PRAGMA synchronous=OFF")
@@ -215,7 +233,6 @@ def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            conn.close()
             raise CacheError(
                 f"the cache at {path} was written by a newer asyncflow (schema {version}, "
                 f"this one reads {SCHEMA_VERSION}); upgrade asyncflow or use another cache_dir"
@@ -229,8 +246,9 @@ def _connect(cache_dir: Path, create: bool) -> sqlite3.Connection | None:
                 if "digest" not in columns:  # an index of schema 2 or 3
                     conn.execute("ALTER TABLE nodes ADD COLUMN digest TEXT")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except sqlite3.DatabaseError as exc:
-        raise damaged(cache_dir, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -14,6 +14,7 @@ import anyio
 
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
+from . import check as _check
 from .index import ClassSummary as ClassSummary
 from .index import Index, Record
 from .session import Unreadable, read_results
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Sequence
     from pathlib import Path
 
+    from .check import Report
     from .files import Inputs
 
 
@@ -114,6 +116,11 @@ async def digest_inputs(cache_dir: Path, paths: Sequence[str]) -> Inputs:
         if idx is None:
             return await anyio.to_thread.run_sync(files.digest_inputs, None, paths)
         return await idx.call(files.digest_inputs, paths)
+
+
+async def check(cache_dir: Path, *, repair: bool = False) -> Report | None:
+    """Check the cache of `cache_dir` for damage (with `repair`, remove it); None when it has no index."""
+    return await anyio.to_thread.run_sync(_check.check, cache_dir, repair)
 
 
 async def summarize(cache_dir: Path) -> list[ClassSummary] | None:
