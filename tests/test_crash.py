@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -200,3 +202,35 @@ def test_finished_process_keeps_every_result(cache_dir: Path, tmp_path: Path) ->
     result, stats = crash_workflow(N_LEAVES, DELAY).run_graph_with_stats(cache_dir=cache_dir)
     assert result == NODES[-1][1]
     assert (stats.run, stats.reused) == (0, TOTAL)
+
+
+def test_kill_9_soak_leaves_nothing_for_check_to_find(cache_dir: Path, tmp_path: Path) -> None:
+    """Twenty kills at random moments on one cache: every value right, `asyncflow check` clean."""
+    rng = random.Random(20)
+    for round_ in range(20):
+        log = tmp_path / f"bodies-{round_}.log"
+        proc = start_workflow(cache_dir, log, ("asyncio", "trio")[round_ % 2])
+        time.sleep(rng.uniform(0.0, 0.3))  # sometimes while it starts, before any body
+        started = len(read_log(log))
+        kill_after(proc, log, started + rng.randint(1, TOTAL // 3))
+        check = subprocess.run(
+            [sys.executable, "-m", "asyncflow", "check", "--cache-dir", str(cache_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if not (cache_dir / "asyncflow" / "index.sqlite").exists():
+            continue  # killed before it made its index
+        assert check.returncode == 0, f"after kill {round_ + 1}:\n{check.stdout}{check.stderr}"
+        assert " 0 damaged" in check.stdout
+    anyio.run(recover, cache_dir)  # every result loads right; only what was missing runs
+    final = subprocess.run(
+        [sys.executable, "-m", "asyncflow", "check", "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert f"{TOTAL} checked against their digests" in final.stdout
+    assert "0 damaged" in final.stdout
