@@ -17,9 +17,10 @@ import shlex
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
@@ -44,6 +45,18 @@ def _write(text: str = "", *, err: bool = False) -> None:
     stream = sys.stderr if err else sys.stdout
     stream.write(text + "\n")
     stream.flush()
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Show a warning (a `CacheWarning`: asyncflow recovered from a damaged cache) as a log line."""
+    log.warning("%s: %s", category.__name__, message)
 
 
 def _cache_dir(option: str | None, taskfile: str | None) -> Path:
@@ -549,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     level: int = ns.loglevel
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    warnings.showwarning = _log_warning
     try:
         return anyio.run(_command(ns))  # _command may raise UsageError too
     except (UsageError, OptionError) as exc:

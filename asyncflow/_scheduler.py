@@ -437,7 +437,7 @@ class _Scheduler:
         """
         if unreadable.damaged:
             warnings.warn(
-                f"{node.task!r}: its cached result cannot be read ({unreadable.reason}); computing it again",
+                f"{node.task!r}: its cached result cannot be read: {unreadable.reason}; computing it again",
                 CacheWarning,
                 stacklevel=2,
             )

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from asyncflow import CacheError, CacheWarning, Requires, RequiresList, Task, UnreadableResultError
+from asyncflow._cache.check import check
 
 RUNS: dict[str, int] = {}
 
@@ -114,7 +115,7 @@ async def test_a_result_whose_class_was_renamed_is_computed_again(
         )
         del sys.modules[module]
         importlib.invalidate_caches()
-        with pytest.warns(CacheWarning, match=rf"MakePoint\('{module}'\): .*cannot be unpickled.*Point"):
+        with pytest.warns(CacheWarning, match=rf"MakePoint\('{module}'\): .*does not unpickle here.*Point"):
             value, stats = await Coords(module, 1).run_with_stats(cache_dir=cache_dir)
         assert value == (3, 4)
         assert (stats[MakePoint.task_name].run, stats[MakePoint.task_name].reused) == (1, 0)
@@ -146,7 +147,7 @@ async def test_a_damaged_result_file_is_computed_again(cache_dir: Path, damage: 
     key = f"Noise({n})"
     RUNS.pop(key, None)
     # The root itself, fresh: read at the end of the run.
-    with pytest.warns(CacheWarning, match=rf"Noise\({n}\): its cached result cannot be read \(.*{reason}"):
+    with pytest.warns(CacheWarning, match=rf"Noise\({n}\): its cached result cannot be read: .*{reason}"):
         assert await Noise(n).run(cache_dir=cache_dir) == expected
     assert RUNS[key] == 1
     # Damage it again, and read it as a dependent's input this time.
@@ -190,7 +191,7 @@ async def test_a_bit_flipped_in_an_inline_result_is_caught(cache_dir: Path) -> N
     _flip_in_file(_index(cache_dir), b"payload-3-payload-3-")
     RUNS.clear()
     with pytest.warns(
-        CacheWarning, match=r"Word\(3\): its cached result cannot be read \(its record is damaged"
+        CacheWarning, match=r"Word\(3\): its cached result cannot be read: its record is damaged"
     ):
         assert await Words(5, 1).run(cache_dir=cache_dir) == expected
     assert RUNS == {"Word(3)": 1}
@@ -247,7 +248,7 @@ def test_random_bit_flips_never_give_a_wrong_value(tmp_path: Path) -> None:
     n = 300
     expected = [f"payload-{i}-" * 3 for i in range(n)]
     outcomes: dict[str, int] = {}
-    for trial in range(20):
+    for trial in range(40):
         cache_dir = tmp_path / f"cache{trial}"
         assert Words(n, 0).run_graph(cache_dir=cache_dir) == expected
         path = _index(cache_dir)
@@ -263,15 +264,23 @@ def test_random_bit_flips_never_give_a_wrong_value(tmp_path: Path) -> None:
                 error = str(exc)
             else:
                 error = None
-        if error is not None:
+        if error is not None:  # the index itself is damaged: check --repair makes it usable
             assert "the cache index" in error
+            assert "asyncflow check --repair" in error
             outcomes["cache error"] = outcomes.get("cache error", 0) + 1
+            report = check(cache_dir, repair=True)
+            assert report is not None
+            assert not report.clean
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                value = Words(n, 1).run_graph(cache_dir=cache_dir)
+            assert value == expected, f"a wrong value after repairing a bit flipped at byte {at}"
             continue
         assert value == expected, f"a wrong value after flipping a bit at byte {at}"
         assert all(issubclass(w.category, CacheWarning) for w in caught), [str(w.message) for w in caught]
         kind = "recomputed" if caught else "unaffected"
         outcomes[kind] = outcomes.get(kind, 0) + 1
-    assert sum(outcomes.values()) == 20
+    assert sum(outcomes.values()) == 40
     assert outcomes.get("recomputed", 0) > 0  # the seed flips bits in results, not only elsewhere
 
 

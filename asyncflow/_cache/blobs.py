@@ -112,8 +112,8 @@ def read_bytes(cache_dir: Path, key: str, version: str, stored: Stored) -> bytes
         raise _unreadable(key, "its record names neither data nor a file")
     # A record from before digests (schema 3) has none: it is decoded unchecked.
     if stored.digest is not None and digest(key, version, stored.codec, data) != stored.digest:
-        where = "its result file" if stored.path is not None else "its record"
-        raise _unreadable(key, f"{where} is damaged (the digest does not match)")
+        where = "its record" if stored.path is None else f"its result file {stored.path}"
+        raise _unreadable(key, f"{where} is damaged (its digest does not match)")
     return data
 
 
@@ -134,7 +134,7 @@ def read(cache_dir: Path, key: str, version: str, stored: Stored) -> Any:
     try:
         return decode(stored.codec, data)
     except Exception as exc:  # any failure to decode: the entry is of no use
-        raise _unreadable(key, f"it cannot be unpickled ({type(exc).__name__}: {exc})") from exc
+        raise _unreadable(key, f"it does not unpickle here ({type(exc).__name__}: {exc})") from exc
 
 
 def remove(cache_dir: Path, names: Iterable[str]) -> None:

@@ -75,6 +75,7 @@ def check(cache_dir: Path, repair: bool) -> Report | None:
         report.problems = [str(exc.__cause__)]
     else:
         assert conn is not None, "asyncflow bug: an index that exists did not open"
+        conn.text_factory = _text
         try:
             report.problems = _integrity(conn)
             names = _check_results(conn, cache_dir, report)
@@ -108,6 +109,9 @@ def _check_results(conn: sqlite3.Connection, cache_dir: Path, report: Report) ->
     try:
         for row in conn.execute("SELECT * FROM nodes"):
             key, version, stored = _stored(row)
+            if any(isinstance(v, str) and _NOT_TEXT in v for v in row):
+                report.problems.append(f"the record of {key} holds text that is not UTF-8")
+                continue
             if stored.path is not None:
                 names.add(stored.path)
             if stored.digest is None:
@@ -122,6 +126,14 @@ def _check_results(conn: sqlite3.Connection, cache_dir: Path, report: Report) ->
         if not report.problems:
             report.problems.append(str(exc))
     return names
+
+
+_NOT_TEXT = "\ufffd"  # what undecodable bytes become
+
+
+def _text(data: bytes) -> str:
+    """Decode a text column; damaged bytes become U+FFFD instead of failing the whole query."""
+    return data.decode("utf-8", "replace")
 
 
 def _stored(row: Sequence[Any]) -> tuple[str, str, Stored]:
@@ -186,6 +198,7 @@ def _rebuild(cache_dir: Path, path: Path) -> Path:
         except sqlite3.DatabaseError:
             pass  # nothing can be read: the new index starts empty
         else:
+            old.text_factory = _text  # a damaged key or version then fails its digest
             try:
                 _copy(old, new, cache_dir)
             finally:

@@ -180,7 +180,7 @@ class Index:
         try:
             return await anyio.to_thread.run_sync(fn, self._conn, *args, limiter=self._lock)
         except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # OperationalError ("locked"), ...
+            if not is_damage(exc):  # "database is locked", a full disk, ...
                 raise
             raise damaged(self.cache_dir, exc) from exc
 
@@ -252,11 +252,18 @@ def create_at(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Tell whether SQLite raised `exc` because the index file is damaged."""
+    # A malformed page is a plain DatabaseError; a flipped bit in a text column, an
+    # OperationalError when the row is read.
+    return type(exc) is sqlite3.DatabaseError or "Could not decode" in str(exc)
+
+
 def damaged(cache_dir: Path, exc: sqlite3.DatabaseError) -> CacheError:
     """Word an error SQLite raised on the index of `cache_dir` as a `CacheError` saying what to do."""
     path = paths.index_path(cache_dir)
     text = str(exc)
-    if "malformed" in text or "not a database" in text:
+    if is_damage(exc) or "not a database" in text:
         return CacheError(
             f"the cache index {path} is damaged ({text}); run `asyncflow check --repair "
             f"--cache-dir {cache_dir}` to keep what can be read (the rest runs again), "
