@@ -429,19 +429,12 @@ class _Scheduler:
 
         Returns whether the caller should settle it (False: another dependent got here first).
 
-        A damaged entry is removed from the index first (a warning names the node and
-        why), so that nothing takes it for fresh again. Dependents that counted the node
-        as done wait for it again; those that were about to load it find it not done
-        (see `_load_deps`). Dependents already done were made from the old result, which
-        was right when read: they are stale for the next run, as the node's version changes.
+        Dependents that counted the node as done wait for it again; those about to load
+        it find it not done (see `_load_deps`). Dependents already done were made from
+        the old result, which was right when read: they are stale on the next run, as the
+        node gets a new version. A damaged entry is removed from the index (with a warning
+        naming the node and why) before the node is settled, so nothing takes it for fresh.
         """
-        if unreadable.damaged:
-            warnings.warn(
-                f"{node.task!r}: its cached result cannot be read: {unreadable.reason}; computing it again",
-                CacheWarning,
-                stacklevel=2,
-            )
-            await self.session.forget([(node.key, version)])
         if node.state != DONE or node.version != version:
             return False
         node.state = STALE
@@ -457,6 +450,13 @@ class _Scheduler:
                 dependent.signature = None  # it will read a new version
                 if dependent.remaining > 0:  # it counted the node as done
                     dependent.remaining += 1
+        if unreadable.damaged:
+            warnings.warn(
+                f"{node.task!r}: its cached result cannot be read: {unreadable.reason}; computing it again",
+                CacheWarning,
+                stacklevel=2,
+            )
+            await self.session.forget([(node.key, version)])
         return True
 
     def _inputs(self, node: Node) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .._errors import UnreadableResultError
 from . import paths
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
     from types import ModuleType
 
@@ -94,12 +94,25 @@ def store(cache_dir: Path, version: str, data: bytes) -> str | None:
     return name
 
 
+def _well_typed(fields: Sequence[object]) -> bool:
+    """Tell whether a `Stored`'s fields have the types they were written with (a damaged record's may not)."""
+    codec, data, path, digest = fields
+    return (
+        type(codec) is int
+        and isinstance(data, (bytes, type(None)))
+        and isinstance(path, (str, type(None)))
+        and isinstance(digest, (str, type(None)))
+    )
+
+
 def read_bytes(cache_dir: Path, key: str, version: str, stored: Stored) -> bytes:
     """Return the bytes of a stored result (inline, or its file's), checked against its digest.
 
     Raises:
         UnreadableResultError: its file is missing or unreadable, or the bytes do not match.
     """
+    if not _well_typed(stored):  # it came from SQLite, which keeps a type per value
+        raise _unreadable(key, "its record is damaged (a field of the wrong type)")
     data = stored.data
     if stored.path is not None:
         try:

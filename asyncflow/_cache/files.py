@@ -118,7 +118,12 @@ def _rows(conn: sqlite3.Connection | None, paths: Sequence[str]) -> dict[str, _R
     """Return the index's rows of `paths` and of everything under them (for directories)."""
     if conn is None:
         return {}
-    return {path: _Row(*row) for path, row in index.file_rows(conn, paths).items()}
+    rows = index.file_rows(conn, paths).items()
+    return {path: _Row(*row) for path, row in rows if tuple(map(type, row)) in _ROW_TYPES}
+
+
+# A row whose values have other types was damaged on disk: its file is hashed again.
+_ROW_TYPES = {(int, int, int, str, int, changed) for changed in (int, float)}
 
 
 def _hash_file(path: str) -> str:

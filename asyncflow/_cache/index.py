@@ -131,14 +131,19 @@ class Stored(NamedTuple):
     digest: str | None  # None: stored before digests were kept
 
 
-def owner_alive(owner: str, expires: float, now: float) -> bool:
-    """Tell whether a lease still binds: not expired, and its process not known dead."""
+def owner_alive(owner: object, expires: object, now: float) -> bool:
+    """Tell whether a lease (a row: any types, it may be damaged) still binds: not expired, its process not known dead."""
+    if not isinstance(owner, str) or not isinstance(expires, (int, float)):
+        return False  # a damaged row binds no one
     if expires <= now:
         return False
     host, _, rest = owner.partition(":")
     if host != HOST:
         return True
-    pid = int(rest.partition(":")[0])
+    pid_text = rest.partition(":")[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -307,7 +312,8 @@ def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(f"SELECT key, source, version, deps FROM nodes WHERE key IN ({marks})", chunk)
         for key, source, version, deps in rows:
-            out[key] = Record(source, version, deps)
+            if type(source) is str and type(version) is str and type(deps) is str:  # else damaged: stale
+                out[key] = Record(source, version, deps)
     return out
 
 
@@ -371,7 +377,8 @@ def times_and_failures(
         for key, started, finished in conn.execute(
             f"SELECT key, started, finished FROM nodes WHERE key IN ({marks})", chunk
         ):
-            times[key] = (started, finished)
+            if isinstance(started, (int, float)) and isinstance(finished, (int, float)):
+                times[key] = (started, finished)
         failures.update(conn.execute(f"SELECT key, error FROM failures WHERE key IN ({marks})", chunk))
     return times, failures
 
