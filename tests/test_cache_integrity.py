@@ -362,3 +362,17 @@ def test_check_repair_rebuilds_a_malformed_index_from_what_it_can_read(cache_dir
     # The page lost some records (they run again); the rest were kept.
     assert 0 < stats[Word.task_name].run < n
     assert stats[Word.task_name].reused == n - stats[Word.task_name].run
+
+
+def test_a_flipped_schema_number_is_damage_not_a_newer_asyncflow(cache_dir: Path) -> None:
+    expected = [f"payload-{i}-" * 3 for i in range(5)]
+    Words(5, 0).run_graph(cache_dir=cache_dir)
+    conn = sqlite3.connect(_index(cache_dir))
+    conn.execute(f"PRAGMA user_version={4 | 1 << 18}")  # one bit of the header flipped
+    conn.close()
+    with pytest.raises(CacheError, match=r"is damaged .*asyncflow check --repair"):
+        Words(5, 0).run_graph(cache_dir=cache_dir)
+    assert _check(cache_dir, "--repair").returncode == 0
+    value, stats = Words(5, 0).run_graph_with_stats(cache_dir=cache_dir)
+    assert value == expected
+    assert (stats.run, stats.reused) == (0, 6)

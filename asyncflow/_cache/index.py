@@ -38,6 +38,7 @@ T = TypeVar("T")
 # cache from asyncflow 0.1 re-runs once) and the digests of input files. 4: a digest of
 # every stored result (`blobs.digest`); older records have none and are read unchecked.
 SCHEMA_VERSION = 4
+_SCHEMA_PLAUSIBLE = 1000  # a schema number above this is damage, not a newer asyncflow
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
 _SCHEMA = """
@@ -237,6 +238,8 @@ def create_at(path: Path) -> sqlite3.Connection:
         _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_PLAUSIBLE:  # no asyncflow will ever get there: a flipped bit
+            raise sqlite3.DatabaseError(f"its header is damaged (schema number {version})")
         if version > SCHEMA_VERSION:
             raise CacheError(
                 f"the cache at {path} was written by a newer asyncflow (schema {version}, "
