@@ -18,8 +18,9 @@ AsyncflowError
 Facts are attributes, so callers never parse messages; the first line of each
 message stands alone. Every error pickles, facts included: a workflow may run inside a
 process pool's job, and a body's error crosses from a worker process. `UsageError` is
-the command line's own (exit status 2), and `UnstorableResultError` the runners' word to
-the scheduler; neither is asyncflow's API.
+the command line's own (exit status 2), `UnstorableResultError` the runners' word to the
+scheduler, and `WorkerTracebackError` a traceback from another process; none of them is
+asyncflow's API.
 """
 
 from __future__ import annotations
@@ -196,6 +197,17 @@ class UnstorableResultError(AsyncflowError):
 
     Raised where the body ran, perhaps in another process, and never retried: the body
     would return the same kind of value again.
+    """
+
+
+class WorkerTracebackError(Exception):
+    """The traceback of an exception raised in a worker process, as text; not public.
+
+    A worker process cannot send the traceback itself, so the exception arrives with
+    this as its ``__cause__`` (as concurrent.futures does), and a Python traceback of
+    the failure shows where the body raised. When the exception itself could not
+    travel, it is the ``__cause__`` of the `TaskFailedError`, which names the
+    exception's type and message.
     """
 
 

@@ -61,6 +61,7 @@ SAMPLES: dict[type[BaseException], BaseException] = {
     EventLoopRunningError: EventLoopRunningError("run_graph() blocks"),
     _errors.GraphvizError: _errors.GraphvizError("no dot", reason="missing"),
     _errors.UnstorableResultError: _errors.UnstorableResultError("returned a lock"),
+    _errors.WorkerTracebackError: _errors.WorkerTracebackError("ValueError was raised in the worker:\n..."),
     _errors.UsageError: _errors.UsageError("no such command"),
 }
 
