@@ -2,7 +2,8 @@
 
 Real worker processes throughout: what a body raises reaches the caller (as itself when
 it pickles, else as its type, message and traceback), a worker that dies is named with
-its exit status or signal. Scripts that must be ``__main__`` run in a subprocess of their own.
+its exit status or signal, and a script without ``if __name__ == "__main__":`` is told
+to add it. Scripts that must be ``__main__`` run in a subprocess of their own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,7 +24,8 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from asyncflow import RequiresList, Task, TaskFailedError, WorkflowFailedError
+from asyncflow import AsyncflowError, RequiresList, Task, TaskFailedError, WorkflowFailedError
+from asyncflow._mainguard import refuse_reimported_script, unguarded_main_call
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -250,3 +253,106 @@ async def test_a_dead_worker_breaks_a_process_pool(cache_dir: Path) -> None:
         assert isinstance(info.value.__cause__, BrokenProcessPool)
     with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool, anyio.fail_after(60):
         assert await Square(5).run(cache_dir=cache_dir, executor=pool) == 25
+
+
+# A script without `if __name__ == "__main__":`.
+
+UNGUARDED_SCRIPT = """
+import asyncio
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+from asyncflow import Task
+
+print("top level", file=sys.stderr)
+
+
+class Square(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        return self.i * self.i
+
+
+how, call = sys.argv[2], sys.argv[3]
+executor = "process" if how == "process" else ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(how))
+if call == "run_graph":
+    print(Square(3).run_graph(cache_dir=sys.argv[1], executor=executor))
+else:
+    print(asyncio.run(Square(3).run(cache_dir=sys.argv[1], executor=executor)))
+"""
+
+
+def run_unguarded(tmp_path: Path, how: str, call: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache"), how, call],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("call", ["run_graph", "asyncio.run"])
+def test_worker_processes_do_not_run_a_script_again(tmp_path: Path, call: str) -> None:
+    done = run_unguarded(tmp_path, "process", call)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "9\n"
+    assert done.stderr == "top level\n"  # the workers did not run it
+
+
+@pytest.mark.parametrize("call", ["run_graph", "asyncio.run"])
+@pytest.mark.parametrize("how", ["spawn", "forkserver"])
+def test_a_pool_that_imports_a_script_without_the_guard(tmp_path: Path, how: str, call: str) -> None:
+    done = run_unguarded(tmp_path, how, call)
+    assert done.returncode == 1, done.stderr
+    script = tmp_path / "script.py"
+    line = line_of(UNGUARDED_SCRIPT, "print(Square(3)" if call == "run_graph" else "print(asyncio.run(")
+    guard = '`if __name__ == "__main__":`'
+    # The worker, importing the script, refuses to start the workflow again...
+    assert (
+        f"asyncflow.AsyncflowError: {script}, line {line}, starts a workflow while a worker "
+        f"process imports the script: put the call under {guard}\n"
+    ) in done.stderr
+    # ...and the parent's failure says the same.
+    lines = done.stderr.splitlines()
+    (at,) = [n for n, text in enumerate(lines) if text.startswith("asyncflow.TaskFailedError: ")]
+    assert lines[at].startswith("asyncflow.TaskFailedError: Square(3) failed: its process pool is broken:")
+    assert lines[at + 1] == (
+        f"  {script}, line {line}, starts the workflow outside {guard}; a pool started by spawn "
+        "or forkserver imports the script in each worker, which starts it again: put the call "
+        f"under {guard}"
+    )
+
+
+def test_the_guard_is_found_by_line(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            found = [check()]
+            if __name__ == "__main__":
+                found.append(check())
+            if "__main__" == __name__:
+                found.append(check())
+            """
+        )
+    )
+    namespace = {"__name__": "__main__", "check": unguarded_main_call}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    assert namespace["found"] == [(str(script), 2), None, None]
+
+
+def test_a_run_from_a_reimported_script_is_refused() -> None:
+    namespace = {"__name__": "__mp_main__", "refuse": refuse_reimported_script}
+    with pytest.raises(AsyncflowError) as info:
+        exec(compile("\n\nrefuse()\n", "/somewhere/script.py", "exec"), namespace)
+    assert str(info.value).splitlines()[0] == (
+        "/somewhere/script.py, line 3, starts a workflow while a worker process imports the "
+        'script: put the call under `if __name__ == "__main__":`'
+    )
+    exec(compile("refuse()\n", "/somewhere/script.py", "exec"), {**namespace, "__name__": "__main__"})

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .. import _mainguard
 from .._cache import blobs
 from .._errors import TaskFailedError, WorkerTracebackError
 from . import payload
@@ -115,4 +116,12 @@ def _broken_pool(label: str) -> str:
         "abruptly (a crash, os._exit(), a kill), and the pool runs nothing more; "
         "make a new ProcessPoolExecutor"
     )
+    unguarded = _mainguard.unguarded_main_call()
+    if unguarded is not None:
+        path, line = unguarded
+        message += (
+            f'\n  {path}, line {line}, starts the workflow outside `if __name__ == "__main__":`; '
+            "a pool started by spawn or forkserver imports the script in each worker, which "
+            'starts it again: put the call under `if __name__ == "__main__":`'
+        )
     return message
