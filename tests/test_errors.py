@@ -81,7 +81,7 @@ def _same(copy: BaseException, original: BaseException) -> None:
     assert type(copy) is type(original)
     assert str(copy) == str(original)
     assert repr(copy.args) == repr(original.args)  # exceptions compare by identity
-    assert vars(copy) == vars(original)
+    assert repr(vars(copy)) == repr(vars(original))  # on 3.10 a group keeps its exceptions there
     if isinstance(original, WorkflowFailedError):
         assert isinstance(copy, WorkflowFailedError)
         assert copy.message == original.message
@@ -106,7 +106,7 @@ def test_a_cause_does_not_travel_but_does_not_break() -> None:
             raise TaskFailedError("A() failed: ValueError: no", task="A()") from exc
     except TaskFailedError as exc:
         error = exc
-    error.add_note("a note")
+    error.__notes__ = ["a note"]  # what add_note does (3.11 and later)
     copy = pickle.loads(pickle.dumps(error))
     assert copy.task == "A()"
     assert copy.__cause__ is None

@@ -88,8 +88,8 @@ def _outcome(label: str, data: bytes) -> Outcome:
         answer = blobs.loads(data)
     except Exception as exc:  # the worker read it back, so this process lacks something
         raise TaskFailedError(
-            f"{label} ended in a worker process, whose answer cannot be unpickled here: "
-            f"{type(exc).__name__}: {exc}",
+            f"{label} failed, and its worker's answer cannot be unpickled here "
+            f"({type(exc).__name__}: {exc}): import here what the worker imports",
             task=label,
         ) from exc
     assert isinstance(answer, payload.Answer), "asyncflow bug: a worker answered something else"
