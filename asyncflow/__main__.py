@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-# Absolute: worker processes (executor="process") re-import this file by path, as __mp_main__.
+# Absolute: a process started by multiprocessing's spawn re-imports this file by path, as
+# __mp_main__, where a relative import fails.
 from asyncflow._cli import main
 
 if __name__ == "__main__":

@@ -17,14 +17,17 @@ AsyncflowError
 ```
 
 Facts are attributes, so callers never parse messages; the first line of each
-message stands alone. `UsageError` is the command line's own (exit status 2), and
-`UnstorableResultError` the runners' word to the scheduler; neither is asyncflow's API.
+message stands alone. Every error pickles, facts included: a workflow may run inside a
+process pool's job, and a body's error crosses from a worker process. `UsageError` is
+the command line's own (exit status 2), `UnstorableResultError` the runners' word to the
+scheduler, and `WorkerTracebackError` a traceback from another process; none of them is
+asyncflow's API.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,6 +38,20 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
 
 class AsyncflowError(Exception):
     """Base class of every error asyncflow raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle's default calls cls(*args), which lacks the keyword-only facts most
+        # subclasses require: rebuild without __init__ instead. (__cause__ and the
+        # traceback are lost, as with any pickled exception.)
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[AsyncflowError], args: tuple[Any, ...], state: dict[str, Any]) -> AsyncflowError:
+    """Make an error again from its class, arguments and attributes (see `__reduce__`)."""
+    error = cls.__new__(cls, *args)
+    error.args = args  # OSError.__new__ leaves them to the __init__ skipped here
+    error.__dict__.update(state)
+    return error
 
 
 class TaskDefinitionError(AsyncflowError, TypeError):
@@ -202,8 +219,18 @@ class UnstorableResultError(AsyncflowError):
     """A body returned a value the cache cannot store; the scheduler reports a `TaskFailedError`.
 
     Raised where the body ran, perhaps in another process, and never retried: the body
-    would return the same kind of value again. Its one argument is the message, so it
-    pickles (the errors above with keyword-only arguments do not) and crosses processes.
+    would return the same kind of value again.
+    """
+
+
+class WorkerTracebackError(Exception):
+    """The traceback of an exception raised in a worker process, as text; not public.
+
+    A worker process cannot send the traceback itself, so the exception arrives with
+    this as its ``__cause__`` (as concurrent.futures does), and a Python traceback of
+    the failure shows where the body raised. When the exception itself could not
+    travel, it is the ``__cause__`` of the `TaskFailedError`, which names the
+    exception's type and message.
     """
 
 

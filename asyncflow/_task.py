@@ -21,6 +21,7 @@ from ._cache import paths
 from ._errors import TaskDefinitionError
 from ._file import MARK as FILE_MARK
 from ._file import File, files_in
+from ._mainguard import refuse_reimported_script
 from ._options import (
     CLASS_KEYWORDS,
     CacheOptions,
@@ -327,6 +328,7 @@ class Task(TaskLike[R], Generic[P, R]):
         """Like `run`, and also return per-class statistics of this run."""
         from ._scheduler import run_workflow
 
+        refuse_reimported_script()
         return await run_workflow(self, settings_from(options))
 
     async def result(self, **options: Unpack[CacheOptions]) -> R:

@@ -70,7 +70,7 @@ class Runner(Protocol):
 
 @runtime_checkable
 class Closing(Protocol):
-    """A runner that holds something for the whole run (SSH connections) and lets go at its end."""
+    """A runner that holds something for the whole run (SSH connections, worker processes) and lets go at its end."""
 
     async def aclose(self) -> None:
         """Release what the runner holds; called once, when the run ends."""

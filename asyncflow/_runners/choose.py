@@ -40,7 +40,7 @@ class Runners:
         self._sync: Runner
         if executor == "thread":
             self._sync = ThreadRunner(settings.max_workers)
-        else:  # imported only when used: anyio.to_process and its kin take milliseconds
+        else:  # imported only when used: concurrent.futures and its kin take milliseconds
             from .process import ExecutorRunner, ProcessRunner
 
             if executor == "process":
@@ -70,8 +70,8 @@ class Runners:
         return cls.__af_options__.job_prefix
 
     async def aclose(self) -> None:
-        """Let the runners that hold connections close them: the run has ended."""
-        for runner in self._elsewhere.values():
+        """Let the runners that hold connections or processes close them: the run has ended."""
+        for runner in (self._sync, *self._elsewhere.values()):
             if isinstance(runner, Closing):
                 await runner.aclose()
 

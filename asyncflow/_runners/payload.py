@@ -1,5 +1,7 @@
 """The files a job runs from and answers with; both ends agree on them. No event loop here.
 
+Worker processes (`process.py`) answer with the same `Answer`, over a pipe.
+
 A job directory ``<cache_dir>/asyncflow/jobs/<id>/`` lives under the cache directory,
 which on a cluster is a shared filesystem (unlike /tmp), so a compute node can read the
 payload and write the result. The worker never opens the SQLite index.
@@ -19,7 +21,7 @@ import json
 import shutil
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .._cache import blobs, paths
@@ -36,13 +38,18 @@ RESULT = "result.pkl"
 
 @dataclass(frozen=True)
 class Answer:
-    """What a worker sends back: the pickled result, or the exception and its traceback."""
+    """What a worker sends back: the pickled result, or the exception and its traceback.
+
+    `error` is None when the exception could not come back (`lost` says why): it did
+    not pickle, or would not unpickle. Its type, text and traceback always do.
+    """
 
     pickled: bytes | None
     error: BaseException | None = None
     error_type: str = ""
     error_text: str = ""
     traceback: str = ""
+    lost: str = ""
 
 
 def _importable_elsewhere(module_name: str) -> bool:
@@ -85,13 +92,20 @@ def read_payload(job: Path) -> Task[Any, Any]:
     return task
 
 
-def write_answer(job: Path, answer: Answer) -> None:
-    """Write the worker's answer atomically (worker side)."""
+def encode_answer(answer: Answer) -> bytes:
+    """Pickle a worker's answer; an exception that would not arrive whole goes as text only."""
     try:
         data = blobs.dumps(answer)
-    except Exception:  # an exception that does not pickle: send its text only
-        data = blobs.dumps(Answer(None, None, answer.error_type, answer.error_text, answer.traceback))
-    blobs.write_atomic(job / RESULT, job, data)
+        if answer.error is not None:
+            blobs.loads(data)  # e.g. an __init__ that its args cannot call again
+    except Exception as exc:
+        return blobs.dumps(replace(answer, error=None, lost=f"{type(exc).__name__}: {exc}"))
+    return data
+
+
+def write_answer(job: Path, answer: Answer) -> None:
+    """Write the worker's answer atomically (worker side)."""
+    blobs.write_atomic(job / RESULT, job, encode_answer(answer))
 
 
 def failure(exc: BaseException) -> Answer:

@@ -1,22 +1,30 @@
 """Plain ``def`` bodies in worker processes, or in a user's `concurrent.futures.Executor`.
 
 The task travels as a cloudpickle (so classes from ``__main__``, notebooks and test
-modules work) and its result comes back pickled. Worker processes are anyio's: a
-cancelled call kills its worker.
+modules work) and an answer (`payload.Answer`) comes back as one: the pickled result,
+or what the body raised. An exception that pickles arrives as itself, with the
+traceback from where it was raised as its ``__cause__``; one that does not (a class
+the parent cannot import, an ``__init__`` that its args cannot call, a lock inside)
+arrives as its type's name, its message and that traceback. Worker processes are the
+run's own (`workers.py`): a cancelled call kills its worker, and a dead worker is named
+with its exit status or signal.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_process
 
+from .. import _mainguard
 from .._cache import blobs
+from .._errors import TaskFailedError, WorkerTracebackError
+from . import payload
 from .base import Outcome
 from .local import call_and_pickle
+from .workers import WorkerPool
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -24,31 +32,35 @@ if TYPE_CHECKING:
     from .._task import Task
 
 
-def call_pickled(payload: bytes) -> bytes:
-    """Worker side: unpickle a task, run its body, return the pickled result."""
-    # anyio's workers point stdout/stderr at /dev/null; give the body the parent's stderr.
-    if sys.stderr is None or getattr(sys.stderr, "name", "") == os.devnull:
-        sys.stdout = sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives with the worker
-    task: Task[Any, Any] = blobs.loads(payload)
-    return call_and_pickle(task).pickled
+def call_pickled(request: bytes, parent: int = 0) -> bytes:
+    """Worker side: unpickle a task, run its body; return the pickled `payload.Answer`.
 
-
-def _outcome(pickled: bytes) -> Outcome:
-    return Outcome(blobs.loads(pickled), pickled)
+    In the process whose id is `parent` (an executor of threads), what the body raised
+    is raised as it is instead: it needs no pickling, and keeps its cause.
+    """
+    try:
+        task: Task[Any, Any] = blobs.loads(request)
+        answer = payload.Answer(call_and_pickle(task).pickled)
+    except BaseException as exc:  # reported to the parent, whatever it is
+        if os.getpid() == parent:
+            raise
+        answer = payload.failure(exc)
+    return payload.encode_answer(answer)
 
 
 class ProcessRunner:
-    """Runs plain ``def`` bodies in anyio worker processes (`max_workers` at once)."""
+    """Runs plain ``def`` bodies in the run's worker processes (`max_workers` at once)."""
 
     def __init__(self, max_workers: int | None) -> None:
-        self._limiter = anyio.CapacityLimiter(max_workers or os.cpu_count() or 1)
+        self._workers = WorkerPool(call_pickled, max_workers or os.cpu_count() or 1)
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
-        payload = blobs.dumps(task)
-        pickled = await anyio.to_process.run_sync(
-            call_pickled, payload, cancellable=True, limiter=self._limiter
-        )
-        return _outcome(pickled)
+        label = repr(task)
+        return _outcome(label, await self._workers.call(blobs.dumps(task), label))
+
+    async def aclose(self) -> None:
+        """End the worker processes: the run is over."""
+        await self._workers.aclose()
 
 
 class ExecutorRunner:
@@ -58,10 +70,58 @@ class ExecutorRunner:
         self._executor = executor
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
-        future = self._executor.submit(call_pickled, blobs.dumps(task))
+        label = repr(task)
+        future = self._executor.submit(call_pickled, blobs.dumps(task), os.getpid())
         try:
-            pickled = await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+            answer = await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             future.cancel()
             raise
-        return _outcome(pickled)
+        except BrokenProcessPool as exc:
+            raise TaskFailedError(_broken_pool(label), task=label) from exc
+        return _outcome(label, answer)
+
+
+def _outcome(label: str, data: bytes) -> Outcome:
+    """The result in a worker's answer; raise what the body raised, if it did."""
+    try:
+        answer = blobs.loads(data)
+    except Exception as exc:  # the worker read it back, so this process lacks something
+        raise TaskFailedError(
+            f"{label} failed, and its worker's answer cannot be unpickled here "
+            f"({type(exc).__name__}: {exc}): import here what the worker imports",
+            task=label,
+        ) from exc
+    assert isinstance(answer, payload.Answer), "asyncflow bug: a worker answered something else"
+    if answer.pickled is not None:
+        return Outcome(blobs.loads(answer.pickled), answer.pickled)
+    name = answer.error_type.rpartition(".")[2]
+    where = WorkerTracebackError(f"{name} was raised in the worker:\n{answer.traceback.rstrip()}")
+    error = answer.error
+    if error is None:
+        raise TaskFailedError(
+            f"{label} failed: {name}: {answer.error_text}\n"
+            f"  the {name} itself could not come back ({answer.lost}), only its text and traceback",
+            task=label,
+        ) from where
+    if isinstance(error, Exception):  # as itself: `except ValueError` and retries work as here
+        raise error from where
+    error.__cause__ = where  # e.g. SystemExit: not for the scheduler to catch
+    raise TaskFailedError(f"{label} failed: {name}: {answer.error_text}", task=label) from error
+
+
+def _broken_pool(label: str) -> str:
+    message = (
+        f"{label} failed: its process pool is broken: one of its worker processes ended "
+        "abruptly (a crash, os._exit(), a kill), and the pool runs nothing more; "
+        "make a new ProcessPoolExecutor"
+    )
+    unguarded = _mainguard.unguarded_main_call()
+    if unguarded is not None:
+        path, line = unguarded
+        message += (
+            f'\n  {path}, line {line}, starts the workflow outside `if __name__ == "__main__":`; '
+            "a pool started by spawn or forkserver imports the script in each worker, which "
+            'starts it again: put the call under `if __name__ == "__main__":`'
+        )
+    return message
