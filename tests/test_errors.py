@@ -15,6 +15,7 @@ from asyncflow import (
     AsyncflowError,
     BuildError,
     CacheError,
+    CacheWarning,
     CycleError,
     EventLoopRunningError,
     GraphError,
@@ -26,6 +27,7 @@ from asyncflow import (
     TaskDefinitionError,
     TaskFailedError,
     UndeclaredRequirementError,
+    UnreadableResultError,
     WorkflowFailedError,
     _errors,
 )
@@ -57,6 +59,12 @@ SAMPLES: dict[type[BaseException], BaseException] = {
         "2 task(s) failed", [FAILED, TaskFailedError("B() failed", task="B()")]
     ),
     CacheError: CacheError("newer cache"),
+    UnreadableResultError: UnreadableResultError(
+        "the cached result of Noise(3) cannot be read: its result file ab/ab12 is missing",
+        task="Noise(3)",
+        reason="its result file ab/ab12 is missing",
+    ),
+    CacheWarning: CacheWarning("Noise(3): its cached result cannot be read; computing it again"),
     HostError: HostError("refused", host="ssh://root@127.0.0.1:2222", reason="refused"),
     EventLoopRunningError: EventLoopRunningError("run_graph() blocks"),
     _errors.GraphvizError: _errors.GraphvizError("no dot", reason="missing"),
