@@ -239,7 +239,7 @@ def create_at(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > _SCHEMA_PLAUSIBLE:  # no asyncflow will ever get there: a flipped bit
-            raise sqlite3.DatabaseError(f"its header is damaged (schema number {version})")
+            raise sqlite3.DatabaseError(f"schema number {version} in its header")
         if version > SCHEMA_VERSION:
             raise CacheError(
                 f"the cache at {path} was written by a newer asyncflow (schema {version}, "
