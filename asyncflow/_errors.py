@@ -9,7 +9,7 @@ AsyncflowError
 │                                           UndeclaredRequirementError, InputFileError
 ├── TaskFailedError                         .task, .command, .returncode, .stderr_tail
 ├── WorkflowFailedError (ExceptionGroup)    every failure under on_error="continue"
-├── CacheError                              unreadable, damaged or newer cache
+├── CacheError                              unreadable, damaged, newer or full cache (.lost)
 │   └── UnreadableResultError               one cached result cannot be read back
 ├── HostError (also OSError)                unreachable, auth, host key, no remote python
 ├── EventLoopRunningError (also RuntimeError)  a blocking twin inside a running loop
@@ -154,7 +154,16 @@ class WorkflowFailedError(AsyncflowError, ExceptionGroup[TaskFailedError]):
 
 
 class CacheError(AsyncflowError):
-    """The cache cannot be used as it is (unreadable, written by a newer asyncflow, ...)."""
+    """The cache cannot be used as it is (unreadable, written by a newer asyncflow, full, ...).
+
+    Attributes:
+        lost: the keys of the nodes whose results could not be written (e.g. the disk
+            is full); they run again next time. Empty for other errors.
+    """
+
+    def __init__(self, message: str, *, lost: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.lost: tuple[str, ...] = tuple(lost)
 
 
 class UnreadableResultError(CacheError):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
-from asyncflow import CacheError, Task
+from asyncflow import CacheError, RequiresList, Task
 from asyncflow._cache.index import SCHEMA_VERSION
 
 from .workflows import TASKFILE_TEMPLATE, load_taskfile
@@ -169,3 +174,105 @@ async def test_cache_error_during_a_run_is_not_wrapped(
     monkeypatch.setattr(session.CacheSession, "acquire_many", broken)
     with pytest.raises(CacheError, match="on fire"):
         await Plain().run(cache_dir=cache_dir)
+
+
+# A full disk (a real one: a 1 MiB tmpfs).
+
+RUNS: Counter[str] = Counter()  # body executions in this process, by node key
+
+
+class Bulky(Task):
+    """100 KiB that gzip cannot shrink: a result file of its own."""
+
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> bytes:
+        RUNS[self.__af_key__] += 1
+        return random.Random(self.i).randbytes(100 * 1024)
+
+
+class Tally(Task):
+    parts: RequiresList[bytes]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [Bulky(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        RUNS[self.__af_key__] += 1
+        return sum(len(p) for p in self.parts)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for the test (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+async def test_a_full_disk_loses_only_what_did_not_fit(small_disk: Path) -> None:
+    """The error names what was lost; nothing is left half-written or leased; the next run redoes it."""
+    cache_dir = small_disk / "cache"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"x" * 512 * 1024)  # room for about 4 of the 8 results
+    n = 8
+    RUNS.clear()
+    with anyio.fail_after(30), pytest.raises(CacheError) as caught:
+        await Tally(n).run(cache_dir=cache_dir)
+    error = caught.value
+    message = str(error)
+    assert message.startswith(
+        f"could not write the results of {len(error.lost)} task(s) to the cache in {cache_dir}"
+    )
+    assert "No space left on device" in message or "disk is full" in message
+    assert "free space" in message
+    assert "will run again next time" in message
+    assert error.lost
+    assert set(error.lost) <= {t.__af_key__ for t in [*(Bulky(i) for i in range(n)), Tally(n)]}
+    assert error.lost[0] in message
+    assert isinstance(error.__cause__, (OSError, sqlite3.Error))
+    # No partial file is left behind.
+    assert not list((cache_dir / "asyncflow" / "tmp").iterdir())
+
+    # Space freed, the same process runs again at once (its own leases do not hold it up
+    # for their 15 s): it computes what was lost and reuses what was written.
+    filler.unlink()
+    RUNS.clear()
+    with anyio.fail_after(5):
+        value, stats = await Tally(n).run_with_stats(cache_dir=cache_dir)
+    assert value == n * 100 * 1024
+    assert set(RUNS) == set(error.lost) | {Tally(n).__af_key__}
+    assert stats.reused == n + 1 - len(RUNS) > 0
+    _, stats = await Tally(n).run_with_stats(cache_dir=cache_dir)
+    assert (stats.run, stats.reused) == (0, n + 1)
+
+
+async def test_a_lease_left_by_an_ended_run_of_this_process_binds_no_one(cache_dir: Path) -> None:
+    """As when a full disk kept a run from deleting its leases: the next run does not wait for them."""
+    await Twin(0).run(cache_dir=cache_dir)
+    from asyncflow._cache.index import HOST
+
+    conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
+    with conn:
+        conn.execute("DELETE FROM nodes")
+        conn.execute(
+            "INSERT INTO leases VALUES (?, ?, 1e12)", (Twin(0).__af_key__, f"{HOST}:{os.getpid()}:0ended0")
+        )
+    conn.close()
+    with anyio.fail_after(5):
+        _, stats = await Twin(0).run_with_stats(cache_dir=cache_dir)
+    assert stats.run == 1

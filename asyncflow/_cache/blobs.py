@@ -158,10 +158,17 @@ def remove(cache_dir: Path, names: Iterable[str]) -> None:
 
 
 def write_atomic(path: Path, tmp_dir: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader (or a crash) sees all of it or nothing."""
+    """Write `data` to `path` so that a reader (or a crash) sees all of it or nothing.
+
+    When writing fails (a full disk), the partial temporary file is removed.
+    """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

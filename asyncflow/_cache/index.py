@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import time
@@ -89,6 +90,11 @@ DROP INDEX IF EXISTS leases_by_owner;
 
 HOST = socket.gethostname()
 
+# The lease owners of this process's runs that have not ended. A lease of this process
+# whose run has ended binds no one, even if its row could not be deleted (a full disk):
+# without this, the next run of a long-lived process would wait out its own dead leases.
+_LIVE_OWNERS: set[str] = set()
+
 
 class Record(NamedTuple):
     """What decides whether a cached result is fresh."""
@@ -132,8 +138,20 @@ class Stored(NamedTuple):
     digest: str | None  # None: stored before digests were kept
 
 
+def new_owner() -> str:
+    """Return the lease owner (``host:pid:run``) of a new run of this process, live until `end_owner`."""
+    owner = f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+    _LIVE_OWNERS.add(owner)
+    return owner
+
+
+def end_owner(owner: str) -> None:
+    """Mark the run that `owner` stands for as ended: its leases bind no one from now on."""
+    _LIVE_OWNERS.discard(owner)
+
+
 def owner_alive(owner: object, expires: object, now: float) -> bool:
-    """Tell whether a lease (a row: any types, it may be damaged) still binds: not expired, its process not known dead."""
+    """Tell whether a lease (a row: any types, it may be damaged) still binds: not expired, its run not known to have ended."""
     if not isinstance(owner, str) or not isinstance(expires, (int, float)):
         return False  # a damaged row binds no one
     if expires <= now:
@@ -145,6 +163,8 @@ def owner_alive(owner: object, expires: object, now: float) -> bool:
     if not pid_text.isdigit():
         return False
     pid = int(pid_text)
+    if pid == os.getpid():
+        return owner in _LIVE_OWNERS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -6,15 +6,15 @@ and a transaction with every request made meanwhile. A run of 10,000 nodes makes
 handful of SQLite transactions, not 10,000. Results are written behind the run
 (dependents read them from memory), gathered for a moment so that quick tasks share a
 transaction, and flushed before the run returns, also when it fails or is cancelled: a
-finished result is never thrown away.
+finished result is never thrown away. One that cannot be written (a full disk) is named
+in the run's `CacheError`, and every way out of a run releases its leases.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
+import logging
 import sqlite3
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
@@ -43,6 +43,9 @@ LEASE_TTL = 15.0  # seconds a lease binds without renewal: how long a crashed ho
 _BATCH_MAX = 5000  # nodes per transaction
 _SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
 _COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)
+_NAMED = 5  # lost results a CacheError names before "and N more"
+
+log = logging.getLogger("asyncflow")
 
 
 class _Slot:
@@ -93,8 +96,12 @@ class Batcher(Generic[I, O]):
 async def open_session(cache_dir: Path) -> AsyncGenerator[CacheSession, None]:
     """Open the cache for one run; on the way out, write what is pending, even if cancelled.
 
+    Every way out releases the run's leases; when even that cannot be written (a full
+    disk), they no longer bind this process's later runs (see `index.end_owner`).
+
     Raises:
-        CacheError: results could not be written (after the run's own outcome).
+        CacheError: results could not be written (after the run's own outcome); its
+            `lost` names their nodes.
     """
     idx = await Index.open(cache_dir)
     assert idx is not None, "asyncflow bug: Index.open(create=True) returned None"
@@ -111,15 +118,28 @@ async def open_session(cache_dir: Path) -> AsyncGenerator[CacheSession, None]:
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _SHUTDOWN_GRACE):
             try:
                 await session.write_pending()
-                await idx.call(index.release_all, session.owner)
-            except Exception as exc:
-                session.write_error = session.write_error or exc
             finally:
-                await idx.close()
+                index.end_owner(session.owner)  # its leases bind no later run of this process
+                try:
+                    await session.release_all()
+                finally:
+                    await idx.close()
     if session.write_error is not None:
-        raise CacheError(
-            f"could not write results to the cache in {cache_dir}: {session.write_error}"
-        ) from session.write_error
+        raise _write_failure(cache_dir, session.lost, session.write_error) from session.write_error
+
+
+def _write_failure(cache_dir: Path, lost: Sequence[str], error: Exception) -> CacheError:
+    """Say which results a run could not write to the cache, why, and what to do."""
+    why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    named = ", ".join(lost[:_NAMED])
+    if len(lost) > _NAMED:
+        named += f" and {len(lost) - _NAMED} more"
+    return CacheError(
+        f"could not write the results of {len(lost)} task(s) to the cache in {cache_dir} ({why}): "
+        f"{named}; they will run again next time: free space there (or use another cache_dir), "
+        "then run again",
+        lost=lost,
+    )
 
 
 class CacheSession:
@@ -128,13 +148,14 @@ class CacheSession:
     def __init__(self, idx: Index) -> None:
         self.index = idx
         self.cache_dir: Path = idx.cache_dir
-        self.owner = f"{index.HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = index.new_owner()
         self._pending: list[Entry] = []
         self._released: list[str] = []
         self._failures: list[tuple[str, str, str]] = []
         self._fingerprints: dict[str, tuple[str, str, str]] = {}  # digest -> its row, until written
         self._wake = anyio.Event()
-        self.write_error: Exception | None = None
+        self.write_error: Exception | None = None  # the first reason a result could not be written
+        self.lost: list[str] = []  # the keys of the results that could not be written
         self._seen: int | None = None  # the index's data_version when `lookup` read it
         self._acquire = Batcher[str, "tuple[str | None, Record | None]"](self._acquire_batch)
         self._poll = Batcher[str, bool](self._poll_batch)
@@ -227,14 +248,13 @@ class CacheSession:
                 # chain of quick tasks would otherwise commit every node on its own.
                 await anyio.sleep(_COALESCE)
             self._wake = anyio.Event()
-            try:
-                await self.write_pending(drain=False)
-            except Exception as exc:  # reported when the session closes
-                self.write_error = exc
-                return
+            await self.write_pending(drain=False)
 
     async def write_pending(self, *, drain: bool = True) -> None:
         """Write the queued results, lease releases and failure notes.
+
+        A result that cannot be written (the disk is full) is noted in `lost` and
+        `write_error`, and the rest are still tried: what fits is kept.
 
         Args:
             drain: also write what is queued while writing; else only what is queued now.
@@ -248,12 +268,35 @@ class CacheSession:
             made_by = [
                 self._fingerprints.pop(d) for d in {e.source for e in entries} if d in self._fingerprints
             ]
+            unwritten: Sequence[tuple[str, Exception]] = ()  # (the shielded scope never swallows)
             # Shielded: what was taken off the queues must reach the index, or a
             # cancellation arriving before the worker thread starts would drop it.
             with anyio.CancelScope(shield=True):
-                await self.index.call(
-                    _write, self.cache_dir, self.owner, entries, released, failures, made_by
-                )
+                try:
+                    unwritten = await self.index.call(
+                        _write, self.cache_dir, self.owner, entries, released, failures, made_by
+                    )
+                except (OSError, sqlite3.Error) as exc:  # the commit failed: none of them is kept
+                    unwritten = [(e.key, exc) for e in entries]
+                    self._fingerprints.update((f[0], f) for f in made_by)  # for a later result
+            for key, exc in unwritten:
+                self.lost.append(key)
+                self.write_error = self.write_error or exc
+
+    async def release_all(self) -> None:
+        """Drop every lease this run holds (say so when even that cannot be written)."""
+        try:
+            await self.index.call(index.release_all, self.owner)
+        except (OSError, sqlite3.Error) as exc:
+            # They bind no later run of this process (see `index.end_owner`); other
+            # processes wait until they expire.
+            log.warning(
+                "could not release this run's leases in %s (%s); other processes may wait "
+                "up to %g s for the tasks they name",
+                self.cache_dir,
+                exc,
+                LEASE_TTL,
+            )
 
     async def _renewer(self) -> None:
         while True:
@@ -294,17 +337,36 @@ def _write(
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
     fingerprints: Sequence[tuple[str, str, str]],
-) -> None:
+) -> list[tuple[str, OSError]]:
     """Encode results and write the large ones to files, then commit all to the index.
 
     A result file is in place before the record that names it, and the file of a
     replaced result goes only once its record is gone: a crash between leaves an
     orphan file at worst, never a record without its file.
+
+    Returns:
+        The keys of the results whose file could not be written (e.g. the disk is
+        full), each with why; they are left out, the others are committed.
+
+    Raises:
+        sqlite3.Error, OSError: the commit failed (nothing was committed, and the files
+            written for it are removed again).
     """
     encoded: list[Encoded] = []
+    unwritten: list[tuple[str, OSError]] = []
     for e in entries:
         codec, data = blobs.compress(e.pickled, e.compress_level)
-        path = blobs.store(cache_dir, e.version, data)
+        try:
+            path = blobs.store(cache_dir, e.version, data)
+        except OSError as exc:  # a smaller result may still fit
+            unwritten.append((e.key, exc))
+            continue
         digest = blobs.digest(e.key, e.version, codec, data)
         encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
-    blobs.remove(cache_dir, index.commit(conn, owner, encoded, released, failures, fingerprints))
+    try:
+        replaced = index.commit(conn, owner, encoded, released, failures, fingerprints)
+    except BaseException:
+        blobs.remove(cache_dir, [s.path for s in encoded if s.path is not None])  # no record names them
+        raise
+    blobs.remove(cache_dir, replaced)
+    return unwritten
