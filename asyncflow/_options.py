@@ -1,11 +1,13 @@
 """Options: the `RunOptions` users pass to a run and the keywords of a task class, each validated once.
 
 Environment variables are read here and nowhere else: ``AF_CACHE_DIR`` (cache
-location) and ``AF_DETECT_SOURCE_CHANGE`` (``0``: a change of code does not re-run a task).
+location), ``AF_DETECT_SOURCE_CHANGE`` (``0``: a change of code does not re-run a task)
+and ``AF_LEASE_TTL`` (seconds a lease binds without renewal).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -15,6 +17,10 @@ from typing import Any, Literal, TypeAlias, TypedDict, Union
 
 from ._errors import OptionError, TaskDefinitionError
 from ._placements import Host, Placement, Slurm, Where, parse_host_url
+
+# Seconds a lease binds without renewal (a holder renews thrice as often): how long a
+# holder that hangs or is paused blocks others before they compute its nodes.
+LEASE_TTL = 15.0
 
 ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor]  # noqa: UP007 - evaluated at run time on 3.10
 OnError = Literal["cancel", "continue"]
@@ -63,6 +69,7 @@ class Settings:
     detect_source_change: bool = True
     on_error: OnError = "cancel"
     progress: bool = False
+    lease_ttl: float = LEASE_TTL
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -87,6 +94,21 @@ def _env_flag(name: str, default: bool) -> bool:
     if value in _FALSE:
         return False
     raise OptionError(f"${name}={raw!r} is not a boolean; set it to 1 or 0")
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise OptionError(
+            f"${name}={raw!r} is not a number of seconds; set it to a positive number, e.g. {default:g}"
+        )
+    return value
 
 
 def _fail(name: str, value: object, expected: str) -> OptionError:
@@ -180,6 +202,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         detect_source_change=detect,
         on_error=on_error,
         progress=progress,
+        lease_ttl=_env_seconds("AF_LEASE_TTL", LEASE_TTL),
     )
 
 

@@ -84,7 +84,7 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
     started = time.perf_counter()
     prepared = await anyio.to_thread.run_sync(prepare, root)
     value = None
-    async with open_session(settings.cache_dir) as session:
+    async with open_session(settings.cache_dir, lease_ttl=settings.lease_ttl) as session:
         scheduler = _Scheduler(prepared, settings, session)
         try:
             with scheduler.progress or nullcontext():

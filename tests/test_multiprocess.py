@@ -20,7 +20,18 @@ import anyio
 import pytest
 
 from . import workflows
-from .workflows import LOG_ENV, REPO_ROOT, FanSum, Sleeper, fan_nodes, log_pids, read_log, script_command
+from .workflows import (
+    LOG_ENV,
+    READY_ENV,
+    REPO_ROOT,
+    FanSum,
+    Sleeper,
+    Stamp,
+    fan_nodes,
+    log_pids,
+    read_log,
+    script_command,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -240,6 +251,87 @@ def test_process_started_after_a_killed_holder(cache_dir: Path, tmp_path: Path) 
     assert out["run"] + out["reused"] == len(fan_nodes(0, n, delay))
     assert out["run"] == len(read_log(log)) - before
     assert took < 10, f"took {took:.1f} s (the lease TTL is 15 s)"
+
+
+# (d) A holder paused past its lease does not overwrite the work of the one that took over.
+
+
+def stop_outside_a_write(proc: subprocess.Popen[bytes], index: Path) -> None:
+    """SIGSTOP `proc`, at a moment it does not hold the index's write lock (its renewer writes)."""
+    probe = sqlite3.connect(index, timeout=0.2, isolation_level=None)
+    try:
+        for _ in range(50):
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # stopped mid-write: let it finish, and try again
+                os.kill(proc.pid, signal.SIGCONT)
+                time.sleep(0.01)
+                continue
+            probe.execute("ROLLBACK")
+            return
+        pytest.fail("the process always held the index's write lock")
+    finally:
+        probe.close()
+
+
+def test_a_paused_holder_does_not_overwrite_newer_work(cache_dir: Path, tmp_path: Path) -> None:
+    """A holder stopped past its lease loses the node to another process, and keeps out of its record."""
+    ready = tmp_path / "first-runs-its-body"
+    env = {**os.environ, "AF_LEASE_TTL": "1", LOG_ENV: str(tmp_path / "bodies.log")}
+    first = subprocess.Popen(
+        script_command(cache_dir, "stamp", "0", "--backend", "trio"),
+        cwd=REPO_ROOT,
+        env={**env, READY_ENV: str(ready)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert first.poll() is None, first.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the first process did not start its body"
+            time.sleep(0.005)
+        index = cache_dir / "asyncflow" / "index.sqlite"
+        stop_outside_a_write(first, index)
+        # Stopped, it renews nothing: wait until its leases have expired.
+        conn = sqlite3.connect(index)
+        while conn.execute("SELECT max(expires) FROM leases").fetchone()[0] >= time.time():
+            assert time.monotonic() < deadline + 10, "the stopped process's leases did not expire"
+            time.sleep(0.05)
+        conn.close()
+        second = finish(
+            subprocess.Popen(
+                script_command(cache_dir, "stamp", "0"),
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+            timeout=20,
+        )
+        assert second["run"] == 2  # it took over the expired leases and computed both nodes
+        os.kill(first.pid, signal.SIGCONT)
+        stdout, stderr = first.communicate(timeout=20)
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, stderr.decode()[-2000:]
+    mine = json.loads(stdout.decode().splitlines()[-1])
+    assert mine["run"] == 2
+    assert mine["result"] != second["result"], "the two processes were meant to compute different values"
+    assert stderr.decode().count("another process computed it meanwhile; keeping its result") == 2
+    # The index holds the second process's records, and no file of the first's results.
+    conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
+    named = {path for (path,) in conn.execute("SELECT path FROM nodes WHERE path IS NOT NULL")}
+    conn.close()
+    results = cache_dir / "asyncflow" / "results"
+    assert {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()} == named
+    value, stats = anyio.run(lambda: Stamp().run_with_stats(cache_dir=cache_dir))
+    assert value == second["result"]
+    assert (stats.run, stats.reused) == (0, 2)
 
 
 # Several openers of a fresh cache at once.

@@ -11,6 +11,7 @@ import pytest
 
 import asyncflow
 from asyncflow import OptionError, Task
+from asyncflow._options import settings_from
 from asyncflow.examples.binomial import Choose
 
 from .test_cache import Plain
@@ -224,3 +225,19 @@ async def test_cache_dir_default_is_dot_cache(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.chdir(tmp_path)
     await Plain().run()
     assert (tmp_path / ".cache" / "asyncflow" / "index.sqlite").exists()
+
+
+# The lease TTL: seconds a paused or hung holder keeps others waiting.
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-1", "inf", "nan"])
+def test_lease_ttl_from_environment_is_checked(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("AF_LEASE_TTL", raw)
+    with pytest.raises(OptionError, match=rf"\$AF_LEASE_TTL='{raw}' is not a number of seconds"):
+        settings_from({})
+
+
+def test_lease_ttl_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from({}).lease_ttl == 15
+    monkeypatch.setenv("AF_LEASE_TTL", "0.5")
+    assert settings_from({}).lease_ttl == 0.5

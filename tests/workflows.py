@@ -9,7 +9,7 @@ across processes, even those killed with SIGKILL.
 
 Run as a script::
 
-    python -m tests.workflows CACHE_DIR {crash,fan} N [--delay S] [--start S] [--rate-leaf K] [--backend B]
+    python -m tests.workflows CACHE_DIR {crash,fan,stamp} N [--delay S] [--start S] [--rate-leaf K] [--backend B]
 
 prints one JSON line ``{"result": ..., "run": ..., "reused": ..., "pid": ...}``.
 """
@@ -300,6 +300,37 @@ def fan_nodes(start: int, stop: int, delay: float) -> list[Task[Any, Any]]:
     return nodes
 
 
+# A node whose every run gives another value, for a holder paused past its lease.
+
+READY_ENV = "ASYNCFLOW_TEST_READY"
+PAUSE = 2.0  # seconds the body waits after saying it runs, for a test to stop the process
+
+
+class Token(Task):
+    """A value no other run repeats (pid and random bytes), above the inline limit: a file."""
+
+    async def run_task(self) -> dict[str, object]:
+        record_execution(repr(self))
+        ready = os.environ.get(READY_ENV)
+        if ready:  # say that the body runs, and give the test time to stop this process
+            await anyio.Path(ready).touch()
+            await anyio.sleep(PAUSE)
+        return {"token": f"{os.getpid()}-{os.urandom(4).hex()}", "pad": os.urandom(BIG)}
+
+
+class Stamp(Task):
+    """Depends on `Token`: what a dependent of a node computed twice would see."""
+
+    token: Requires[dict[str, object]]
+
+    def build_task(self) -> None:
+        self.token = Token()
+
+    async def run_task(self) -> str:
+        record_execution(repr(self))
+        return str(self.token["token"])
+
+
 # Helpers for the test modules.
 
 
@@ -355,7 +386,7 @@ def script_command(cache_dir: Path, *args: str) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.workflows")
     parser.add_argument("cache_dir")
-    parser.add_argument("workflow", choices=["crash", "fan"])
+    parser.add_argument("workflow", choices=["crash", "fan", "stamp"])
     parser.add_argument("n", type=int)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--start", type=int, default=0, help="first pair of the fan workflow")
@@ -364,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workflow == "crash":
         root: Task[Any, Any] = crash_workflow(args.n, args.delay)
+    elif args.workflow == "stamp":
+        root = Stamp()
     else:
         root = fan_workflow(args.n, args.delay, args.start)
     limits = {"leaf": args.rate_leaf} if args.rate_leaf else {}

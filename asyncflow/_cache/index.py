@@ -13,6 +13,7 @@ Only the process that awaits ``run()`` opens the index; workers never do.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -89,6 +90,7 @@ DROP INDEX IF EXISTS leases_by_owner;
 """
 
 HOST = socket.gethostname()
+log = logging.getLogger("asyncflow")
 
 # The lease owners of this process's runs that have not ended. A lease of this process
 # whose run has ended binds no one, even if its row could not be deleted (a full disk):
@@ -489,9 +491,13 @@ def commit(
 ) -> list[str]:
     """Record results, drop their leases and note failures, in one transaction.
 
+    Fenced: a result is recorded only while `owner` still holds its node's lease. A
+    holder that lost it (paused past its expiry, while another process computed the
+    node) must not overwrite the newer record: its result is dropped, and logged.
+
     The files of large results must be written before (`blobs.store`); `fingerprints`
     are ``(digest, identity, manifest JSON)`` of the code the results' records name.
-    Returns the files of the results these replace, to be removed after.
+    Returns the files to remove after: of the results these replace, and of those dropped.
     """
     rows: list[tuple[Any, ...]] = []
     for s in encoded:
@@ -503,19 +509,27 @@ def commit(
         )  # fmt: skip
     now = time.time()
     with _transaction(conn):
-        old_files = _files_of(conn, [s.entry.key for s in encoded])
-        conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        conn.executemany("DELETE FROM failures WHERE key=?", [(s.entry.key,) for s in encoded])
+        held = _held_by(conn, owner, [s.entry.key for s in encoded])
+        kept = [s.entry.key for s in encoded if s.entry.key in held]
+        dropped = [s for s in encoded if s.entry.key not in held]
+        old_files = _files_of(conn, kept)
+        conn.executemany(
+            "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [r for r in rows if r[0] in held],
+        )
+        conn.executemany("DELETE FROM failures WHERE key=?", [(key,) for key in kept])
         conn.executemany(
             "DELETE FROM leases WHERE key=? AND owner=?",
-            [(s.entry.key, owner) for s in encoded] + [(k, owner) for k in released],
+            [(key, owner) for key in kept] + [(k, owner) for k in released],
         )
         conn.executemany(
             "INSERT OR REPLACE INTO failures VALUES (?,?,?,?)",
             [(k, name, err, now) for k, name, err in failures],
         )
         conn.executemany("INSERT OR IGNORE INTO fingerprints VALUES (?,?,?)", fingerprints)
-    return old_files
+    for s in dropped:
+        log.warning("%s: another process computed it meanwhile; keeping its result", s.entry.key)
+    return old_files + [s.path for s in dropped if s.path is not None]
 
 
 def release_all(conn: sqlite3.Connection, owner: str) -> None:
@@ -590,6 +604,20 @@ def delete_class(conn: sqlite3.Connection, task_name: str) -> tuple[int, list[st
         removed = conn.execute("DELETE FROM nodes WHERE key >= ? AND key < ?", span).rowcount
         conn.execute("DELETE FROM failures WHERE task_name=?", (task_name,))
     return removed, files
+
+
+def _held_by(conn: sqlite3.Connection, owner: str, keys: Sequence[str]) -> set[str]:
+    """Return those of `keys` whose lease `owner` holds (expired or not: no one took it over)."""
+    held: set[str] = set()
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        held.update(
+            key
+            for (key,) in conn.execute(
+                f"SELECT key FROM leases WHERE owner=? AND key IN ({marks})", (owner, *chunk)
+            )
+        )
+    return held
 
 
 def _files_of(conn: sqlite3.Connection, keys: Sequence[str]) -> list[str]:

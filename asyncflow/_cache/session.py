@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 I = TypeVar("I")  # noqa: E741 - an item
 O = TypeVar("O")  # noqa: E741 - its outcome
 
-LEASE_TTL = 15.0  # seconds a lease binds without renewal: how long a crashed holder blocks
 _BATCH_MAX = 5000  # nodes per transaction
 _SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
 _COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)
@@ -93,8 +92,10 @@ class Batcher(Generic[I, O]):
 
 
 @asynccontextmanager
-async def open_session(cache_dir: Path) -> AsyncGenerator[CacheSession, None]:
+async def open_session(cache_dir: Path, *, lease_ttl: float) -> AsyncGenerator[CacheSession, None]:
     """Open the cache for one run; on the way out, write what is pending, even if cancelled.
+
+    Its leases bind for `lease_ttl` seconds unless renewed (`Settings.lease_ttl`).
 
     Every way out releases the run's leases; when even that cannot be written (a full
     disk), they no longer bind this process's later runs (see `index.end_owner`).
@@ -105,7 +106,7 @@ async def open_session(cache_dir: Path) -> AsyncGenerator[CacheSession, None]:
     """
     idx = await Index.open(cache_dir)
     assert idx is not None, "asyncflow bug: Index.open(create=True) returned None"
-    session = CacheSession(idx)
+    session = CacheSession(idx, lease_ttl)
     try:
         async with anyio.create_task_group() as tg:
             for service in session.services():
@@ -145,8 +146,9 @@ def _write_failure(cache_dir: Path, lost: Sequence[str], error: Exception) -> Ca
 class CacheSession:
     """The cache as one run sees it; made by `open_session`."""
 
-    def __init__(self, idx: Index) -> None:
+    def __init__(self, idx: Index, lease_ttl: float) -> None:
         self.index = idx
+        self.lease_ttl = lease_ttl
         self.cache_dir: Path = idx.cache_dir
         self.owner = index.new_owner()
         self._pending: list[Entry] = []
@@ -221,7 +223,7 @@ class CacheSession:
     async def _acquire_batch(
         self, keys: Sequence[str], seen: int | None = None
     ) -> Sequence[tuple[str | None, Record | None]]:
-        return await self.index.call(index.acquire, self.owner, LEASE_TTL, keys, seen)
+        return await self.index.call(index.acquire, self.owner, self.lease_ttl, keys, seen)
 
     async def _poll_batch(self, keys: list[str]) -> Sequence[bool]:
         return await self.index.call(index.poll, keys)
@@ -295,14 +297,14 @@ class CacheSession:
                 "up to %g s for the tasks they name",
                 self.cache_dir,
                 exc,
-                LEASE_TTL,
+                self.lease_ttl,
             )
 
     async def _renewer(self) -> None:
         while True:
-            await anyio.sleep(LEASE_TTL / 3)
+            await anyio.sleep(self.lease_ttl / 3)
             with contextlib.suppress(sqlite3.OperationalError):  # busy: try again next time
-                await self.index.call(index.renew, self.owner, LEASE_TTL)
+                await self.index.call(index.renew, self.owner, self.lease_ttl)
 
 
 # On the index's worker thread.
