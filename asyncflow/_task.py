@@ -309,7 +309,8 @@ class Task(TaskLike[R], Generic[P, R]):
         if state.get("_af_dir_pending"):
             if path.exists():
                 shutil.rmtree(path)
-            path.mkdir(parents=True)
+            paths.make_dirs(path.parent)  # asyncflow's data/ and its class's: never writable by others
+            path.mkdir()
             state["_af_dir_pending"] = False
         return path
 

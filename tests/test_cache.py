@@ -13,9 +13,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asyncflow import CacheError, RequiresList, Task
+from asyncflow import CacheError, Requires, RequiresList, Task
 from asyncflow._cache.index import SCHEMA_VERSION
+from asyncflow._runners import payload
 
+from .test_runners_prefix import Where
 from .workflows import TASKFILE_TEMPLATE, load_taskfile
 
 DATA: dict[str, int] = {}
@@ -276,3 +278,84 @@ async def test_a_lease_left_by_an_ended_run_of_this_process_binds_no_one(cache_d
     with anyio.fail_after(5):
         _, stats = await Twin(0).run_with_stats(cache_dir=cache_dir)
     assert stats.run == 1
+
+
+# Loading a result runs code: nothing in the cache is writable by others, whatever the umask.
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def in_a_task_directory(relative: Path) -> bool:
+    """Tell whether a path under a cache directory is a task directory or in one."""
+    return relative.parts[1:2] == ("data",) and len(relative.parts) > 3
+
+
+class Peek(Task):
+    """Uses its task directory, and looks at the index's files while the run has them open."""
+
+    def run_task(self) -> dict[str, int]:
+        root = self.task_directory.parents[2]  # <cache_dir>/asyncflow/data/<class>/<node>
+        return {p.name: mode(p) for p in root.glob("index.sqlite*")}
+
+
+class Everything(Task):
+    big: Requires[bytes]  # a result file
+    job: Requires[dict[str, object]]  # a body in a worker process, through a job prefix
+    peek: Requires[dict[str, int]]  # small: inline in the index
+
+    def build_task(self) -> None:
+        self.big = Bulky(0)
+        self.job = Where(0)
+        self.peek = Peek()
+
+    async def run_task(self) -> dict[str, int]:
+        return self.peek
+
+
+async def test_no_cache_file_is_writable_by_others_whatever_the_umask(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs: list[dict[str, int]] = []
+    read_answer = payload.read_answer
+
+    def look_then_read(job: Path) -> payload.Answer | None:
+        # What the worker left for the parent, before the parent reads and removes it.
+        jobs.append(
+            {"jobs/": mode(job.parent), "jobs/<id>/": mode(job)} | {p.name: mode(p) for p in job.iterdir()}
+        )
+        return read_answer(job)
+
+    monkeypatch.setattr(payload, "read_answer", look_then_read)
+    umask = os.umask(0)
+    try:
+        with anyio.fail_after(60):
+            index_files = await Everything().run(cache_dir=cache_dir)
+    finally:
+        os.umask(umask)
+
+    assert index_files == {"index.sqlite": 0o644, "index.sqlite-wal": 0o644, "index.sqlite-shm": 0o644}
+    # Job payloads and answers: the owner's only.
+    assert jobs == [
+        {
+            "jobs/": 0o700,
+            "jobs/<id>/": 0o700,
+            payload.SYS_PATH: 0o600,
+            payload.PAYLOAD: 0o600,
+            payload.RESULT: 0o600,
+        }
+    ]
+    # Everything asyncflow made, the cache directory included, is writable by its owner only;
+    # task directories (data/<class>/<node>/) are the user's, made with the user's umask.
+    found = await anyio.to_thread.run_sync(lambda: [cache_dir, *cache_dir.rglob("*")])
+    made = [p for p in found if not in_a_task_directory(p.relative_to(cache_dir))]
+    assert {p.relative_to(cache_dir).parts[:2] for p in made} >= {
+        ("asyncflow", "index.sqlite"),
+        ("asyncflow", "results"),
+        ("asyncflow", "tmp"),
+        ("asyncflow", "jobs"),
+        ("asyncflow", "data"),
+    }
+    assert [(str(p), oct(mode(p))) for p in made if mode(p) & 0o022] == []
+    assert [p for p in made if p.is_file() and mode(p) != 0o644] == []

@@ -21,6 +21,7 @@ import pytest
 
 from asyncflow import Host, HostError, OptionError, RequiresList, Task, TaskFailedError
 from asyncflow._placements import parse_host_url
+from asyncflow._runners import payload
 
 from .service_env import need_sshd, requires_sshd
 
@@ -115,6 +116,39 @@ class AsyncWhere(Task, channel=CHANNEL):
 async def test_an_async_body_on_the_host(cache_dir: Path, host: Host) -> None:
     with anyio.fail_after(30):
         assert await AsyncWhere().run(cache_dir=cache_dir, hosts={CHANNEL: host}) != os.getpid()
+
+
+class JobFiles(Task, channel=CHANNEL):
+    """Tells the modes of the job files on the host, as the worker finds them."""
+
+    def run_task(self) -> dict[str, int]:
+        job = Path(sys.argv[-1])
+        files = {p.name: p.stat().st_mode & 0o777 for p in job.iterdir()}
+        return {"workdir": job.parent.stat().st_mode & 0o777, "job": job.stat().st_mode & 0o777} | files
+
+
+@pytest.mark.ssh
+@requires_sshd
+async def test_job_files_are_the_owners_only_on_both_ends(
+    cache_dir: Path, host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers: list[int] = []
+    read_answer = payload.read_answer
+
+    def look_then_read(job: Path) -> payload.Answer | None:
+        answers.append((job / payload.RESULT).stat().st_mode & 0o777)  # as downloaded here
+        return read_answer(job)
+
+    monkeypatch.setattr(payload, "read_answer", look_then_read)
+    umask = os.umask(0)  # here; the host's is sshd's
+    try:
+        with anyio.fail_after(30):
+            remote = await JobFiles().run(cache_dir=cache_dir, hosts={CHANNEL: host})
+    finally:
+        os.umask(umask)
+    # The workdir did not exist: the run made it, the owner's only, like each job directory.
+    assert remote == {"workdir": 0o700, "job": 0o700, payload.SYS_PATH: 0o600, payload.PAYLOAD: 0o600}
+    assert answers == [0o600]
 
 
 class Printer(Task, channel=CHANNEL):

@@ -4,6 +4,10 @@ The index (`index.py`) keeps the small encoded results inline and the names of t
 files of the large ones; this module does the encoding and every result file's I/O.
 Every stored result carries a digest of what was stored, bound to its node and version,
 checked when it is read: a damaged entry is never decoded into a wrong value.
+
+Loading a pickle runs code, so no file asyncflow writes is group- or world-writable,
+whatever the umask: each is created with its mode (`paths.FILE`, `paths.PRIVATE_FILE`
+for job files, which may hold secrets), never chmod-ed after.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import secrets
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -157,16 +162,21 @@ def remove(cache_dir: Path, names: Iterable[str]) -> None:
         (base / name).unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, tmp_dir: Path, data: bytes) -> None:
+def write_atomic(path: Path, tmp_dir: Path, data: bytes, *, private: bool = False) -> None:
     """Write `data` to `path` so that a reader (or a crash) sees all of it or nothing.
 
-    When writing fails (a full disk), the partial temporary file is removed.
+    The file is readable by all (`private`: by its owner only), and writable by its
+    owner only. When writing fails (a full disk), the partial temporary file is removed.
     """
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
+    dir_mode, file_mode = (paths.PRIVATE_DIR, paths.PRIVATE_FILE) if private else (paths.DIR, paths.FILE)
+    paths.make_dirs(tmp_dir, dir_mode)
+    paths.make_dirs(path.parent, dir_mode)
+    # NAME.RANDOM.PID.tmp: `asyncflow check` tells a dead writer's from its pid.
+    tmp = tmp_dir / f"{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp"
+    # O_EXCL: a new file, so it has the mode given here and nothing else.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
     try:
-        with open(tmp, "wb") as f:
+        with open(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

@@ -238,7 +238,7 @@ def connect(cache_dir: Path, create: bool = False) -> sqlite3.Connection | None:
     path = paths.index_path(cache_dir)
     if not create and not path.exists():
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    paths.make_dirs(path.parent)
     try:
         return create_at(path)
     except sqlite3.DatabaseError as exc:
@@ -252,6 +252,10 @@ def create_at(path: Path) -> sqlite3.Connection:
         CacheError: a newer asyncflow wrote it.
         sqlite3.DatabaseError: SQLite cannot use the file.
     """
+    if not path.exists():
+        # With our mode, whatever the umask (SQLite gives the -wal and -shm files the same);
+        # an empty file is an empty database to SQLite.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, paths.FILE))
     conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
     try:
         # Switching a new, empty index to WAL syncs it to disk (~25 ms) unless told not

@@ -1,8 +1,10 @@
-"""Where everything lives under ``<cache_dir>/asyncflow/``. No I/O here."""
+"""Where everything lives under ``<cache_dir>/asyncflow/``. No I/O here but `make_dirs`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from typing import TYPE_CHECKING
 
 from .._keys import split_key
@@ -11,6 +13,24 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 INDEX = "index.sqlite"
+# Modes of what asyncflow creates: never group- or world-writable, since loading a result
+# runs code; job files (a payload may hold secrets) are the owner's only. Given at
+# creation, whatever the umask (which may take bits away, never add them).
+DIR = 0o755
+FILE = 0o644  # result files, the index (SQLite gives its -wal and -shm files the same)
+PRIVATE_DIR = 0o700  # job directories
+PRIVATE_FILE = 0o600  # job payloads and answers
+
+
+def make_dirs(path: Path, mode: int = DIR) -> None:
+    """Create directory `path` and its missing parents, each with `mode`; leave those that exist as they are."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile, by another process
+            os.mkdir(directory, mode)
 
 
 def root(cache_dir: Path) -> Path:

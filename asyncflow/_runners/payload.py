@@ -12,6 +12,9 @@ payload and write the result. The worker never opens the SQLite index.
   ``__main__``, a notebook cell) travel by value.
 - ``result.pkl``: cloudpickle of ``Answer``, written to a temporary name and renamed, so
   the parent reads all of it or nothing.
+
+A payload may hold secrets (its task's arguments and requirements), and loading a pickle
+runs code: job directories are the owner's only (0700), and so are their files (0600).
 """
 
 from __future__ import annotations
@@ -76,11 +79,17 @@ def write_payload(cache_dir: Path, job_id: str, task: Task[Any, Any]) -> Path:
     module_name = type(task).__module__
     if not _importable_elsewhere(module_name):
         blobs.register_by_value(sys.modules[module_name])
+    paths.make_dirs(paths.root(cache_dir))
     job = paths.root(cache_dir) / "jobs" / job_id
-    job.mkdir(parents=True, exist_ok=True)
-    (job / SYS_PATH).write_text(json.dumps(sys.path))
-    blobs.write_atomic(job / PAYLOAD, job, blobs.dumps(task))
+    paths.make_dirs(job, paths.PRIVATE_DIR)
+    write_file(job, SYS_PATH, json.dumps(sys.path).encode())
+    write_file(job, PAYLOAD, blobs.dumps(task))
     return job
+
+
+def write_file(job: Path, name: str, data: bytes) -> None:
+    """Write a file of a job atomically, readable by its owner only."""
+    blobs.write_atomic(job / name, job, data, private=True)
 
 
 def read_payload(job: Path) -> Task[Any, Any]:
@@ -105,7 +114,7 @@ def encode_answer(answer: Answer) -> bytes:
 
 def write_answer(job: Path, answer: Answer) -> None:
     """Write the worker's answer atomically (worker side)."""
-    blobs.write_atomic(job / RESULT, job, encode_answer(answer))
+    write_file(job, RESULT, encode_answer(answer))
 
 
 def failure(exc: BaseException) -> Answer:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from . import payload
 from .jobs import GRACE, emit, execute, run_job, write_job
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class SlurmRunner:
 
         else:
             script = job / "job.sh"
-            script.write_text("#!/bin/sh\nexec " + shlex.join(worker) + "\n")
+            payload.write_file(job, script.name, ("#!/bin/sh\nexec " + shlex.join(worker) + "\n").encode())
             command = [
                 "sbatch", "--wait", "--parsable", *self.slurm.options(name),
                 "--output", str(job / "stdout"), "--error", str(job / "stderr"), str(script),

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 DEFAULT_WORKDIR = ".cache/asyncflow/jobs"  # relative to the remote home directory
 STOP_GRACE = 5.0  # seconds for a cancelled worker to exit after its stdin closes
 CLEANUP_TIMEOUT = 10.0  # seconds for removing a job directory or closing a connection
+# Job directories and files on a host, as locally (see `payload.py`); the server's umask
+# may take bits away, never add them.
+_PRIVATE_DIR = asyncssh.SFTPAttrs(permissions=0o700)
+_PRIVATE_FILE = asyncssh.SFTPAttrs(permissions=0o600)
 
 
 @dataclass(eq=False)
@@ -199,7 +203,7 @@ class Pool:
             workdir = workdir[2:]
         if not posixpath.isabs(workdir):
             workdir = posixpath.join(await sftp.realpath("."), workdir)
-        await sftp.makedirs(workdir, exist_ok=True)
+        await sftp.makedirs(workdir, _PRIVATE_DIR, exist_ok=True)
         return workdir
 
     # Jobs.
@@ -207,9 +211,10 @@ class Pool:
     async def _run_on(self, connection: _Connection, job: Path, label: str, tail: deque[str]) -> JobEnd:
         remote = posixpath.join(self._jobs_dir, job.name)
         sftp = connection.sftp
-        await sftp.mkdir(remote)
+        await sftp.mkdir(remote, _PRIVATE_DIR)
         try:
-            await sftp.put([job / payload.SYS_PATH, job / payload.PAYLOAD], remote)
+            for name in (payload.SYS_PATH, payload.PAYLOAD):
+                await _upload(sftp, job / name, posixpath.join(remote, name))
             command = self.host.worker_command(remote)
             try:
                 process = await connection.ssh.create_process(command, encoding=None)
@@ -217,12 +222,26 @@ class Pool:
                 raise _SessionRefused(exc.reason) from exc
             returncode = await _watch(process, label, tail)
             with suppress(asyncssh.SFTPNoSuchFile):  # no answer: the exit status and stderr tell why
-                await sftp.get(posixpath.join(remote, payload.RESULT), job / payload.RESULT)
+                await _download(sftp, posixpath.join(remote, payload.RESULT), job)
         finally:
             # Suppressed: when the connection is gone, nothing more can be done from here.
             with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
                 await sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
         return JobEnd(self.host.ssh_command(command), returncode)
+
+
+async def _upload(sftp: asyncssh.SFTPClient, local: Path, remote: str) -> None:
+    """Copy a job file to the host, the owner's only from its creation (a payload may hold secrets)."""
+    data = await anyio.Path(local).read_bytes()
+    async with sftp.open(remote, "wb", _PRIVATE_FILE, encoding=None) as f:
+        await f.write(data)
+
+
+async def _download(sftp: asyncssh.SFTPClient, remote: str, job: Path) -> None:
+    """Copy the worker's answer from the host into local job directory `job`, the owner's only."""
+    async with sftp.open(remote, "rb", encoding=None) as f:
+        data: bytes = await f.read()  # bytes: opened with encoding=None
+    await anyio.to_thread.run_sync(payload.write_file, job, payload.RESULT, data)
 
 
 async def _watch(process: asyncssh.SSHClientProcess[bytes], label: str, tail: deque[str]) -> int:
