@@ -58,7 +58,7 @@ SAMPLES: dict[type[BaseException], BaseException] = {
     WorkflowFailedError: WorkflowFailedError(
         "2 task(s) failed", [FAILED, TaskFailedError("B() failed", task="B()")]
     ),
-    CacheError: CacheError("newer cache"),
+    CacheError: CacheError("could not write the results of 1 task(s)", lost=["tests.Square(3)"]),
     UnreadableResultError: UnreadableResultError(
         "the cached result of Noise(3) cannot be read: its result file ab/ab12 is missing",
         task="Noise(3)",
