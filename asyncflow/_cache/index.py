@@ -303,7 +303,10 @@ def damaged(cache_dir: Path, exc: sqlite3.DatabaseError) -> CacheError:
             f"--cache-dir {cache_dir}` to keep what can be read (the rest runs again), "
             f"or remove {paths.root(cache_dir)} to start an empty cache"
         )
-    return CacheError(f"the cache index {path} cannot be used ({text})")
+    return CacheError(
+        f"the cache index {path} cannot be used ({text}); if its disk is full or read-only, "
+        "free space there or pick another cache_dir"
+    )
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio
 
 from .._errors import CacheError, UnreadableResultError
-from . import blobs, files, index
+from . import blobs, files, index, paths
 from .index import Encoded, Index
 
 # The door to the cache for a run is this module: it passes on the index's types it uses.
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 I = TypeVar("I")  # noqa: E741 - an item
 O = TypeVar("O")  # noqa: E741 - its outcome
+T = TypeVar("T")
 
 _BATCH_MAX = 5000  # nodes per transaction
 _SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
@@ -171,16 +172,16 @@ class CacheSession:
 
     async def lookup(self, keys: Sequence[str]) -> dict[str, Record]:
         """Return the records of those of `keys` that have one (one thread call)."""
-        records, self._seen = await self.index.call(index.snapshot, keys)
+        records, self._seen = await self._ask(index.snapshot, keys)
         return records
 
     async def digest_inputs(self, paths: Sequence[str]) -> Inputs:
         """Return the content digests of input files (see `files.py`), and why some have none."""
-        return await self.index.call(files.digest_inputs, paths)
+        return await self._ask(files.digest_inputs, paths)
 
     async def made_where(self, digests: Iterable[str]) -> dict[str, str]:
         """Return the identity of the class behind each of these fingerprints that the index knows."""
-        return await self.index.call(index.made_where, digests)
+        return await self._ask(index.made_where, digests)
 
     def note_fingerprints(self, fingerprints: Iterable[Fingerprint]) -> None:
         """Keep the fingerprints of this run's classes: each is written with the first result it made."""
@@ -213,20 +214,20 @@ class CacheSession:
 
     async def load_many(self, wanted: Sequence[tuple[str, str]]) -> list[Any]:
         """Like `load` for many ``(key, version)`` pairs, in one thread call."""
-        return await self.index.call(read_results, self.cache_dir, wanted)
+        return await self._ask(read_results, self.cache_dir, wanted)
 
     async def forget(self, wanted: Sequence[tuple[str, str]]) -> None:
         """Remove the records of ``(key, version)`` pairs that cannot be read, unless replaced since."""
-        files = await self.index.call(index.forget, wanted)
+        files = await self._ask(index.forget, wanted)
         await anyio.to_thread.run_sync(blobs.remove, self.cache_dir, files)
 
     async def _acquire_batch(
         self, keys: Sequence[str], seen: int | None = None
     ) -> Sequence[tuple[str | None, Record | None]]:
-        return await self.index.call(index.acquire, self.owner, self.lease_ttl, keys, seen)
+        return await self._ask(index.acquire, self.owner, self.lease_ttl, keys, seen)
 
     async def _poll_batch(self, keys: list[str]) -> Sequence[bool]:
-        return await self.index.call(index.poll, keys)
+        return await self._ask(index.poll, keys)
 
     # Writes, behind the run.
 
@@ -299,6 +300,16 @@ class CacheSession:
                 exc,
                 self.lease_ttl,
             )
+
+    async def _ask(self, fn: Callable[..., T], *args: Any) -> T:
+        """`Index.call` for what the run cannot go on without: an SQLite failure is a `CacheError`."""
+        try:
+            return await self.index.call(fn, *args)
+        except sqlite3.Error as exc:  # e.g. "database or disk is full"
+            raise CacheError(
+                f"the cache index {paths.index_path(self.cache_dir)} could not be used ({exc}); "
+                "if the disk is full, free space there (or use another cache_dir) and run again"
+            ) from exc
 
     async def _renewer(self) -> None:
         while True:
