@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import random
 import sqlite3
@@ -261,6 +263,21 @@ async def test_a_full_disk_loses_only_what_did_not_fit(small_disk: Path) -> None
     assert stats.reused == n + 1 - len(RUNS) > 0
     _, stats = await Tally(n).run_with_stats(cache_dir=cache_dir)
     assert (stats.run, stats.reused) == (0, n + 1)
+
+
+async def test_a_disk_full_before_the_run_starts_is_a_cache_error(small_disk: Path) -> None:
+    """Opening the index fails (SQLite cannot make its shared-memory file): a CacheError saying what to do."""
+    cache_dir = small_disk / "cache"
+    await Twin(1).run(cache_dir=cache_dir)
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):  # every last block
+        while True:
+            f.write(b"x" * 4096)
+    with anyio.fail_after(30), pytest.raises(CacheError, match="free space") as caught:
+        await Tally(2).run(cache_dir=cache_dir)
+    assert isinstance(caught.value.__cause__, (OSError, sqlite3.Error))
+    filler.unlink()
+    assert await Tally(2).run(cache_dir=cache_dir) == 2 * 100 * 1024
 
 
 async def test_a_lease_left_by_an_ended_run_of_this_process_binds_no_one(cache_dir: Path) -> None:
