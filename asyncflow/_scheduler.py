@@ -403,20 +403,22 @@ class _Scheduler:
         then waits for it, as for any dep, and comes back through the ready queue.
         """
         missing = [dep for dep in node.deps if dep.value is MISSING]
-        if missing:
-            wanted: list[tuple[str, str]] = []
-            for dep in missing:
-                assert dep.version is not None, "asyncflow bug: a dep is done without a version"
-                wanted.append((dep.key, dep.version))
-            loaded = await self.session.load_many(wanted)
-            for dep, (_, version), value in zip(missing, wanted, loaded, strict=True):
-                if dep.version != version or dep.state != DONE:
-                    continue  # another dependent found it unreadable meanwhile
-                if isinstance(value, Unreadable):
-                    if await self._unreadable(dep, version, value):
-                        self._settle([dep])
-                elif dep.value is MISSING:
-                    dep.value = value
+        if not missing:  # (a dep being computed again has no value)
+            return True
+        missing = [dep for dep in missing if dep.state == DONE]
+        wanted: list[tuple[str, str]] = []
+        for dep in missing:
+            assert dep.version is not None, "asyncflow bug: a dep is done without a version"
+            wanted.append((dep.key, dep.version))
+        loaded = await self.session.load_many(wanted) if wanted else []
+        for dep, (_, version), value in zip(missing, wanted, loaded, strict=True):
+            if dep.version != version or dep.state != DONE:
+                continue  # another dependent found it unreadable meanwhile
+            if isinstance(value, Unreadable):
+                if await self._unreadable(dep, version, value):
+                    self._settle([dep])
+            elif dep.value is MISSING:
+                dep.value = value
         waiting = sum(dep.state != DONE for dep in node.deps)
         if waiting:
             node.state = STALE

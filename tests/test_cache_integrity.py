@@ -13,9 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from asyncflow import CacheError, CacheWarning, Requires, RequiresList, Task, UnreadableResultError
+from asyncflow import CacheError, CacheWarning, Const, Requires, RequiresList, Task, UnreadableResultError
 from asyncflow._cache.check import check
 
 RUNS: dict[str, int] = {}
@@ -217,6 +218,83 @@ async def test_dependents_of_a_recomputed_node_read_its_new_result(cache_dir: Pa
     with pytest.warns(CacheWarning):
         assert await Both().run(cache_dir=cache_dir) == [n, n]
     assert {f"Noise({n})": 1} == RUNS
+
+
+class Lengths(Task):
+    lengths: RequiresList[int]
+
+    def build_task(self, n: int, count: int) -> None:
+        self.lengths = [Length(n, tag) for tag in range(count)]
+
+    async def run_task(self) -> list[int]:
+        return list(self.lengths)
+
+
+async def test_many_dependents_wait_for_a_node_computed_again(cache_dir: Path) -> None:
+    # Some dependents find the damage; the others, started later, find the node not done.
+    n = 110_000
+    await Noise(n).run(cache_dir=cache_dir)
+    _result_file(cache_dir, Noise(n)).unlink()
+    RUNS.clear()
+    with pytest.warns(CacheWarning):
+        value, stats = await Lengths(n, 40).run_with_stats(cache_dir=cache_dir)
+    assert value == [n] * 40
+    assert {f"Noise({n})": 1} == RUNS
+    assert (stats[Noise.task_name].run, stats[Noise.task_name].reused) == (1, 0)
+    assert stats[Length.task_name].run == 40
+
+
+class SlowNoise(Task):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> bytes:
+        _ran(f"SlowNoise({self.n})")
+        await anyio.sleep(0.5)
+        return random.Random(self.n).randbytes(self.n)
+
+
+class Nap(Task):
+    def build_task(self, tag: int) -> None:
+        self.tag = tag
+
+    async def run_task(self) -> int:
+        await anyio.sleep(0.2)
+        return 0
+
+
+class LateLength(Task):
+    data: Requires[bytes]
+    nap: Requires[int]
+
+    def build_task(self, n: int, tag: int, nap: bool) -> None:
+        self.data = SlowNoise(n)
+        self.nap = Nap(tag) if nap else Const(0)
+
+    def run_task(self) -> int:
+        return len(self.data) + self.nap
+
+
+class EarlyAndLate(Task):
+    early: Requires[int]
+    late: Requires[int]
+
+    def build_task(self, n: int, tag: int) -> None:
+        self.early = LateLength(n, tag, False)  # reads SlowNoise at once: finds it damaged
+        self.late = LateLength(n, tag, True)  # reads it 0.2 s later, while it runs again
+
+    def run_task(self) -> list[int]:
+        return [self.early, self.late]
+
+
+async def test_a_dependent_ready_while_its_dep_runs_again_waits_for_it(cache_dir: Path) -> None:
+    n = 90_000
+    await EarlyAndLate(n, 0).run(cache_dir=cache_dir)
+    _result_file(cache_dir, SlowNoise(n)).unlink()
+    RUNS.clear()
+    with pytest.warns(CacheWarning), anyio.fail_after(10):
+        assert await EarlyAndLate(n, 1).run(cache_dir=cache_dir) == [n, n]
+    assert {f"SlowNoise({n})": 1} == RUNS
 
 
 async def test_a_malformed_index_is_a_cache_error_saying_what_to_do(cache_dir: Path) -> None:

@@ -2,8 +2,8 @@
 
 The index (`index.py`) keeps the small encoded results inline and the names of the
 files of the large ones; this module does the encoding and every result file's I/O.
-Every stored result carries a digest of what was stored, bound to its node and version,
-checked when it is read: a damaged entry is never decoded into a wrong value.
+Every stored result carries a digest of the bytes stored, checked when they are read:
+a damaged entry is never decoded into a wrong value.
 
 Loading a pickle runs code, so no file asyncflow writes is group- or world-writable,
 whatever the umask: each is created with its mode (`paths.FILE`, `paths.PRIVATE_FILE`
@@ -26,7 +26,7 @@ from .._errors import UnreadableResultError
 from . import paths
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
     from pathlib import Path
     from types import ModuleType
 
@@ -69,14 +69,9 @@ def compress(pickled: bytes, level: int) -> tuple[int, bytes]:
     return GZIP, encoder.compress(pickled) + encoder.flush()
 
 
-def digest(key: str, version: str, codec: int, data: bytes) -> str:
-    """Hash a stored result together with what it is the result of (its node and version).
-
-    A record whose data, codec, file name or key was damaged no longer matches.
-    """
-    h = hashlib.blake2b(f"{key}\0{version}\0{codec}\0".encode(), digest_size=16)
-    h.update(data)
-    return h.hexdigest()
+def digest(data: bytes) -> bytes:
+    """Hash the bytes of a stored result (as stored: encoded), as its record keeps it."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def decode(codec: int, data: bytes) -> Any:
@@ -99,39 +94,31 @@ def store(cache_dir: Path, version: str, data: bytes) -> str | None:
     return name
 
 
-def _well_typed(fields: Sequence[object]) -> bool:
-    """Tell whether a `Stored`'s fields have the types they were written with (a damaged record's may not)."""
-    codec, data, path, digest = fields
-    return (
-        type(codec) is int
-        and isinstance(data, (bytes, type(None)))
-        and isinstance(path, (str, type(None)))
-        and isinstance(digest, (str, type(None)))
-    )
-
-
-def read_bytes(cache_dir: Path, key: str, version: str, stored: Stored) -> bytes:
+def read_bytes(cache_dir: Path, key: str, stored: Stored) -> bytes:
     """Return the bytes of a stored result (inline, or its file's), checked against its digest.
+
+    A damaged record may point at another result's file or hold values of other types
+    than were written (SQLite keeps a type per value): neither passes for the result.
 
     Raises:
         UnreadableResultError: its file is missing or unreadable, or the bytes do not match.
     """
-    if not _well_typed(stored):  # it came from SQLite, which keeps a type per value
-        raise _unreadable(key, "its record is damaged (a field of the wrong type)")
     data = stored.data
-    if stored.path is not None:
-        try:
+    try:
+        if stored.path is not None:
             data = (paths.results_dir(cache_dir) / stored.path).read_bytes()
-        except FileNotFoundError:
-            raise _unreadable(key, f"its result file {stored.path} is missing") from None
-        except OSError as exc:
-            raise _unreadable(key, f"its result file {stored.path} cannot be read ({exc})") from exc
-    if data is None:
-        raise _unreadable(key, "its record names neither data nor a file")
-    # A record from before digests (schema 3) has none: it is decoded unchecked.
-    if stored.digest is not None and digest(key, version, stored.codec, data) != stored.digest:
-        where = "its record" if stored.path is None else f"its result file {stored.path}"
-        raise _unreadable(key, f"{where} is damaged (its digest does not match)")
+        # A record from before digests (schema 3) has none: it is decoded unchecked.
+        if stored.digest is not None and digest(data) != stored.digest:  # pyright: ignore[reportArgumentType]  # None: TypeError below
+            where = "its record" if stored.path is None else f"its result file {stored.path}"
+            raise _unreadable(key, f"{where} is damaged (its digest does not match)")
+    except FileNotFoundError:
+        raise _unreadable(key, f"its result file {stored.path} is missing") from None
+    except OSError as exc:
+        raise _unreadable(key, f"its result file {stored.path} cannot be read ({exc})") from exc
+    except TypeError as exc:  # a value of another type than written, or no data at all
+        raise _unreadable(key, "its record is damaged (a value of the wrong type)") from exc
+    if not isinstance(data, bytes):
+        raise _unreadable(key, "its record is damaged (a value of the wrong type)")
     return data
 
 
@@ -141,14 +128,14 @@ def _unreadable(key: str, reason: str) -> UnreadableResultError:
     )
 
 
-def read(cache_dir: Path, key: str, version: str, stored: Stored) -> Any:
+def read(cache_dir: Path, key: str, stored: Stored) -> Any:
     """Return a stored result, checked (see `read_bytes`) and decoded.
 
     Raises:
         UnreadableResultError: it cannot be read, does not match its digest, or does not
             unpickle here (e.g. its class was renamed or its module removed since).
     """
-    data = read_bytes(cache_dir, key, version, stored)
+    data = read_bytes(cache_dir, key, stored)
     try:
         return decode(stored.codec, data)
     except Exception as exc:  # any failure to decode: the entry is of no use

@@ -109,7 +109,7 @@ def _check_results(conn: sqlite3.Connection, cache_dir: Path, report: Report) ->
     try:
         for row in conn.execute("SELECT * FROM nodes"):
             key, version, stored = _stored(row)
-            if any(isinstance(v, str) and _NOT_TEXT in v for v in row):
+            if _garbled(row):
                 report.problems.append(f"the record of {key} holds text that is not UTF-8")
                 continue
             if stored.path is not None:
@@ -119,7 +119,7 @@ def _check_results(conn: sqlite3.Connection, cache_dir: Path, report: Report) ->
             else:
                 report.checked += 1
             try:
-                blobs.read_bytes(cache_dir, key, version, stored)
+                blobs.read_bytes(cache_dir, key, stored)
             except UnreadableResultError as exc:
                 report.damaged.append(Damaged(key, version, exc.reason))
     except sqlite3.DatabaseError as exc:  # a damaged page: SQLite's integrity check says more
@@ -134,6 +134,11 @@ _NOT_TEXT = "\ufffd"  # what undecodable bytes become
 def _text(data: bytes) -> str:
     """Decode a text column; damaged bytes become U+FFFD instead of failing the whole query."""
     return data.decode("utf-8", "replace")
+
+
+def _garbled(row: Sequence[Any]) -> bool:
+    """Tell whether a row holds text that was not UTF-8 (decoded by `_text`): a damaged record."""
+    return any(isinstance(v, str) and _NOT_TEXT in v for v in row)
 
 
 def _stored(row: Sequence[Any]) -> tuple[str, str, Stored]:
@@ -198,7 +203,7 @@ def _rebuild(cache_dir: Path, path: Path) -> Path:
         except sqlite3.DatabaseError:
             pass  # nothing can be read: the new index starts empty
         else:
-            old.text_factory = _text  # a damaged key or version then fails its digest
+            old.text_factory = _text  # text that is not UTF-8 fails no query, only its row
             try:
                 _copy(old, new, cache_dir)
             finally:
@@ -219,9 +224,11 @@ def _rebuild(cache_dir: Path, path: Path) -> Path:
 def _copy(old: sqlite3.Connection, new: sqlite3.Connection, cache_dir: Path) -> None:
     nodes: dict[str, tuple[Any, ...]] = {}
     for row in _readable(old, "nodes", "key"):
-        key, version, stored = _stored(row)
+        key, _, stored = _stored(row)
+        if _garbled(row):
+            continue
         try:
-            blobs.read_bytes(cache_dir, key, version, stored)
+            blobs.read_bytes(cache_dir, key, stored)
         except UnreadableResultError:
             continue
         nodes[key] = row if len(row) > 12 else (*row, None)

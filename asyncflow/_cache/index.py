@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     size INTEGER NOT NULL,
     started REAL NOT NULL,
     finished REAL NOT NULL,
-    digest TEXT                    -- blobs.digest of the stored result (NULL: made before schema 4)
+    digest BLOB                    -- blobs.digest of the stored result (NULL: made before schema 4)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY,
@@ -128,7 +128,7 @@ class Encoded(NamedTuple):
     data: bytes | None
     path: str | None
     size: int  # bytes of the encoded result
-    digest: str  # of the encoded result, see `blobs.digest`
+    digest: bytes  # of the encoded result, see `blobs.digest`
 
 
 class Stored(NamedTuple):
@@ -137,7 +137,7 @@ class Stored(NamedTuple):
     codec: int
     data: bytes | None
     path: str | None
-    digest: str | None  # None: stored before digests were kept
+    digest: bytes | None  # None: stored before digests were kept
 
 
 def new_owner() -> str:
@@ -278,7 +278,7 @@ def create_at(path: Path) -> sqlite3.Connection:
                         conn.execute(statement)
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
                 if "digest" not in columns:  # an index of schema 2 or 3
-                    conn.execute("ALTER TABLE nodes ADD COLUMN digest TEXT")
+                    conn.execute("ALTER TABLE nodes ADD COLUMN digest BLOB")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         conn.close()

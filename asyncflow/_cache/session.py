@@ -331,12 +331,12 @@ class Unreadable(NamedTuple):
 def read_results(conn: sqlite3.Connection, cache_dir: Path, wanted: Sequence[tuple[str, str]]) -> list[Any]:
     """Return the results of ``(key, version)`` pairs, or an `Unreadable` in place of each that cannot be read."""
     out: list[Any] = []
-    for (key, version), stored in zip(wanted, index.load(conn, wanted), strict=True):
+    for (key, _), stored in zip(wanted, index.load(conn, wanted), strict=True):
         if stored is None:
             out.append(Unreadable("it was removed or replaced while this run used it", damaged=False))
             continue
         try:
-            out.append(blobs.read(cache_dir, key, version, stored))
+            out.append(blobs.read(cache_dir, key, stored))
         except UnreadableResultError as exc:
             out.append(Unreadable(exc.reason, damaged=True))
     return out
@@ -374,7 +374,7 @@ def _write(
         except OSError as exc:  # a smaller result may still fit
             unwritten.append((e.key, exc))
             continue
-        digest = blobs.digest(e.key, e.version, codec, data)
+        digest = blobs.digest(data)
         encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
     try:
         replaced = index.commit(conn, owner, encoded, released, failures, fingerprints)
