@@ -204,6 +204,17 @@ def test_finished_process_keeps_every_result(cache_dir: Path, tmp_path: Path) ->
     assert (stats.run, stats.reused) == (0, TOTAL)
 
 
+def asyncflow_check(cache_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``asyncflow check`` on `cache_dir` as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "asyncflow", "check", "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_kill_9_soak_leaves_nothing_for_check_to_find(cache_dir: Path, tmp_path: Path) -> None:
     """Twenty kills at random moments on one cache: every value right, `asyncflow check` clean."""
     rng = random.Random(20)
@@ -213,24 +224,12 @@ def test_kill_9_soak_leaves_nothing_for_check_to_find(cache_dir: Path, tmp_path:
         time.sleep(rng.uniform(0.0, 0.3))  # sometimes while it starts, before any body
         started = len(read_log(log))
         kill_after(proc, log, started + rng.randint(1, TOTAL // 3))
-        check = subprocess.run(
-            [sys.executable, "-m", "asyncflow", "check", "--cache-dir", str(cache_dir)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
         if not (cache_dir / "asyncflow" / "index.sqlite").exists():
             continue  # killed before it made its index
+        check = asyncflow_check(cache_dir)
         assert check.returncode == 0, f"after kill {round_ + 1}:\n{check.stdout}{check.stderr}"
         assert " 0 damaged" in check.stdout
     anyio.run(recover, cache_dir)  # every result loads right; only what was missing runs
-    final = subprocess.run(
-        [sys.executable, "-m", "asyncflow", "check", "--cache-dir", str(cache_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert f"{TOTAL} checked against their digests" in final.stdout
-    assert "0 damaged" in final.stdout
+    final = asyncflow_check(cache_dir)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert f"{TOTAL} checked against their digests, 0 damaged" in final.stdout
