@@ -41,6 +41,8 @@ from ._stats import RunStats as RunStats
 from ._task import SinkTask as SinkTask
 from ._task import SourceTask as SourceTask
 from ._task import Task as Task
+from ._task import gather as gather
+from ._task import gather_tasks as gather_tasks
 from ._task import infer_task_type as infer_task_type
 
 __all__ = [
@@ -77,6 +79,8 @@ __all__ = [
     "UndeclaredRequirementError",
     "UnreadableResultError",
     "WorkflowFailedError",
+    "gather",
+    "gather_tasks",
     "infer_task_type",
     "register_key",
 ]

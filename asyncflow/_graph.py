@@ -14,7 +14,7 @@ from ._errors import BuildError, CycleError, MissingRequirementError, Undeclared
 from ._requires import Const, requirements_of, sources_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from ._task import Task
 
@@ -107,6 +107,37 @@ def _build(task: Task[Any, Any]) -> dict[str, Any]:
     return reqs
 
 
+def build_more(tasks: list[Task[Any, Any]], known: dict[str, Node]) -> tuple[list[Node], list[Node]]:
+    """Build the nodes of `tasks` (and upstream) that `known` lacks, linking them to the known ones.
+
+    For a graph that grows while it runs: `known` (by key) is updated with the new nodes,
+    which are linked as dependents of their known deps too.
+
+    Returns:
+        The nodes of `tasks`, in order, and the new nodes, deps first.
+
+    Raises:
+        BuildError, MissingRequirementError, UndeclaredRequirementError, CycleError: as
+            `build_graph`; nothing is added to `known` then.
+    """
+    roots: list[Node] = []
+    new: dict[str, Node] = {}
+    stack: list[Node] = []
+    for task in tasks:
+        key = task.__af_key__
+        node = known.get(key) or new.get(key)
+        if node is None:
+            node = new[key] = Node(task)
+            stack.append(node)
+        roots.append(node)
+    while stack:
+        node = stack.pop()
+        _expand(node, lambda t: known.get(t.__af_key__), new, stack)
+    order = _topological_order(new, linked=known)
+    known.update(new)
+    return roots, order
+
+
 def build_graph(root: Task[Any, Any]) -> Graph:
     """Build every node upstream of `root` (included) and check that the graph is acyclic.
 
@@ -120,39 +151,51 @@ def build_graph(root: Task[Any, Any]) -> Graph:
     nodes: dict[str, Node] = {root_node.key: root_node}
     stack = [root_node]
     while stack:
-        node = stack.pop()
-        task = node.task
-        reqs = _build(task)
-        names = type(task).__af_requires__
-        if not names:
-            continue
-        consts: list[str] = []
-        deps: list[Node] = []
-        for name in names:
-            for source in sources_of(reqs[name]):
-                if isinstance(source, Const):
-                    consts.append(source.token)
-                    continue
-                task_source: Task[Any, Any] = source  # type: ignore[assignment]  # not a Const: a Task
-                key = task_source.__af_key__
-                dep = nodes.get(key)
-                if dep is None:
-                    dep = nodes[key] = Node(task_source)
-                    stack.append(dep)
-                deps.append(dep)
-        node.deps = tuple(dict.fromkeys(deps))  # a task read twice is one dep
-        if consts:
-            node.consts = "|".join(consts)
+        _expand(stack.pop(), lambda _: None, nodes, stack)
     return Graph(root_node, _topological_order(nodes))
 
 
-def _topological_order(nodes: dict[str, Node]) -> list[Node]:
-    """Kahn's algorithm: every node after its deps; a leftover means a cycle."""
+def _expand(
+    node: Node, find: Callable[[Task[Any, Any]], Node | None], nodes: dict[str, Node], stack: list[Node]
+) -> None:
+    """Build `node`'s task and set its deps: known ones (`find`), else in `nodes`, else new (pushed on `stack`)."""
+    task = node.task
+    reqs = _build(task)
+    names = type(task).__af_requires__
+    if not names:
+        return
+    consts: list[str] = []
+    deps: list[Node] = []
+    for name in names:
+        for source in sources_of(reqs[name]):
+            if isinstance(source, Const):
+                consts.append(source.token)
+                continue
+            task_source: Task[Any, Any] = source  # type: ignore[assignment]  # not a Const: a Task
+            key = task_source.__af_key__
+            dep = find(task_source) or nodes.get(key)
+            if dep is None:
+                dep = nodes[key] = Node(task_source)
+                stack.append(dep)
+            deps.append(dep)
+    node.deps = tuple(dict.fromkeys(deps))  # a task read twice is one dep
+    if consts:
+        node.consts = "|".join(consts)
+
+
+def _topological_order(nodes: dict[str, Node], linked: dict[str, Node] | None = None) -> list[Node]:
+    """Kahn's algorithm: every node after its deps; a leftover means a cycle.
+
+    With `linked`, deps already known there (and ordered before) count as placed; the
+    new nodes are linked as their dependents only once the order is found.
+    """
     for node in nodes.values():
-        node.remaining = len(node.deps)
+        node.remaining = 0
         for dep in node.deps:
-            dep.dependents.append(node)
-    order = [n for n in nodes.values() if not n.deps]
+            if dep.key in nodes:
+                node.remaining += 1
+                dep.dependents.append(node)
+    order = [n for n in nodes.values() if n.remaining == 0]
     i = 0
     while i < len(order):
         for dependent in order[i].dependents:
@@ -162,6 +205,11 @@ def _topological_order(nodes: dict[str, Node]) -> list[Node]:
         i += 1
     if len(order) < len(nodes):
         raise _cycle_error([n for n in nodes.values() if n.remaining > 0])
+    if linked is not None:
+        for node in nodes.values():
+            for dep in node.deps:
+                if dep.key not in nodes:
+                    dep.dependents.append(node)
     return order
 
 

@@ -57,6 +57,7 @@ class RunProgress:
         self._console = Console(file=file if file is not None else sys.stdout)
         self._started = time.perf_counter()
         self._live: Progress | None = None
+        self._width = 0
         if self._console.is_terminal:
             self._live = Progress(
                 TextColumn("{task.description}"),
@@ -69,16 +70,33 @@ class RunProgress:
                 console=self._console,
                 refresh_per_second=10,
             )
-            width = max((len(name) for name in totals), default=0)
-            for name, counts in self._classes.items():
-                counts.row = self._live.add_task(
-                    name.ljust(width),
-                    total=counts.total,
-                    start=False,
-                    running=0,
-                    cached=0,
-                    failed_text="failed 0",
-                )
+            self._width = max((len(name) for name in totals), default=0)
+            for counts in self._classes.values():
+                self._add_row(counts)
+
+    def grow(self, totals: dict[str, int]) -> None:
+        """Count nodes found while the run goes on (a body awaited tasks): `totals` more per class."""
+        for name, n in totals.items():
+            counts = self._classes.get(name)
+            if counts is None:
+                counts = self._classes[name] = _Class(name, n)
+                self._add_row(counts)
+            else:
+                counts.total += n
+                counts.finished = None
+                if self._live is not None and counts.row is not None:
+                    self._live.update(counts.row, total=counts.total)
+
+    def _add_row(self, counts: _Class) -> None:
+        if self._live is not None:
+            counts.row = self._live.add_task(
+                counts.name.ljust(self._width),
+                total=counts.total,
+                start=False,
+                running=0,
+                cached=0,
+                failed_text="failed 0",
+            )
 
     def __enter__(self) -> Self:
         if self._live is not None:

@@ -21,13 +21,25 @@ import anyio
 import anyio.lowlevel
 
 from ._cache.session import CacheSession, Entry, Unreadable, open_session
-from ._errors import CacheWarning, TaskFailedError, UnstorableResultError, WorkflowFailedError
-from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, STALE, Node
+from ._errors import (
+    AsyncflowError,
+    CacheWarning,
+    CycleError,
+    OptionError,
+    TaskFailedError,
+    UnstorableResultError,
+    WorkflowFailedError,
+)
+from ._file import MARK as FILE_MARK
+from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, STALE, Node, build_more
 from ._limits import Channel, Limits
+from ._options import settings_from
 from ._plan import UNREADABLE, add_inputs, is_current, node_signature, plan, prepare
 from ._requires import requirements_of, resolve
 from ._runners.choose import Runners
+from ._source import fingerprint
 from ._stats import RunStats, StatsBuilder
+from ._sync import BODY, ELSEWHERE
 
 if TYPE_CHECKING:
     from ._cache.session import Record
@@ -103,6 +115,7 @@ class _Scheduler:
         self.inputs = prepared.inputs
         self.settings = settings
         self.session = session
+        self.started = time.perf_counter()
         self.limits = Limits(settings.rate_limits)
         self.runners = Runners(settings)
         self.records: dict[str, Record] = {}
@@ -121,6 +134,13 @@ class _Scheduler:
         self._spare = 0  # workers started and not busy with a node
         self._busy = 0  # workers running a node
         self._per_class: dict[type, tuple[Runner, tuple[Channel, ...]]] = {}
+        # Nodes found while the run goes on (`join`): what waits for what, and who holds what.
+        self._by_key: dict[str, Node] | None = None  # every node, once a body awaits tasks
+        self._waiters: dict[Node, anyio.Event] = {}  # set when the node is done or failed
+        self._awaiting: dict[Node, list[Node]] = {}  # a running body -> the nodes it awaits
+        self._holding: dict[Node, tuple[Channel, ...]] = {}  # a running node -> its channels' slots
+        self._failed: dict[Node, TaskFailedError] = {}
+        self.dynamic: dict[str, dict[str, str]] = {}  # parent key -> {awaited key: its version}
         self.progress: RunProgress | None = None
         if settings.progress:
             from ._progress import RunProgress  # rich is imported only when it is used
@@ -172,6 +192,206 @@ class _Scheduler:
                     self._tg = tg
                     self._settle([root])
         return root.value if root.state == DONE else None
+
+    # Tasks a running body awaits: they join this run.
+
+    async def join(self, parent: Node, tasks: list[Task[Any, Any]], options: dict[str, Any]) -> list[Any]:
+        """Run `tasks` as part of this run for the body of `parent`; return their results in order.
+
+        The graph grows by the nodes not in it yet (fresh ones are reused, stale ones queued
+        as any other, under the same limits, leases and `on_error`); nodes already in the
+        run are awaited, not computed again. While it waits, `parent` lends the slots of its
+        limited channels (its tasks may need them) and takes them back before it goes on.
+
+        Raises:
+            OptionError: `options` ask for something else than this run does.
+            GraphError: the tasks' graph cannot be built, or awaiting them would be a cycle.
+            TaskFailedError: an awaited task failed.
+        """
+        self._check_options(options)
+        known = self._known()
+        roots, new = build_more(tasks, known)
+        self.graph.order.extend(new)
+        self._check_cycle(parent, roots)
+        if new:
+            await self._plan_new(new)
+        for root in roots:
+            root.consumers += 1  # the body reads it
+        self._settle([n for n in new if n.remaining == 0])
+        try:
+            values = await self._wait_for(parent, roots)
+        finally:
+            for root in roots:
+                root.consumers -= 1
+        awaited = self.dynamic.setdefault(parent.key, {})
+        for root in roots:
+            assert root.version is not None, "asyncflow bug: an awaited node is done without a version"
+            awaited[root.key] = root.version
+            if root.consumers == 0:
+                root.value = MISSING  # nobody else needs it in memory
+        return values
+
+    def _check_options(self, options: dict[str, Any]) -> None:
+        if not options:
+            return
+        asked = settings_from(options)
+        for name in options:
+            if getattr(asked, name) != getattr(self.settings, name):
+                raise OptionError(
+                    f"{name}={options[name]!r}: a task awaited inside a body joins the run of that "
+                    f"body, whose {name} is {getattr(self.settings, name)!r}; leave the option out"
+                )
+
+    def _known(self) -> dict[str, Node]:
+        if self._by_key is None:
+            self._by_key = {n.key: n for n in self.graph}
+        return self._by_key
+
+    def _check_cycle(self, parent: Node, roots: list[Node]) -> None:
+        """Refuse to let `parent` wait for nodes that cannot finish before it does."""
+        came_from: dict[Node, Node | None] = {}
+        stack: list[Node] = []
+        for root in roots:
+            if root not in came_from and root.state not in (DONE, FAILED):
+                came_from[root] = None
+                stack.append(root)
+        while stack:
+            node = stack.pop()
+            if node is parent:
+                path = [node]
+                step = came_from[node]
+                while step is not None:
+                    path.append(step)
+                    step = came_from[step]
+                names = [repr(parent.task), *(repr(n.task) for n in reversed(path))]
+                raise CycleError(
+                    f"{parent.task!r} awaits tasks that wait for it: {' -> '.join(names)}; "
+                    "a body cannot await its own result",
+                    cycle=names[:-1],
+                )
+            for nxt in (*node.deps, *self._awaiting.get(node, ())):
+                if nxt not in came_from and nxt.state not in (DONE, FAILED):
+                    came_from[nxt] = node
+                    stack.append(nxt)
+
+    async def _plan_new(self, new: list[Node]) -> None:
+        """Plan nodes found while the run goes on (deps first), as `plan` does before it."""
+        fresh_classes = [type(n.task) for n in new if type(n.task) not in self.sources]
+        for cls in dict.fromkeys(fresh_classes):
+            found = self.fingerprints[cls] = fingerprint(cls)
+            self.sources[cls] = found.digest
+            self.session.note_fingerprints([found])
+        if any(FILE_MARK in n.key for n in new):
+            inputs: dict[str, tuple[Any, list[Node]]] = {}
+            for node in new:
+                if FILE_MARK in node.key:
+                    for file in node.task.__af_files__():
+                        inputs.setdefault(str(file.path), (file, []))[1].append(node)
+            found_inputs = await self.session.digest_inputs(list(inputs))
+            add_inputs(inputs, found_inputs.digests, found_inputs.problems)
+        records = await self.session.lookup([n.key for n in new])
+        self.records.update(records)
+        ids = {id(n) for n in new}
+        totals: Counter[str] = Counter()
+        for node in new:
+            totals[type(node.task).task_name] += 1
+            node.consumers = len(node.dependents)
+            node.remaining = 0
+            settled = True
+            for dep in node.deps:
+                if id(dep) not in ids:
+                    dep.consumers += 1  # a known node: it now has one more reader
+                if dep.state != DONE and not (id(dep) in ids and dep.state == FRESH):
+                    settled = False
+                if dep.state != DONE:
+                    node.remaining += 1
+            record = records.get(node.key)
+            if settled and self._is_current(node, record, node_signature(node)):
+                assert record is not None
+                node.state = FRESH
+                node.version = record.version
+            else:
+                node.state = STALE
+        if self.progress is not None:
+            self.progress.grow(dict(totals))
+
+    async def _wait_for(self, parent: Node, roots: list[Node]) -> list[Any]:
+        """Wait until every root is done, lending `parent`'s slots meanwhile; return their results."""
+        lent = self._holding.get(parent, ())
+        cancelled = False
+        try:
+            while True:
+                pending = [r for r in roots if r.state not in (DONE, FAILED)]
+                if pending:
+                    if lent and parent in self._holding:
+                        del self._holding[parent]
+                        self._unpark(self.limits.give_back(lent))
+                        self._ensure_spare()
+                    self._awaiting[parent] = pending
+                    try:
+                        for node in pending:
+                            if node.state in (DONE, FAILED):  # while this waited for another
+                                continue
+                            event = self._waiters.get(node)
+                            if event is None:
+                                event = self._waiters[node] = anyio.Event()
+                            await event.wait()
+                    finally:
+                        del self._awaiting[parent]
+                failed = next((r for r in roots if r.state == FAILED), None)
+                if failed is not None:
+                    raise self._failed[failed]
+                if await self._load_values(roots):
+                    return [r.value for r in roots]
+        except anyio.get_cancelled_exc_class():
+            cancelled = True  # its slots stay lent: the node ends holding none
+            raise
+        finally:
+            if lent and parent not in self._holding and not cancelled:
+                await self._take_back(lent)
+                self._holding[parent] = lent
+
+    async def _load_values(self, roots: list[Node]) -> bool:
+        """Load the cached results of done `roots`; False if some must be computed again first."""
+        missing = [r for r in dict.fromkeys(roots) if r.value is MISSING and r.state == DONE]
+        if not missing:
+            return True
+        wanted = [(r.key, r.version or "") for r in missing]
+        loaded = await self.session.load_many(wanted)
+        again = False
+        for node, (_, version), value in zip(missing, wanted, loaded, strict=True):
+            if node.version != version or node.state != DONE:
+                again = True
+            elif isinstance(value, Unreadable):
+                again = True
+                if await self._unreadable(node, version, value):
+                    self._settle([node])
+            elif node.value is MISSING:
+                node.value = value
+        return not again
+
+    async def _take_back(self, channels: tuple[Channel, ...]) -> None:
+        """Take a slot of each of `channels` again, queueing behind parked nodes for a full one."""
+        while True:
+            full = self.limits.take(channels)
+            if full is None:
+                return
+            waiter = _SlotWaiter()
+            full.parked.append(waiter)
+            try:
+                await waiter.event.wait()
+            except BaseException:
+                if waiter in full.parked:
+                    full.parked.remove(waiter)
+                elif waiter.event.is_set():  # woken for a slot it will not take: pass it on
+                    self._unpark(self.limits.unblocked([full]))
+                    self._ensure_spare()
+                raise
+
+    def _wake(self, node: Node) -> None:
+        event = self._waiters.pop(node, None)
+        if event is not None:
+            event.set()
 
     def raise_failures(self) -> None:
         """Raise what went wrong, once the cache has kept what went right."""
@@ -286,6 +506,8 @@ class _Scheduler:
     def _done(self, node: Node) -> list[Node]:
         """Mark `node` done; return the dependents that became ready."""
         node.state = DONE
+        if self._waiters:
+            self._wake(node)
         for dep in node.deps:
             dep.consumers -= 1
             if dep.consumers == 0:
@@ -330,6 +552,8 @@ class _Scheduler:
                     self._unpark(self.limits.unblocked())
                 return
         flight = self._flights[node.key]
+        if channels:
+            self._holding[node] = channels
         try:
             node.state = RUNNING
             self.stats.started(cls.task_name)
@@ -346,7 +570,7 @@ class _Scheduler:
             flight.value = outcome.value
             flight.signature = signature
         finally:
-            if channels:
+            if channels and self._holding.pop(node, None) is not None:  # none: lent, then cancelled
                 self._unpark(self.limits.give_back(channels))
             self._land(node.key, flight)
         self.session.store_nowait(
@@ -479,8 +703,14 @@ class _Scheduler:
                 ) from exc
         return values
 
-    def _unpark(self, nodes: list[Node]) -> None:
-        """Put parked nodes first in the ready queue, in the order they were parked."""
+    def _unpark(self, parked: list[Any]) -> None:
+        """Put parked nodes first in the ready queue, in the order they were parked; wake bodies waiting for slots back."""
+        nodes: list[Node] = []
+        for item in parked:
+            if isinstance(item, _SlotWaiter):
+                item.event.set()
+            else:
+                nodes.append(item)
         self._ready.extendleft(reversed(nodes))
 
     def _pick(self, cls: type[Task[Any, Any]]) -> tuple[Runner, tuple[Channel, ...]]:
@@ -494,9 +724,11 @@ class _Scheduler:
         """Run the body (with retries and timeouts); the node holds its channels' slots."""
         task = node.task
         values = self._inputs(node)
+        body = BODY.set((self, node))  # a task it runs joins this run (see `join`)
         try:
             return await self._attempts(task, runner, values)
         finally:
+            BODY.reset(body)
             task.__af_leave__()
 
     async def _attempts(
@@ -533,11 +765,43 @@ class _Scheduler:
 
     def _fail(self, node: Node, error: TaskFailedError) -> None:
         node.state = FAILED
+        self._failed[node] = error
+        if self._waiters:
+            self._wake(node)
         self.stats.failed(type(node.task).task_name)
         self.failures.append(error)
         self.session.release_nowait(node.key, (type(node.task).task_name, str(error)))
         if self.settings.on_error == "cancel" and self._tg is not None:
             self._tg.cancel_scope.cancel()
+
+
+async def join_body(
+    body: Any, tasks: list[Task[Any, Any]], options: dict[str, Any]
+) -> tuple[list[Any], RunStats]:
+    """Run `tasks` for the body that `body` (`_sync.BODY`) names, as part of its run.
+
+    Raises:
+        AsyncflowError: the body runs in another process (a worker process, a job), which cannot join.
+    """
+    if body is ELSEWHERE:
+        names = ", ".join(repr(t) for t in tasks[:3])
+        raise AsyncflowError(
+            f"{names}: a body running in a worker process or a job cannot run tasks (it has no "
+            "access to the run); run the body in this process (async def, or a thread: "
+            'executor="thread"), or make those tasks requirements of its task'
+        )
+    scheduler, node = body
+    values = await scheduler.join(node, tasks, options)
+    return values, scheduler.stats.freeze(time.perf_counter() - scheduler.started)
+
+
+class _SlotWaiter:
+    """A running body waiting, on a channel's queue, for the slot it lent while it awaited tasks."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
 
 
 def _failure(task: Task[Any, Any], exc: Exception, timeout: float | None, attempt: int) -> TaskFailedError:

@@ -14,6 +14,7 @@ import shutil
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
 
+import anyio
 from typing_extensions import ParamSpec, Unpack
 
 from . import _keys
@@ -32,7 +33,7 @@ from ._options import (
     settings_from,
 )
 from ._requires import REQUIRES_KINDS, Requirement, TaskLike, clear_values, set_values, without_requirements
-from ._sync import run_blocking
+from ._sync import BODY, run_blocking
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -326,9 +327,16 @@ class Task(TaskLike[R], Generic[P, R]):
         return result
 
     async def run_with_stats(self, **options: Unpack[RunOptions]) -> tuple[R, RunStats]:
-        """Like `run`, and also return per-class statistics of this run."""
-        from ._scheduler import run_workflow
+        """Like `run`, and also return per-class statistics of this run.
 
+        Inside a body, it joins the body's run (see `gather`); the statistics are that run's so far.
+        """
+        from ._scheduler import join_body, run_workflow
+
+        body = BODY.get()
+        if body is not None:
+            (value,), stats = await join_body(body, [self], dict(options))
+            return value, stats
         refuse_reimported_script()
         return await run_workflow(self, settings_from(options))
 
@@ -468,3 +476,42 @@ def infer_task_type(cls: type[Any]) -> type[Task[Any, Any]]:
     if not (isinstance(cls, type) and issubclass(cls, Task)):  # pyright: ignore[reportUnnecessaryIsInstance]  # users pass anything
         raise TaskDefinitionError(f"infer_task_type expects a Task subclass, got {cls!r}")
     return cls  # pyright: ignore[reportUnknownVariableType]  # any Task subclass
+
+
+async def gather(*tasks: Task[Any, R], **options: Unpack[RunOptions]) -> list[R]:
+    """Run `tasks` concurrently and return their results, in order.
+
+    Inside a body (an ``async def run_task``, or a plain one in a thread through
+    `gather_tasks`), they join the body's run: its cache, limits, workers, single flight,
+    retries, cancellation and progress; the body's slots of limited channels are lent
+    to them while it waits. Elsewhere they run as one run each, side by side (nodes they
+    share are computed once).
+
+    Raises:
+        TaskFailedError: one of them failed.
+        OptionError: inside a body, `options` differ from its run's.
+    """
+    from ._scheduler import join_body
+
+    body = BODY.get()
+    if body is not None:
+        values, _ = await join_body(body, list(tasks), dict(options))
+        return values
+    results: list[Any] = [None] * len(tasks)
+
+    async def one(i: int, task: Task[Any, R]) -> None:
+        results[i] = await task.run(**options)
+
+    async with anyio.create_task_group() as tg:
+        for i, task in enumerate(tasks):
+            tg.start_soon(one, i, task)
+    return results
+
+
+def gather_tasks(*tasks: Task[Any, R], **options: Unpack[RunOptions]) -> list[R]:
+    """Blocking twin of `gather`, for plain ``def`` bodies (and scripts)."""
+
+    async def gathered() -> list[R]:
+        return await gather(*tasks, **options)
+
+    return run_blocking(gathered, api="gather_tasks()", instead="await asyncflow.gather(...)")

@@ -26,6 +26,7 @@ import anyio
 
 from ._runners import payload
 from ._runners.base import pickle_result
+from ._sync import BODY, ELSEWHERE
 
 USAGE = "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR"
 HANGUP = 129  # exit status when stdin ends first (128 + SIGHUP, as a hung-up terminal gives)
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"asyncflow.worker: cannot read the payload in {job}", file=sys.stderr)  # noqa: T201
         return 2
+    BODY.set(ELSEWHERE)  # a task the body runs cannot join the run (see `Task.run`)
     try:
         value = anyio.run(task.run_task) if inspect.iscoroutinefunction(task.run_task) else task.run_task()
         pickled = pickle_result(value)

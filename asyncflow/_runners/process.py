@@ -21,6 +21,7 @@ import anyio
 from .. import _mainguard
 from .._cache import blobs
 from .._errors import TaskFailedError, WorkerTracebackError
+from .._sync import BODY, ELSEWHERE
 from . import payload
 from .base import Outcome
 from .local import call_and_pickle
@@ -38,6 +39,7 @@ def call_pickled(request: bytes, parent: int = 0) -> bytes:
     In the process whose id is `parent` (an executor of threads), what the body raised
     is raised as it is instead: it needs no pickling, and keeps its cause.
     """
+    elsewhere = BODY.set(ELSEWHERE)  # a task it runs cannot join the run (see `Task.run`)
     try:
         task: Task[Any, Any] = blobs.loads(request)
         answer = payload.Answer(call_and_pickle(task).pickled)
@@ -45,6 +47,8 @@ def call_pickled(request: bytes, parent: int = 0) -> bytes:
         if os.getpid() == parent:
             raise
         answer = payload.failure(exc)
+    finally:
+        BODY.reset(elsewhere)
     return payload.encode_answer(answer)
 
 

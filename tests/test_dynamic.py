@@ -1,0 +1,205 @@
+"""Tasks a body awaits join the body's run: one cache, limits, workers, single flight, cancellation."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+import asyncflow
+from asyncflow import AsyncflowError, CycleError, OptionError, Requires, Task, TaskFailedError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+RAN: Counter[str] = Counter()
+LIVE = {"now": 0, "peak": 0}
+
+
+class Listing(Task):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> list[int]:
+        return list(range(self.n))
+
+
+class Square(Task, channel="squares"):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        RAN[f"Square({self.i})"] += 1
+        LIVE["now"] += 1
+        LIVE["peak"] = max(LIVE["peak"], LIVE["now"])
+        try:
+            await anyio.sleep(0.001)
+        finally:
+            LIVE["now"] -= 1
+        return self.i * self.i
+
+
+class FanOut(Task):
+    items: Requires[list[int]]
+
+    def build_task(self, n: int) -> None:
+        self.items = Listing(n)
+
+    async def run_task(self) -> int:
+        RAN["FanOut"] += 1
+        squares = await asyncflow.gather(*(Square(i) for i in self.items))
+        return sum(squares)
+
+
+class OneByOne(Task, channel="squares"):
+    """On the limited channel itself: it lends its slot while it awaits its children."""
+
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> list[int]:
+        return [await Square(i).run() for i in range(self.n)]
+
+
+class ThreadFanOut(Task):
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    def run_task(self) -> int:  # a plain def: in a worker thread
+        first = Square(0).run_graph()
+        rest = asyncflow.gather_tasks(*(Square(i) for i in range(1, self.n)))
+        return first + sum(rest)
+
+
+class SelfAwait(Task):
+    async def run_task(self) -> int:
+        return await SelfAwait().run()
+
+
+class Ping(Task):
+    async def run_task(self) -> int:
+        return await Pong().run()
+
+
+class Pong(Task):
+    async def run_task(self) -> int:
+        return await Ping().run()
+
+
+class OtherCache(Task):
+    def build_task(self, elsewhere: str) -> None:
+        self.elsewhere = elsewhere
+
+    async def run_task(self) -> int:
+        return await Square(2).run(cache_dir=self.elsewhere)
+
+
+class InProcess(Task):
+    def run_task(self) -> int:
+        return Square(3).run_graph()
+
+
+class Slow(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        RAN[f"Slow({self.i})"] += 1
+        if self.i >= 5:
+            LIVE["now"] += 1
+            try:
+                await anyio.sleep(30)
+            finally:
+                LIVE["now"] -= 1
+        return self.i
+
+
+class SlowFanOut(Task):
+    async def run_task(self) -> list[int]:
+        return await asyncflow.gather(*(Slow(i) for i in range(10)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counts() -> None:
+    RAN.clear()
+    LIVE.update(now=0, peak=0)
+
+
+async def test_a_fan_out_over_an_upstream_list_joins_the_run(cache_dir: Path) -> None:
+    n = 1000
+    value, stats = await FanOut(n).run_with_stats(cache_dir=cache_dir, rate_limits={"squares": 3})
+    assert value == sum(i * i for i in range(n))
+    assert stats[Square.task_name].run == n  # counted in the run's own stats
+    assert LIVE["peak"] <= 3  # the run's limit holds for the nodes found while it ran
+    assert all(RAN[f"Square({i})"] == 1 for i in range(n))
+    # Run again: the parent is fresh, so nothing runs and nothing is awaited.
+    RAN.clear()
+    value, stats = await FanOut(n).run_with_stats(cache_dir=cache_dir)
+    assert value == sum(i * i for i in range(n))
+    assert (stats.run, sum(RAN.values())) == (0, 0)
+
+
+async def test_children_already_cached_are_reused(cache_dir: Path) -> None:
+    await asyncflow.gather(*(Square(i) for i in range(5)), cache_dir=cache_dir)  # outside a run
+    RAN.clear()
+    value, stats = await FanOut(8).run_with_stats(cache_dir=cache_dir)
+    assert value == sum(i * i for i in range(8))
+    assert stats[Square.task_name].reused == 5
+    assert stats[Square.task_name].run == 3
+    assert set(RAN) == {"FanOut", "Square(5)", "Square(6)", "Square(7)"}
+
+
+async def test_a_parent_holding_the_only_slot_lends_it_to_its_children(cache_dir: Path) -> None:
+    with anyio.fail_after(20):
+        value = await OneByOne(5).run(cache_dir=cache_dir, rate_limits={"squares": 1})
+    assert value == [i * i for i in range(5)]
+    assert LIVE["peak"] == 1
+
+
+def test_a_thread_body_joins_the_run_through_the_blocking_twins(cache_dir: Path) -> None:
+    value, stats = ThreadFanOut(4).run_graph_with_stats(cache_dir=cache_dir)
+    assert value == 0 + 1 + 4 + 9
+    assert stats[Square.task_name].run == 4  # in the same run: its stats count them
+
+
+@pytest.mark.parametrize(
+    ("task", "path"),
+    [(SelfAwait(), "SelfAwait() -> SelfAwait()"), (Ping(), "Pong() -> Ping() -> Pong()")],
+)
+async def test_awaiting_itself_is_a_cycle_error_not_a_deadlock(
+    cache_dir: Path, task: Task[Any, Any], path: str
+) -> None:
+    with anyio.fail_after(10), pytest.raises(TaskFailedError) as caught:
+        await task.run(cache_dir=cache_dir)
+    cause = caught.value.__cause__  # the body that closed the cycle failed with it
+    assert isinstance(cause, CycleError)
+    assert path in str(cause)
+    assert len(cause.cycle) == path.count("->")
+
+
+async def test_options_against_the_run_are_refused(cache_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TaskFailedError) as caught:
+        await OtherCache(str(tmp_path / "other")).run(cache_dir=cache_dir)
+    assert isinstance(caught.value.__cause__, OptionError)
+    assert "cache_dir" in str(caught.value.__cause__)
+    assert "leave the option out" in str(caught.value.__cause__)
+
+
+async def test_a_body_in_a_worker_process_cannot_join(cache_dir: Path) -> None:
+    with pytest.raises(TaskFailedError) as caught:
+        await InProcess().run(cache_dir=cache_dir, executor="process")
+    assert "cannot run tasks" in str(caught.value)
+    assert isinstance(caught.value.__cause__, AsyncflowError) or "AsyncflowError" in str(caught.value)
+
+
+async def test_cancelling_mid_fan_out_keeps_finished_children(cache_dir: Path) -> None:
+    with anyio.move_on_after(1.0) as scope:
+        await SlowFanOut().run(cache_dir=cache_dir)
+    assert scope.cancelled_caught
+    assert LIVE["now"] == 0  # no body left running
+    RAN.clear()
+    kept = await asyncflow.gather(*(Slow(i) for i in range(5)), cache_dir=cache_dir)
+    assert kept == list(range(5))
+    assert not RAN  # each finished child was cached by the cancelled run
