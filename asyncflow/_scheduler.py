@@ -322,6 +322,13 @@ class _Scheduler:
         try:
             while True:
                 pending = [r for r in roots if r.state not in (DONE, FAILED)]
+                for root in pending:  # under on_error="continue", a failure upstream never ends
+                    failed = self._failed_upstream(root)
+                    if failed is not None:
+                        raise TaskFailedError(
+                            f"{root.task!r} cannot run: its upstream {failed.task!r} failed",
+                            task=repr(root.task),
+                        ) from self._failed[failed]
                 if pending:
                     if lent and parent in self._holding:
                         del self._holding[parent]
@@ -387,6 +394,30 @@ class _Scheduler:
                     self._unpark(self.limits.unblocked([full]))
                     self._ensure_spare()
                 raise
+
+    def _failed_upstream(self, node: Node) -> Node | None:
+        """Return a failed node that `node` (not done) waits for, if any."""
+        seen = {node}
+        stack = [node]
+        while stack:
+            for dep in stack.pop().deps:
+                if dep.state == FAILED:
+                    return dep
+                if dep.state != DONE and dep not in seen:
+                    seen.add(dep)
+                    stack.append(dep)
+        return None
+
+    def _wake_downstream(self, failed: Node) -> None:
+        """Wake the bodies awaiting nodes that now wait for `failed` in vain."""
+        seen = {failed}
+        stack = [failed]
+        while stack:
+            for dependent in stack.pop().dependents:
+                if dependent not in seen:
+                    seen.add(dependent)
+                    self._wake(dependent)
+                    stack.append(dependent)
 
     def _wake(self, node: Node) -> None:
         event = self._waiters.pop(node, None)
@@ -768,6 +799,7 @@ class _Scheduler:
         self._failed[node] = error
         if self._waiters:
             self._wake(node)
+            self._wake_downstream(node)
         self.stats.failed(type(node.task).task_name)
         self.failures.append(error)
         self.session.release_nowait(node.key, (type(node.task).task_name, str(error)))

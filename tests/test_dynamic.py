@@ -121,6 +121,35 @@ class SlowFanOut(Task):
         return await asyncflow.gather(*(Slow(i) for i in range(10)))
 
 
+class Broken(Task):
+    async def run_task(self) -> int:
+        raise ValueError("broken")
+
+
+class OnBroken(Task):
+    broken: Requires[int]
+
+    def build_task(self, tag: int) -> None:
+        self.broken = Broken()
+
+    async def run_task(self) -> int:
+        return self.broken
+
+
+class AwaitsBroken(Task):
+    def build_task(self, tag: int) -> None:
+        self.tag = tag
+
+    async def run_task(self) -> int:
+        await anyio.sleep(0.2 * self.tag)  # 0: before Broken fails; 1: after
+        return await OnBroken(self.tag).run()
+
+
+class BothWays(Task):
+    async def run_task(self) -> list[int]:
+        return await asyncflow.gather(AwaitsBroken(0), AwaitsBroken(1))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_counts() -> None:
     RAN.clear()
@@ -192,6 +221,15 @@ async def test_a_body_in_a_worker_process_cannot_join(cache_dir: Path) -> None:
         await InProcess().run(cache_dir=cache_dir, executor="process")
     assert "cannot run tasks" in str(caught.value)
     assert isinstance(caught.value.__cause__, AsyncflowError) or "AsyncflowError" in str(caught.value)
+
+
+async def test_awaiting_a_task_whose_upstream_failed_fails_instead_of_hanging(cache_dir: Path) -> None:
+    # Under on_error="continue" nothing cancels the run: the awaiting body must not wait forever.
+    with anyio.fail_after(10), pytest.raises(asyncflow.WorkflowFailedError) as caught:
+        await BothWays().run(cache_dir=cache_dir, on_error="continue")
+    messages = [str(e) for e in caught.value.exceptions]
+    assert any("Broken() failed: ValueError: broken" in m for m in messages)
+    assert any("cannot run: its upstream Broken() failed" in m for m in messages)
 
 
 async def test_cancelling_mid_fan_out_keeps_finished_children(cache_dir: Path) -> None:
