@@ -291,7 +291,7 @@ class _Scheduler:
             add_inputs(inputs, found_inputs.digests, found_inputs.problems)
         records = await self.session.lookup([n.key for n in new])
         self.records.update(records)
-        ids = {id(n) for n in new}
+        added = set(new)
         totals: Counter[str] = Counter()
         for node in new:
             totals[type(node.task).task_name] += 1
@@ -299,9 +299,9 @@ class _Scheduler:
             node.remaining = 0
             settled = True
             for dep in node.deps:
-                if id(dep) not in ids:
+                if dep not in added:
                     dep.consumers += 1  # a known node: it now has one more reader
-                if dep.state != DONE and not (id(dep) in ids and dep.state == FRESH):
+                if dep.state != DONE and not (dep in added and dep.state == FRESH):
                     settled = False
                 if dep.state != DONE:
                     node.remaining += 1

@@ -107,18 +107,18 @@ def read_bytes(cache_dir: Path, key: str, stored: Stored) -> bytes:
     try:
         if stored.path is not None:
             data = (paths.results_dir(cache_dir) / stored.path).read_bytes()
-        # A record from before digests (schema 3) has none: it is decoded unchecked.
-        if stored.digest is not None and digest(data) != stored.digest:  # pyright: ignore[reportArgumentType]  # None: TypeError below
-            where = "its record" if stored.path is None else f"its result file {stored.path}"
-            raise _unreadable(key, f"{where} is damaged (its digest does not match)")
     except FileNotFoundError:
         raise _unreadable(key, f"its result file {stored.path} is missing") from None
     except OSError as exc:
         raise _unreadable(key, f"its result file {stored.path} cannot be read ({exc})") from exc
-    except TypeError as exc:  # a value of another type than written, or no data at all
+    except TypeError as exc:  # a file name that is not text
         raise _unreadable(key, "its record is damaged (a value of the wrong type)") from exc
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes):  # no data, or a value of another type
         raise _unreadable(key, "its record is damaged (a value of the wrong type)")
+    # A record from before digests (schema 3) has none: it is decoded unchecked.
+    if stored.digest is not None and digest(data) != stored.digest:
+        where = "its record" if stored.path is None else f"its result file {stored.path}"
+        raise _unreadable(key, f"{where} is damaged (its digest does not match)")
     return data
 
 
