@@ -3,7 +3,8 @@
 The decision is the plan's (`_plan.py`), the one the scheduler runs; this module reads
 what the index knows and puts the plan's reasons into words a person can read: no
 result, the class's code changed, an upstream node is stale or its result changed
-since, the last run failed. `asyncflow graph` draws these.
+since, a task its body awaited last time is stale or changed, the last run failed.
+`asyncflow graph` draws these, with the tasks bodies awaited as dynamic edges.
 """
 
 from __future__ import annotations
@@ -17,13 +18,28 @@ import anyio
 from ._cache.store import Known, digest_inputs, known
 from ._graph import FRESH
 from ._options import settings_from
-from ._plan import CODE_CHANGED, ELSEWHERE, NO_RESULT, UPSTREAM_STALE, add_inputs, plan, prepare
+from ._plan import (
+    CODE_CHANGED,
+    DYNAMIC_CHANGED,
+    ELSEWHERE,
+    NO_RESULT,
+    UPSTREAM_STALE,
+    add_awaited,
+    add_inputs,
+    note,
+    order,
+    plan,
+    prepare,
+)
 from ._source import what_changed
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ._file import File
     from ._graph import Node
+    from ._plan import Awaited
+    from ._source import Fingerprint
     from ._task import Task
 
 State = Literal["fresh", "stale", "failed"]
@@ -42,8 +58,11 @@ class NodeStatus:
         reason: why it is stale (empty when fresh): ``"no result"``, ``"code changed:
             helpers.scale"`` (the parts of the code that changed), ``"version 1 -> 2"``,
             ``"upstream Choose(5, 2) is stale"``, ``"upstream Choose(5, 2) changed"``,
-            ``"input changed: data/a.csv"``, or the last failure's message.
+            ``"input changed: data/a.csv"``, ``"dynamic dependency Square(3) changed"``
+            (or ``is stale``), or the last failure's message.
         deps: the keys of its upstream nodes, in order.
+        awaited: the keys of the tasks its body awaited in the run that made its result
+            (dynamic dependencies), in order.
     """
 
     task: Task[Any, Any]
@@ -52,6 +71,7 @@ class NodeStatus:
     state: State
     reason: str
     deps: tuple[str, ...]
+    awaited: tuple[str, ...] = ()
 
 
 async def explain(
@@ -72,29 +92,62 @@ async def explain(
     detect = settings.detect_source_change
     graph, fingerprints, inputs = await anyio.to_thread.run_sync(prepare, root)
     changed: dict[str, float] = {}  # input file -> when its content last changed
-    if inputs:
-        found = await digest_inputs(settings.cache_dir, list(inputs))
-        add_inputs(inputs, found.digests, found.problems)
-        changed = found.changed
-    facts = await known(settings.cache_dir, [n.key for n in graph])
-    plan(graph, facts.records, fingerprints, detect=detect, made_where=facts.made_where)
+    facts = Known({}, {}, {}, {}, {})
+    awaited: dict[Node, Awaited] = {}
+    by_key = {n.key: n for n in graph}
+    nodes = more = graph.order
+    while True:  # the graph, then the tasks its bodies awaited last time, and so on
+        if inputs:
+            found = await digest_inputs(settings.cache_dir, list(inputs))
+            add_inputs(inputs, found.digests, found.problems)
+            changed.update(found.changed)
+        facts.add(await known(settings.cache_dir, [n.key for n in more]))
+        records = facts.records
+        parents = [n for n in more if n.key in records and records[n.key].awaited is not None]
+        if not parents:
+            break
+        inputs = dict[str, "tuple[File, list[Node]]"]()
+        more = await anyio.to_thread.run_sync(
+            _add_awaited, parents, facts, by_key, awaited, fingerprints, inputs
+        )
+        nodes = [*nodes, *more]
+    if awaited:
+        nodes = order(nodes, awaited)
+    plan(nodes, facts.records, fingerprints, detect=detect, made_where=facts.made_where, awaited=awaited)
     out: list[NodeStatus] = []
-    for node in graph:
+    for node in nodes:
         state: State = "fresh"
         reason = ""
         if node.state != FRESH:
             state = "stale"
-            reason = _reason(node, facts, fingerprints[type(node.task)].manifest, changed)
+            reason = _reason(node, facts, fingerprints[type(node.task)].manifest, changed, awaited.get(node))
             failure = facts.failures.get(node.key)
             if failure is not None:
                 state = "failed"
                 reason = failure.splitlines()[0]
         deps = tuple(d.key for d in node.deps)
-        out.append(NodeStatus(node.task, node.key, type(node.task).task_name, state, reason, deps))
+        dynamic = tuple(n.key for n, _ in awaited[node].nodes) if node in awaited else ()
+        out.append(NodeStatus(node.task, node.key, type(node.task).task_name, state, reason, deps, dynamic))
     return out
 
 
-def _reason(node: Node, facts: Known, manifest: dict[str, str], changed: dict[str, float]) -> str:
+def _add_awaited(
+    parents: list[Node],
+    facts: Known,
+    by_key: dict[str, Node],
+    awaited: dict[Node, Awaited],
+    fingerprints: dict[type, Fingerprint],
+    inputs: dict[str, tuple[File, list[Node]]],
+) -> list[Node]:
+    """Add the tasks the records of `parents` say their bodies awaited (`_plan.add_awaited`); return the new nodes."""
+    added = add_awaited(parents, facts.records, by_key, awaited)
+    note(added, fingerprints, inputs)
+    return added
+
+
+def _reason(
+    node: Node, facts: Known, manifest: dict[str, str], changed: dict[str, float], awaited: Awaited | None
+) -> str:
     """Say why the plan found `node` stale.
 
     Args:
@@ -102,6 +155,7 @@ def _reason(node: Node, facts: Known, manifest: dict[str, str], changed: dict[st
         facts: what the index knows.
         manifest: what its class's code is made of now.
         changed: when each input file's content last changed.
+        awaited: the tasks its body awaited last time, if any.
     """
     if node.why == NO_RESULT:
         return "no result"
@@ -113,6 +167,12 @@ def _reason(node: Node, facts: Known, manifest: dict[str, str], changed: dict[st
     if node.why == UPSTREAM_STALE:
         dep = next(d for d in node.deps if d.state != FRESH)
         return f"upstream {dep.task!r} is stale"
+    if node.why == DYNAMIC_CHANGED:
+        assert awaited is not None, "asyncflow bug: a dynamic dependency changed, but it has none"
+        if awaited.lost:
+            return f"dynamic dependency: {awaited.lost}"
+        child = next(n for n, v in awaited.nodes if n.state != FRESH or n.version != v)
+        return f"dynamic dependency {child.task!r} {'is stale' if child.state != FRESH else 'changed'}"
     # Its inputs changed: name an upstream node or an input file newer than its own run.
     started = facts.times.get(node.key, (0.0, 0.0))[0]
     newer = [d for d in node.deps if facts.times.get(d.key, (0.0, 0.0))[1] > started]

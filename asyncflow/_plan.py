@@ -12,6 +12,11 @@ see a new version) without looking further.
 graph runs the ``build_task`` methods, and fingerprinting classes walks their code, so
 callers run it off the event loop) and from the index (the records, and which file made
 each fingerprint). The scheduler runs the plan; `explain` puts its reasons into words.
+
+A body may await tasks while it runs (dynamic dependencies, see `_scheduler.join`); its
+record keeps them (`_recipes`). `add_awaited` makes them again and adds them (and their
+upstream) to the graph, `order` puts them before the node that awaited them, and the plan
+finds that node fresh only if each is fresh and has the result the body read.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import InputFileError
 from ._file import MARK as FILE_MARK
-from ._graph import FRESH, STALE, Graph, Node, build_graph
+from ._graph import DONE, FRESH, STALE, Graph, Node, build_graph, build_more
+from ._recipes import decode
 from ._source import fingerprint
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from ._cache.session import Record
     from ._file import File
@@ -40,6 +46,7 @@ UPSTREAM_STALE = 3  # one of its deps is stale, so will have a new result
 INPUTS_CHANGED = 4  # a dep's result or a Const value it reads is not the one it was made from
 ELSEWHERE = 5  # made by a class of the same name defined in another file
 UNREADABLE = 6  # its cached result could not be read back (set by the scheduler, during a run)
+DYNAMIC_CHANGED = 7  # a task its body awaited is stale, has another result, or cannot be made again
 
 
 class Prepared(NamedTuple):
@@ -48,6 +55,13 @@ class Prepared(NamedTuple):
     graph: Graph
     fingerprints: dict[type, Fingerprint]
     inputs: dict[str, tuple[File, list[Node]]]  # by absolute path: the file, the nodes taking it
+
+
+class Awaited(NamedTuple):
+    """The tasks a node's body awaited last time, as its record keeps them, made into nodes."""
+
+    nodes: list[tuple[Node, str]]  # each, with the version of its result the body read
+    lost: str  # why one of them cannot be made again ("" if all can): the node is stale then
 
 
 def prepare(root: Task[Any, Any]) -> Prepared:
@@ -59,16 +73,92 @@ def prepare(root: Task[Any, Any]) -> Prepared:
         GraphError: the graph cannot be built.
     """
     graph = build_graph(root)
-    fingerprints: dict[type, Fingerprint] = {}
-    inputs: dict[str, tuple[File, list[Node]]] = {}
-    for node in graph:
+    prepared = Prepared(graph, {}, {})
+    note(graph, prepared.fingerprints, prepared.inputs)
+    return prepared
+
+
+def note(
+    nodes: Iterable[Node], fingerprints: dict[type, Fingerprint], inputs: dict[str, tuple[File, list[Node]]]
+) -> None:
+    """Fingerprint the classes of `nodes` missing from `fingerprints`; add their input files to `inputs`."""
+    for node in nodes:
         cls = type(node.task)
         if cls not in fingerprints:
             fingerprints[cls] = fingerprint(cls)
         if FILE_MARK in node.key:  # rarely: only then ask the task
             for file in node.task.__af_files__():
                 inputs.setdefault(str(file.path), (file, []))[1].append(node)
-    return Prepared(graph, fingerprints, inputs)
+
+
+def add_awaited(
+    parents: Iterable[Node],
+    records: Mapping[str, Record],
+    known: dict[str, Node],
+    awaited: dict[Node, Awaited],
+) -> list[Node]:
+    """Make again the tasks that the records of `parents` say their bodies awaited, into `awaited`.
+
+    Those `known` (by key) lacks are built and added to it, with their upstream. Runs their
+    ``build_task``: call it off the event loop.
+
+    Returns:
+        The new nodes, deps first.
+    """
+    added: list[Node] = []
+    for parent in parents:
+        record = records.get(parent.key)
+        if record is None or record.awaited is None:
+            continue
+        try:
+            pairs = decode(record.awaited)
+            tasks = [task for task, _ in pairs if not isinstance(task, str)]
+            roots, new = build_more(tasks, known)
+        except Exception as exc:  # a class renamed, a build that raises now: stale
+            awaited[parent] = Awaited(
+                [], f"a task it awaited cannot be made again ({type(exc).__name__}: {exc})"
+            )
+            continue
+        added.extend(new)
+        made = iter(roots)
+        lost = [task for task, _ in pairs if isinstance(task, str)]
+        nodes = [(next(made), version) for task, version in pairs if not isinstance(task, str)]
+        why = (
+            f"{lost[0]} was kept by its key alone (its class or arguments cannot be pickled)" if lost else ""
+        )
+        awaited[parent] = Awaited(nodes, why)
+    return added
+
+
+def order(nodes: list[Node], awaited: dict[Node, Awaited]) -> list[Node]:
+    """Order `nodes` (deps first) so that each also follows the nodes it awaited last time.
+
+    Records made by different code may await each other in a cycle: the nodes in it
+    (whose results cannot all be current) lose what they awaited and are stale.
+    """
+    members = set(nodes)
+    while True:
+        waits: dict[Node, int] = {}
+        after: dict[Node, list[Node]] = {}
+        for node in nodes:
+            before = [d for d in node.deps if d in members]
+            found = awaited.get(node)
+            if found is not None:
+                before.extend(n for n, _ in found.nodes if n in members)
+            waits[node] = len(before)
+            for first in before:
+                after.setdefault(first, []).append(node)
+        out = [n for n in nodes if waits[n] == 0]
+        for node in out:  # grows while it is read
+            for later in after.get(node, ()):
+                waits[later] -= 1
+                if waits[later] == 0:
+                    out.append(later)
+        if len(out) == len(nodes):
+            return out
+        for node in nodes:
+            if waits[node] and node in awaited:
+                awaited[node] = Awaited([], "the tasks it awaited await it in turn")
 
 
 def add_inputs(
@@ -101,30 +191,34 @@ def add_inputs(
 
 
 def plan(
-    graph: Graph,
+    nodes: Iterable[Node],
     records: Mapping[str, Record],
     fingerprints: Mapping[type, Fingerprint],
     *,
     detect: bool,
     made_where: Mapping[str, str] | None = None,
+    awaited: Mapping[Node, Awaited] | None = None,
 ) -> list[Node]:
-    """Mark every node fresh or stale, deps first; return the stale ones, in graph order.
+    """Mark every node fresh or stale, deps first; return the stale ones, in order.
 
     A fresh node gets the version of its record; a stale one the reason why (`Node.why`).
+    A dep outside `nodes` (of a graph that grows while it runs) counts as fresh when it
+    is fresh or done; else its dependents must be marked UPSTREAM_STALE before.
 
     Args:
-        graph: the nodes, deps first.
+        nodes: the nodes, deps (and the nodes they awaited, see `order`) first.
         records: the index's record of each node that has one, by key.
         fingerprints: each class's, from `prepare`.
         detect: whether a change of code makes a node stale (``detect_source_change``).
         made_where: without `detect`, the identity (`Fingerprint.identity`) of the class
             that made each record's fingerprint (`Record.source`); unknown ones are stale.
+        awaited: what the bodies of nodes awaited last time (see `add_awaited`).
     """
     digests = {cls: f.digest for cls, f in fingerprints.items()}
     identities = {cls: f.identity for cls, f in fingerprints.items()}
     where = made_where or {}
     stale: list[Node] = []
-    for node in graph:  # the hot loop of a warm run: one pass, no calls per dep
+    for node in nodes:  # the hot loop of a warm run: one pass, no calls per dep
         record = records.get(node.key)
         if record is None:
             node.why = NO_RESULT
@@ -133,16 +227,26 @@ def plan(
         elif not detect and where.get(record.source) != identities[type(node.task)]:
             node.why = ELSEWHERE
         elif node.why != UPSTREAM_STALE:  # else a dep marked it, below
-            if record.deps == node_signature(node, keep=True):
+            if record.deps != node_signature(node, keep=True):
+                node.why = INPUTS_CHANGED
+            elif awaited and not _unchanged(awaited.get(node)):
+                node.why = DYNAMIC_CHANGED
+            else:
                 node.state = FRESH
                 node.version = record.version
                 continue
-            node.why = INPUTS_CHANGED
         node.state = STALE
         stale.append(node)
         for dependent in node.dependents:
             dependent.why = UPSTREAM_STALE
     return stale
+
+
+def _unchanged(awaited: Awaited | None) -> bool:
+    """Tell whether the tasks a body awaited (if any) are fresh, with the results it read."""
+    if awaited is None:
+        return True
+    return not awaited.lost and all(n.state in (FRESH, DONE) and n.version == v for n, v in awaited.nodes)
 
 
 def is_current(record: Record | None, deps: str, source: str) -> bool:

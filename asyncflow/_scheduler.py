@@ -30,21 +30,32 @@ from ._errors import (
     UnstorableResultError,
     WorkflowFailedError,
 )
-from ._file import MARK as FILE_MARK
 from ._graph import DONE, FAILED, FRESH, MISSING, PARKED, QUEUED, RUNNING, STALE, Node, build_more
 from ._limits import Channel, Limits
 from ._options import settings_from
-from ._plan import UNREADABLE, add_inputs, is_current, node_signature, plan, prepare
+from ._plan import (
+    UNREADABLE,
+    UPSTREAM_STALE,
+    add_awaited,
+    add_inputs,
+    is_current,
+    node_signature,
+    note,
+    order,
+    plan,
+    prepare,
+)
+from ._recipes import decode, encode
 from ._requires import requirements_of, resolve
 from ._runners.choose import Runners
-from ._source import fingerprint
 from ._stats import RunStats, StatsBuilder
 from ._sync import BODY, ELSEWHERE
 
 if TYPE_CHECKING:
     from ._cache.session import Record
+    from ._file import File
     from ._options import Settings
-    from ._plan import Prepared
+    from ._plan import Awaited, Prepared
     from ._progress import RunProgress
     from ._runners.base import Outcome, Runner
     from ._task import Task
@@ -134,13 +145,16 @@ class _Scheduler:
         self._spare = 0  # workers started and not busy with a node
         self._busy = 0  # workers running a node
         self._per_class: dict[type, tuple[Runner, tuple[Channel, ...]]] = {}
+        self._noted = 0  # fingerprints handed to the session (see `_grow`)
         # Nodes found while the run goes on (`join`): what waits for what, and who holds what.
         self._by_key: dict[str, Node] | None = None  # every node, once a body awaits tasks
         self._waiters: dict[Node, anyio.Event] = {}  # set when the node is done or failed
         self._awaiting: dict[Node, list[Node]] = {}  # a running body -> the nodes it awaits
         self._holding: dict[Node, tuple[Channel, ...]] = {}  # a running node -> its channels' slots
         self._failed: dict[Node, TaskFailedError] = {}
-        self.dynamic: dict[str, dict[str, str]] = {}  # parent key -> {awaited key: its version}
+        # What running bodies awaited, for their records: {awaited key: (its task, the version read)}.
+        self._dynamic: dict[Node, dict[str, tuple[Task[Any, Any], str]]] = {}
+        self._awaited: dict[Node, Awaited] = {}  # what bodies awaited last time, as their records say
         self.progress: RunProgress | None = None
         if settings.progress:
             from ._progress import RunProgress  # rich is imported only when it is used
@@ -152,19 +166,12 @@ class _Scheduler:
 
     async def run(self) -> Any:
         graph = self.graph
-        if self.inputs:  # before anything runs: a missing input file is an error
-            found = await self.session.digest_inputs(list(self.inputs))
-            add_inputs(self.inputs, found.digests, found.problems)
-        self.records = await self.session.lookup([n.key for n in graph])
-        made_where = None
-        if not self.settings.detect_source_change:  # which file's class made each record
-            made_where = await self.session.made_where({r.source for r in self.records.values()})
-        self.session.note_fingerprints(self.fingerprints.values())
+        stale = await self._plan()
         shared = self._shared = _IN_FLIGHT.get(self._shared_key) or self._shared
         _IN_FLIGHT[self._shared_key] = shared
         shared.runs += 1
         try:
-            await self._take_leases(self._plan(made_where))
+            await self._take_leases(stale)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._settle([n for n in graph if not n.deps])
@@ -209,12 +216,11 @@ class _Scheduler:
             TaskFailedError: an awaited task failed.
         """
         self._check_options(options)
-        known = self._known()
-        roots, new = build_more(tasks, known)
-        self.graph.order.extend(new)
+        roots, new = build_more(tasks, self._known())
         self._check_cycle(parent, roots)
         if new:
-            await self._plan_new(new)
+            new = await self._plan_new(new)
+            self.graph.order.extend(new)
         for root in roots:
             root.consumers += 1  # the body reads it
         self._settle([n for n in new if n.remaining == 0])
@@ -223,10 +229,10 @@ class _Scheduler:
         finally:
             for root in roots:
                 root.consumers -= 1
-        awaited = self.dynamic.setdefault(parent.key, {})
+        awaited = self._dynamic.setdefault(parent, {})
         for root in roots:
             assert root.version is not None, "asyncflow bug: an awaited node is done without a version"
-            awaited[root.key] = root.version
+            awaited[root.key] = (root.task, root.version)
             if root.consumers == 0:
                 root.value = MISSING  # nobody else needs it in memory
         return values
@@ -274,46 +280,26 @@ class _Scheduler:
                     came_from[nxt] = node
                     stack.append(nxt)
 
-    async def _plan_new(self, new: list[Node]) -> None:
-        """Plan nodes found while the run goes on (deps first), as `plan` does before it."""
-        fresh_classes = [type(n.task) for n in new if type(n.task) not in self.sources]
-        for cls in dict.fromkeys(fresh_classes):
-            found = self.fingerprints[cls] = fingerprint(cls)
-            self.sources[cls] = found.digest
-            self.session.note_fingerprints([found])
-        if any(FILE_MARK in n.key for n in new):
-            inputs: dict[str, tuple[Any, list[Node]]] = {}
-            for node in new:
-                if FILE_MARK in node.key:
-                    for file in node.task.__af_files__():
-                        inputs.setdefault(str(file.path), (file, []))[1].append(node)
-            found_inputs = await self.session.digest_inputs(list(inputs))
-            add_inputs(inputs, found_inputs.digests, found_inputs.problems)
-        records = await self.session.lookup([n.key for n in new])
-        self.records.update(records)
-        added = set(new)
-        totals: Counter[str] = Counter()
-        for node in new:
-            totals[type(node.task).task_name] += 1
+    async def _plan_new(self, new: list[Node]) -> list[Node]:
+        """Plan nodes found while the run goes on (deps first), as `_plan` does before it; return those kept.
+
+        Sets their counts, counting them as readers of the known nodes they read.
+        """
+        inputs: dict[str, tuple[File, list[Node]]] = {}
+        note(new, self.fingerprints, inputs)
+        nodes, _ = await self._plan_nodes(new, inputs, before_run=False)
+        members = set(nodes)
+        for node in nodes:
             node.consumers = len(node.dependents)
             node.remaining = 0
-            settled = True
             for dep in node.deps:
-                if dep not in added:
+                if dep not in members:
                     dep.consumers += 1  # a known node: it now has one more reader
-                if dep.state != DONE and not (dep in added and dep.state == FRESH):
-                    settled = False
                 if dep.state != DONE:
                     node.remaining += 1
-            record = records.get(node.key)
-            if settled and self._is_current(node, record, node_signature(node)):
-                assert record is not None
-                node.state = FRESH
-                node.version = record.version
-            else:
-                node.state = STALE
         if self.progress is not None:
-            self.progress.grow(dict(totals))
+            self.progress.grow(Counter(type(n.task).task_name for n in new))
+        return nodes
 
     async def _wait_for(self, parent: Node, roots: list[Node]) -> list[Any]:
         """Wait until every root is done, lending `parent`'s slots meanwhile; return their results."""
@@ -433,15 +419,125 @@ class _Scheduler:
                 raise self.failures[0]
             raise WorkflowFailedError(f"{len(self.failures)} task(s) failed", self.failures)
 
-    def _plan(self, made_where: dict[str, str] | None) -> list[Node]:
-        """Plan which nodes are fresh (see `_plan`), set each node's counts; return the stale ones."""
-        detect = self.settings.detect_source_change
-        stale = plan(self.graph, self.records, self.fingerprints, detect=detect, made_where=made_where)
-        for node in self.graph:
+    async def _plan(self) -> list[Node]:
+        """Plan which nodes are fresh (see `_plan`) before the run, set each node's counts; return the stale ones."""
+        graph = self.graph
+        graph.order, stale = await self._plan_nodes(graph.order, self.inputs, before_run=True)
+        for node in graph:
             node.remaining = len(node.deps)
             node.consumers = len(node.dependents)
-        self.graph.root.consumers += 1  # the caller reads the root's result
+        graph.root.consumers += 1  # the caller reads the root's result
         return stale
+
+    async def _plan_nodes(
+        self, nodes: list[Node], inputs: dict[str, tuple[File, list[Node]]], *, before_run: bool
+    ) -> tuple[list[Node], list[Node]]:
+        """Plan `nodes`, new to the run (deps first), and the tasks their bodies awaited last time.
+
+        Those tasks are planned with them (see `_grow`) and kept if a fresh node awaited
+        them (`_keep_awaited`). A dep known to the run before (while it goes on) counts as
+        fresh if it is fresh or done.
+
+        Returns:
+            The nodes kept, in order, and the stale ones.
+        """
+        grown = await self._grow(nodes, inputs, off_loop=before_run)
+        if not before_run:
+            members = set(grown)
+            for node in grown:  # a known dep that is still to run will have a new version
+                if any(d not in members and d.state not in (FRESH, DONE) for d in node.deps):
+                    node.why = UPSTREAM_STALE
+        detect = self.settings.detect_source_change
+        made_where = await self._made_where(grown)
+        stale = plan(
+            grown,
+            self.records,
+            self.fingerprints,
+            detect=detect,
+            made_where=made_where,
+            awaited=self._awaited,
+        )
+        if len(grown) == len(nodes):
+            return grown, stale
+        base = set(nodes)
+        kept = self._keep_awaited(grown, base)
+        if self.progress is not None:  # the kept ones are fresh: reused with those that awaited them
+            self.progress.grow(Counter(type(n.task).task_name for n in kept if n not in base))
+        return kept, [n for n in stale if n in base]
+
+    async def _grow(
+        self, nodes: list[Node], inputs: dict[str, tuple[File, list[Node]]], *, off_loop: bool
+    ) -> list[Node]:
+        """Read the records of `nodes` (hashing their `inputs` first), adding the tasks their bodies awaited.
+
+        Those tasks are made again and added with their upstream (`_plan.add_awaited`),
+        then the tasks their own records say they awaited, and so on. With `off_loop`, they
+        are built in a worker thread (before the run: while it goes on, bodies build on the loop).
+
+        Returns:
+            `nodes` and the nodes added, in the order to plan them (`_plan.order`).
+        """
+        found = nodes
+        more = nodes
+        while True:
+            if inputs:  # before anything runs: a missing input file is an error
+                digests = await self.session.digest_inputs(list(inputs))
+                add_inputs(inputs, digests.digests, digests.problems)
+            records = await self.session.lookup([n.key for n in more])
+            self.records.update(records)
+            parents = [n for n in more if n.key in records and records[n.key].awaited is not None]
+            if not parents:
+                break
+            inputs = {}
+            if off_loop:
+                more = await anyio.to_thread.run_sync(self._add_awaited, parents, inputs)
+            else:
+                more = self._add_awaited(parents, inputs)
+            found = [*found, *more]
+        if len(self.fingerprints) > self._noted:  # classes fingerprinted since the last time
+            added = list(self.fingerprints.items())[self._noted :]
+            self._noted = len(self.fingerprints)
+            self.sources.update((cls, f.digest) for cls, f in added)
+            self.session.note_fingerprints(f for _, f in added)  # each is written with its first result
+        return found if found is nodes else order(found, self._awaited)
+
+    def _add_awaited(self, parents: list[Node], inputs: dict[str, tuple[File, list[Node]]]) -> list[Node]:
+        """Add the tasks the records of `parents` say their bodies awaited (see `_plan.add_awaited`)."""
+        added = add_awaited(parents, self.records, self._known(), self._awaited)
+        note(added, self.fingerprints, inputs)
+        return added
+
+    def _keep_awaited(self, nodes: list[Node], base: set[Node]) -> list[Node]:
+        """Keep, of the nodes added for what bodies awaited last time, those that fresh nodes awaited.
+
+        The run reuses those, with their upstream (fresh too). The others are dropped: a body
+        that runs again awaits what it awaits now, and those tasks join the run then.
+        """
+        keep: set[Node] = set()
+        stack = [n for p, a in self._awaited.items() if p in base and p.state == FRESH for n, _ in a.nodes]
+        while stack:
+            node = stack.pop()
+            if node in keep or node in base:
+                continue
+            keep.add(node)
+            stack.extend(node.deps)
+            awaited = self._awaited.get(node)
+            if awaited is not None and node.state == FRESH:
+                stack.extend(n for n, _ in awaited.nodes)
+        dropped = {n for n in nodes if n not in base and n not in keep}
+        for dep in {d for n in dropped for d in n.deps if d not in dropped}:
+            dep.dependents = [n for n in dep.dependents if n not in dropped]
+        known = self._known()
+        for node in dropped:
+            del known[node.key]
+        return [n for n in nodes if n not in dropped]
+
+    async def _made_where(self, nodes: list[Node]) -> dict[str, str] | None:
+        """Without ``detect_source_change``: which file's class made the records of `nodes`."""
+        if self.settings.detect_source_change:
+            return None
+        records = self.records
+        return await self.session.made_where({records[n.key].source for n in nodes if n.key in records})
 
     async def _take_leases(self, stale: list[Node]) -> None:
         """Register the planned-stale nodes in this process and lease them, in one go."""
@@ -477,7 +573,28 @@ class _Scheduler:
     # Settling: fresh nodes complete at once, stale ones queue for the workers.
 
     def _is_current(self, node: Node, record: Record | None, deps: str) -> bool:
-        return is_current(record, deps, self.sources[type(node.task)])
+        """Tell whether `record` (written by another run meanwhile) is current for `node`, its deps at `deps`."""
+        if not is_current(record, deps, self.sources[type(node.task)]):
+            return False
+        assert record is not None
+        return record.awaited is None or self._awaited_done(record.awaited)
+
+    def _awaited_done(self, awaited: bytes) -> bool:
+        """Tell whether the tasks a record's body awaited are done in this run, with the results it read.
+
+        Tasks this run does not know are not: the node is computed again, and its body
+        finds what it awaits in the cache (when in doubt, compute).
+        """
+        try:
+            pairs = decode(awaited)
+        except Exception:  # cannot be made again: not current
+            return False
+        known = self._known()
+        for task, version in pairs:
+            node = None if isinstance(task, str) else known.get(task.__af_key__)
+            if node is None or node.state not in (FRESH, DONE) or node.version != version:
+                return False
+        return True
 
     def _settle(self, ready: list[Node]) -> None:
         """Complete the fresh nodes among `ready` (and what they make ready); queue the rest."""
@@ -593,6 +710,7 @@ class _Scheduler:
             self.session.release_nowait(node.key)
             raise
         except TaskFailedError as error:
+            self._dynamic.pop(node, None)
             self._fail(node, error)
             return
         else:
@@ -604,9 +722,11 @@ class _Scheduler:
             if channels and self._holding.pop(node, None) is not None:  # none: lent, then cancelled
                 self._unpark(self.limits.give_back(channels))
             self._land(node.key, flight)
+        awaited = self._dynamic.pop(node, None)
         self.session.store_nowait(
             Entry(node.key, self.sources[cls], version, signature, outcome.pickled,
-                  cls.__af_options__.compress_level, started, finished)
+                  cls.__af_options__.compress_level, started, finished,
+                  None if awaited is None else encode(awaited.values()))
         )  # fmt: skip
         node.version = version
         node.value = outcome.value

@@ -123,16 +123,19 @@ async def test_a_schema_2_cache_runs_again_once(cache_dir: Path) -> None:
     assert (stats.run, stats.reused) == (0, 1)
 
 
-async def test_a_schema_3_index_gains_digests_and_keeps_its_records(cache_dir: Path) -> None:
+@pytest.mark.parametrize(("column", "schema"), [("digest", 3), ("awaited", 4)])
+async def test_an_older_index_gains_a_column_and_keeps_its_records(
+    cache_dir: Path, column: str, schema: int
+) -> None:
     await Plain().run(cache_dir=cache_dir)
     conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
-    conn.execute("ALTER TABLE nodes DROP COLUMN digest")  # as schema 3 had it
-    conn.execute("PRAGMA user_version=3")
+    conn.execute(f"ALTER TABLE nodes DROP COLUMN {column}")  # as that schema had it
+    conn.execute(f"PRAGMA user_version={schema}")
     conn.commit()
     value, stats = await Plain().run_with_stats(cache_dir=cache_dir)
-    assert (value, stats.reused) == (list(range(10)), 1)  # read unchecked: it has no digest
+    assert (value, stats.reused) == (list(range(10)), 1)  # without a digest: read unchecked
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert conn.execute("SELECT digest FROM nodes").fetchall() == [(None,)]
+    assert conn.execute(f"SELECT {column} FROM nodes").fetchall() == [(None,)]
     conn.close()
 
 

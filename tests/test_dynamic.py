@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 import asyncflow
-from asyncflow import AsyncflowError, CycleError, OptionError, Requires, Task, TaskFailedError
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from asyncflow import AsyncflowError, CycleError, File, OptionError, Requires, Task, TaskFailedError
+from asyncflow._explain import explain
 
 RAN: Counter[str] = Counter()
 LIVE = {"now": 0, "peak": 0}
@@ -150,6 +149,56 @@ class BothWays(Task):
         return await asyncflow.gather(AwaitsBroken(0), AwaitsBroken(1))
 
 
+class Size(Task):
+    def build_task(self, path: File) -> None:
+        self.path = path
+
+    def run_task(self) -> int:
+        RAN[f"Size({self.path.path.name})"] += 1
+        return len(self.path.path.read_text())
+
+
+class Sizes(Task):
+    """Fans out over the files of a folder: the folder's listing is not an input, their content is."""
+
+    def build_task(self, folder: str) -> None:
+        self.folder = folder
+
+    async def run_task(self) -> int:
+        RAN["Sizes"] += 1
+        names = sorted(Path(self.folder).iterdir())
+        return sum(await asyncflow.gather(*(Size(File(p)) for p in names)))
+
+
+class Middle(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        RAN[f"Middle({self.i})"] += 1
+        return sum(await asyncflow.gather(Square(2 * self.i), Square(2 * self.i + 1)))
+
+
+class Outer(Task):
+    async def run_task(self) -> int:
+        RAN["Outer"] += 1
+        return sum(await asyncflow.gather(*(Middle(i) for i in range(4))))
+
+
+def _unkeepable() -> type[Task[Any, Any]]:
+    class Local(Task):  # defined in a function: its class cannot be pickled by reference
+        async def run_task(self) -> int:
+            return 5
+
+    return Local
+
+
+class AwaitsLocal(Task):
+    async def run_task(self) -> int:
+        RAN["AwaitsLocal"] += 1
+        return await _unkeepable()().run()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_counts() -> None:
     RAN.clear()
@@ -241,3 +290,68 @@ async def test_cancelling_mid_fan_out_keeps_finished_children(cache_dir: Path) -
     kept = await asyncflow.gather(*(Slow(i) for i in range(5)), cache_dir=cache_dir)
     assert kept == list(range(5))
     assert not RAN  # each finished child was cached by the cancelled run
+
+
+async def test_one_child_changing_reruns_only_it_and_its_parent(cache_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(1000):
+        (folder / f"{i:04}.txt").write_text("x" * (i % 7))
+    expected = sum(i % 7 for i in range(1000))
+    assert await Sizes(str(folder)).run(cache_dir=cache_dir) == expected
+    assert RAN["Sizes"] == 1
+    assert sum(RAN.values()) == 1001
+    RAN.clear()
+    value, stats = await Sizes(str(folder)).run_with_stats(cache_dir=cache_dir)
+    assert (value, stats.run, dict(RAN)) == (expected, 0, {})  # nothing ran, nothing was awaited
+    assert stats[Size.task_name].reused == 1000  # the parent's record names them: reused with it
+    (folder / "0007.txt").write_text("changed")
+    value, stats = await Sizes(str(folder)).run_with_stats(cache_dir=cache_dir)
+    assert value == expected - 0 + len("changed")
+    assert dict(RAN) == {"Sizes": 1, "Size(0007.txt)": 1}
+    assert (stats[Size.task_name].run, stats[Size.task_name].reused) == (1, 999)
+
+
+async def test_a_parent_discovers_a_new_set_when_its_upstream_changes(cache_dir: Path) -> None:
+    await FanOut(5).run(cache_dir=cache_dir)
+    RAN.clear()
+    assert await FanOut(7).run(cache_dir=cache_dir) == sum(i * i for i in range(7))
+    assert set(RAN) == {"FanOut", "Square(5)", "Square(6)"}
+    RAN.clear()
+    assert await FanOut(5).run(cache_dir=cache_dir) == sum(i * i for i in range(5))
+    assert not RAN  # FanOut(5)'s record still holds: its children are unchanged
+
+
+async def test_a_cleared_child_makes_its_parent_stale_and_says_why(cache_dir: Path) -> None:
+    await FanOut(4).run(cache_dir=cache_dir)
+    statuses = {s.key: s for s in await explain(FanOut(4), cache_dir=cache_dir)}
+    parent = statuses[FanOut(4).__af_key__]
+    assert parent.state == "fresh"
+    assert parent.awaited == tuple(Square(i).__af_key__ for i in range(4))
+    assert statuses[Square(2).__af_key__].state == "fresh"  # shown with the graph
+    await Square(2).clear(cache_dir=cache_dir)
+    statuses = {s.key: s for s in await explain(FanOut(4), cache_dir=cache_dir)}
+    assert statuses[FanOut(4).__af_key__].reason == "dynamic dependency Square(2) is stale"
+    assert statuses[Square(2).__af_key__].reason == "no result"
+    RAN.clear()
+    assert await FanOut(4).run(cache_dir=cache_dir) == 0 + 1 + 4 + 9
+    assert set(RAN) == {"FanOut", "Square(2)"}
+
+
+async def test_nested_fan_outs_rerun_only_the_branch_that_changed(cache_dir: Path) -> None:
+    assert await Outer().run(cache_dir=cache_dir) == sum(i * i for i in range(8))
+    RAN.clear()
+    _, stats = await Outer().run_with_stats(cache_dir=cache_dir)
+    assert (stats.run, dict(RAN)) == (0, {})
+    assert stats.reused == 1 + 4 + 8
+    await Square(5).clear(cache_dir=cache_dir)
+    assert await Outer().run(cache_dir=cache_dir) == sum(i * i for i in range(8))
+    assert set(RAN) == {"Outer", "Middle(2)", "Square(5)"}
+
+
+async def test_a_child_that_cannot_be_kept_makes_its_parent_run_every_time(cache_dir: Path) -> None:
+    assert await AwaitsLocal().run(cache_dir=cache_dir) == 5
+    assert await AwaitsLocal().run(cache_dir=cache_dir) == 5
+    assert RAN["AwaitsLocal"] == 2  # when in doubt, compute: an unknown dependency is not an unchanged one
+    (status,) = [s for s in await explain(AwaitsLocal(), cache_dir=cache_dir) if s.task == AwaitsLocal()]
+    assert "kept by its key alone" in status.reason

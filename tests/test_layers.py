@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).parent.parent / "asyncflow"
 LAYERS: list[set[str]] = [
     {"_errors", "_keys", "_file", "_stats", "_limits", "_progress", "_sync", "_mainguard"},
     {"_placements", "_options"},
-    {"_requires", "_source"},
+    {"_requires", "_source", "_recipes"},
     {"_graph", "_plan"},
     {"_cache"},
     {"_runners"},

@@ -231,9 +231,9 @@ def _copy(old: sqlite3.Connection, new: sqlite3.Connection, cache_dir: Path) -> 
             blobs.read_bytes(cache_dir, key, stored)
         except UnreadableResultError:
             continue
-        nodes[key] = row if len(row) > 12 else (*row, None)
+        nodes[key] = (*row, None, None)[:14]  # an older index lacks the digest, awaited columns
     new.execute("BEGIN")
-    new.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", nodes.values())
+    new.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", nodes.values())
     for table, width in (("fingerprints", 3), ("files", 7), ("failures", 4)):
         rows = list(_readable(old, table, "1"))
         new.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * width)})", rows)

@@ -39,7 +39,8 @@ T = TypeVar("T")
 # that made results (the bytecode a class reaches; 2's AST hashes never match them, so a
 # cache from asyncflow 0.1 re-runs once) and the digests of input files. 4: a digest of
 # every stored result (`blobs.digest`); older records have none and are read unchecked.
-SCHEMA_VERSION = 4
+# 5: the tasks a body awaited (`_recipes`), which take part in its staleness.
+SCHEMA_VERSION = 5
 _SCHEMA_PLAUSIBLE = 1000  # a schema number above this is damage, not a newer asyncflow
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
@@ -57,7 +58,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     size INTEGER NOT NULL,
     started REAL NOT NULL,
     finished REAL NOT NULL,
-    digest BLOB                    -- blobs.digest of the stored result (NULL: made before schema 4)
+    digest BLOB,                   -- blobs.digest of the stored result (NULL: made before schema 4)
+    awaited BLOB                   -- _recipes.encode of the tasks its body awaited (NULL: none)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY,
@@ -104,6 +106,7 @@ class Record(NamedTuple):
     source: str
     version: str
     deps: str
+    awaited: bytes | None = None  # the tasks its body awaited (`_recipes.encode`), if any
 
 
 @dataclass(slots=True)
@@ -118,6 +121,7 @@ class Entry:
     compress_level: int
     started: float
     finished: float
+    awaited: bytes | None = None  # the tasks its body awaited (`_recipes.encode`), if any
 
 
 class Encoded(NamedTuple):
@@ -279,6 +283,8 @@ def create_at(path: Path) -> sqlite3.Connection:
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
                 if "digest" not in columns:  # an index of schema 2 or 3
                     conn.execute("ALTER TABLE nodes ADD COLUMN digest BLOB")
+                if "awaited" not in columns:  # an index of schema 2 to 4
+                    conn.execute("ALTER TABLE nodes ADD COLUMN awaited BLOB")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         conn.close()
@@ -342,10 +348,15 @@ def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
     out: dict[str, Record] = {}
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        rows = conn.execute(f"SELECT key, source, version, deps FROM nodes WHERE key IN ({marks})", chunk)
-        for key, source, version, deps in rows:
+        rows = conn.execute(
+            f"SELECT key, source, version, deps, awaited FROM nodes WHERE key IN ({marks})", chunk
+        )
+        for key, source, version, deps, awaited in rows:
             if type(source) is str and type(version) is str and type(deps) is str:  # else damaged: stale
-                out[key] = Record(source, version, deps)
+                if awaited is None:
+                    out[key] = Record(source, version, deps)
+                elif type(awaited) is bytes:
+                    out[key] = Record(source, version, deps, awaited)
     return out
 
 
@@ -512,7 +523,7 @@ def commit(
         task_name, args = split_key(e.key)
         rows.append(
             (e.key, task_name, args, e.source, e.version, e.deps, s.codec, s.data, s.path, s.size,
-             e.started, e.finished, s.digest)
+             e.started, e.finished, s.digest, e.awaited)
         )  # fmt: skip
     now = time.time()
     with _transaction(conn):
@@ -521,7 +532,7 @@ def commit(
         dropped = [s for s in encoded if s.entry.key not in held]
         old_files = _files_of(conn, kept)
         conn.executemany(
-            "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [r for r in rows if r[0] in held],
         )
         conn.executemany("DELETE FROM failures WHERE key=?", [(key,) for key in kept])

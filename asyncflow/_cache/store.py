@@ -94,6 +94,14 @@ class Known(NamedTuple):
     made_where: dict[str, str]  # fingerprint (Record.source) -> identity of its class
     manifests: dict[str, dict[str, str]]  # fingerprint -> what its code was made of
 
+    def add(self, more: Known) -> None:
+        """Add what `more` knows (of more nodes)."""
+        self.records.update(more.records)
+        self.times.update(more.times)
+        self.failures.update(more.failures)
+        self.made_where.update(more.made_where)
+        self.manifests.update(more.manifests)
+
 
 async def known(cache_dir: Path, keys: Sequence[str]) -> Known:
     """Return what the index of `cache_dir` knows of `keys` (nothing, when it has no index)."""
