@@ -102,8 +102,7 @@ async def explain(
             add_inputs(inputs, found.digests, found.problems)
             changed.update(found.changed)
         facts.add(await known(settings.cache_dir, [n.key for n in more]))
-        records = facts.records
-        parents = [n for n in more if n.key in records and records[n.key].awaited is not None]
+        parents = [n for n in more if n.key in facts.records and facts.records[n.key].awaited is not None]
         if not parents:
             break
         inputs = dict[str, "tuple[File, list[Node]]"]()

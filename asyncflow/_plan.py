@@ -137,6 +137,9 @@ def order(nodes: list[Node], awaited: dict[Node, Awaited]) -> list[Node]:
     (whose results cannot all be current) lose what they awaited and are stale.
     """
     members = set(nodes)
+    early = _awaited_first(nodes, awaited, members)
+    if early is not None:
+        return [n for n in nodes if n in early] + [n for n in nodes if n not in early]
     while True:
         waits: dict[Node, int] = {}
         after: dict[Node, list[Node]] = {}
@@ -240,6 +243,26 @@ def plan(
         for dependent in node.dependents:
             dependent.why = UPSTREAM_STALE
     return stale
+
+
+def _awaited_first(nodes: list[Node], awaited: dict[Node, Awaited], members: set[Node]) -> set[Node] | None:
+    """Return the nodes awaited by nodes of `nodes`, with their upstream, if moving them first orders `nodes`.
+
+    It does unless one of them awaited tasks in turn (then None: `order` sorts the whole).
+    Moved first in their order, each still follows its deps (all among them); every other
+    node follows its deps too, and a node that awaited them follows them.
+    """
+    early: set[Node] = set()
+    stack = [n for p in nodes if p in awaited for n, _ in awaited[p].nodes if n in members]
+    while stack:
+        node = stack.pop()
+        if node in early:
+            continue
+        if node in awaited:
+            return None
+        early.add(node)
+        stack.extend(d for d in node.deps if d in members)
+    return early
 
 
 def _unchanged(awaited: Awaited | None) -> bool:

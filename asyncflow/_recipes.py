@@ -27,20 +27,23 @@ if TYPE_CHECKING:
 Awaited = list[tuple["Task[Any, Any] | str", str]]
 """The awaited tasks and the versions of their results the body read; a key where a task cannot be kept."""
 
+# As stored: ``(class, args, kwargs or None, version)`` per task, or ``(key, version)``.
+_Stored = list[tuple[Any, ...]]
+
 
 def encode(awaited: Iterable[tuple[Task[Any, Any], str]]) -> bytes:
     """Encode the tasks a body awaited, with the versions it read, for its record."""
-    pairs = list(awaited)
+    calls: _Stored = [(*_call(task), version) for task, version in awaited]
     try:
-        return zlib.compress(_dumps(pairs), 1)
+        return zlib.compress(_dumps(calls), 1)
     except Exception:  # some task cannot be pickled: keep it by its key
-        kept: Awaited = []
-        for task, version in pairs:
+        kept: _Stored = []
+        for call in calls:
             try:
-                _dumps(task)
-                kept.append((task, version))
+                _dumps(call)
+                kept.append(call)
             except Exception:  # e.g. a class defined inside a function
-                kept.append((task.__af_key__, version))
+                kept.append((_remake(*call[:3]).__af_key__, call[3]))
         return zlib.compress(_dumps(kept), 1)
 
 
@@ -52,8 +55,14 @@ def decode(blob: bytes) -> Awaited:
             removed, arguments its ``build_task`` no longer takes); the caller runs the
             parent again.
     """
-    pairs: Awaited = pickle.loads(zlib.decompress(blob))  # the index is trusted as results are
-    return pairs
+    calls: _Stored = pickle.loads(zlib.decompress(blob))  # the index is trusted as results are
+    return [(call[0], call[1]) if len(call) == 2 else (_remake(*call[:3]), call[3]) for call in calls]
+
+
+def _call(task: object) -> tuple[type, tuple[Any, ...], dict[str, Any] | None]:
+    """Return the class and arguments that make `task` (a task made by `Task.__init__`)."""
+    state: dict[str, Any] = task.__dict__  # duck-typed, as the layers below `_task` know tasks
+    return type(task), state["_af_args"], state.get("_af_kwargs")
 
 
 def _dumps(obj: object) -> bytes:
@@ -63,18 +72,19 @@ def _dumps(obj: object) -> bytes:
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles a task (also one passed as an argument) as the call that makes it."""
+    """Pickles a task passed as an argument as the call that makes it."""
 
     def reducer_override(self, obj: Any) -> Any:
         found: object = getattr(obj, "__dict__", None)
         if type(found) is not dict:
             return NotImplemented
         state = cast("dict[str, Any]", found)  # an instance dict: whatever is pickled
-        # A task made by `Task.__init__`: duck-typed, as the layers below `_task` know tasks.
         if "_af_args" in state and "__af_key__" in state:
-            return _remake, (type(obj), state["_af_args"], state.get("_af_kwargs", {}))
+            return _remake, _call(obj)
         return NotImplemented
 
 
-def _remake(cls: type[Task[Any, Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task[Any, Any]:
-    return cls(*args, **kwargs)
+def _remake(
+    cls: type[Task[Any, Any]], args: tuple[Any, ...], kwargs: dict[str, Any] | None
+) -> Task[Any, Any]:
+    return cls(*args, **(kwargs or {}))

@@ -1,7 +1,8 @@
 """A graph's node statuses drawn as Mermaid, Graphviz DOT or plain text.
 
 `render` is pure (no I/O here): it turns the `NodeStatus` list of `explain` into source
-text, each node marked fresh, stale or failed with the reason it is stale. A graph of
+text, each node marked fresh, stale or failed with the reason it is stale. The tasks a
+body awaited in its last run (dynamic dependencies) are drawn as dashed edges. A graph of
 more than `group_over` nodes is drawn one box per task class with counts, so a graph of
 10,000 nodes stays readable. `write_image` is the one function that runs a program:
 Graphviz's ``dot``, to turn DOT source into an SVG or PNG file.
@@ -103,11 +104,15 @@ def _counts_line(statuses: list[NodeStatus]) -> str:
     return f"{n} node{'s' if n != 1 else ''}: " + ", ".join(f"{counts[s]} {s}" for s in _STATES)
 
 
-def _group(statuses: list[NodeStatus]) -> tuple[dict[str, _Group], Counter[tuple[str, str]]]:
+# An edge between two classes: (upstream class, downstream class, whether the downstream awaited it).
+_Edge = tuple[str, str, bool]
+
+
+def _group(statuses: list[NodeStatus]) -> tuple[dict[str, _Group], Counter[_Edge]]:
     """Count the nodes of each class, and the node edges between each pair of classes."""
     groups: dict[str, _Group] = {}
     class_of: dict[str, str] = {}
-    edges: Counter[tuple[str, str]] = Counter()
+    edges: Counter[_Edge] = Counter()
     for status in statuses:
         group = groups.get(status.task_name)
         if group is None:
@@ -117,7 +122,9 @@ def _group(statuses: list[NodeStatus]) -> tuple[dict[str, _Group], Counter[tuple
             group.reasons[_reason_kind(status.reason)] += 1
         class_of[status.key] = status.task_name
         for dep in status.deps:
-            edges[class_of[dep], status.task_name] += 1
+            edges[class_of[dep], status.task_name, False] += 1
+        for child in status.awaited:
+            edges[class_of[child], status.task_name, True] += 1
     return groups, edges
 
 
@@ -127,6 +134,8 @@ def _reason_kind(reason: str) -> str:
         return "upstream is stale"
     if reason.startswith("upstream ") and reason.endswith(" changed"):
         return "upstream changed"
+    if reason.startswith("dynamic dependency ") and reason.endswith((" changed", " is stale")):
+        return "dynamic dependency changed"
     return reason
 
 
@@ -161,10 +170,11 @@ def _mermaid(statuses: list[NodeStatus]) -> str:
             label += "<br/><small>" + _mermaid_text(f"{status.state}: {status.reason}") + "</small>"
         lines.append(f'    {ids[status.key]}["{label}"]:::{status.state}')
     lines.extend(f"    {ids[dep]} --> {ids[s.key]}" for s in statuses for dep in s.deps)
+    lines.extend(f"    {ids[child]} -.->|awaited| {ids[s.key]}" for s in statuses for child in s.awaited)
     return "\n".join(lines) + "\n"
 
 
-def _grouped_mermaid(groups: dict[str, _Group], edges: Counter[tuple[str, str]]) -> str:
+def _grouped_mermaid(groups: dict[str, _Group], edges: Counter[_Edge]) -> str:
     lines = _mermaid_header()
     ids = {name: f"c{i}" for i, name in enumerate(groups)}
     for name, group in groups.items():
@@ -173,7 +183,10 @@ def _grouped_mermaid(groups: dict[str, _Group], edges: Counter[tuple[str, str]])
         if reason:
             label += "<br/><small>" + _mermaid_text(f"e.g. {reason}") + "</small>"
         lines.append(f'    {ids[name]}["{label}"]:::{group.state}')
-    lines.extend(f'    {ids[a]} -->|"{n}"| {ids[b]}' for (a, b), n in edges.items())
+    for (a, b, awaited), n in edges.items():
+        lines.append(
+            f'    {ids[a]} -.->|"{n} awaited"| {ids[b]}' if awaited else f'    {ids[a]} -->|"{n}"| {ids[b]}'
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +218,10 @@ def _dot_node(node_id: str, label: str, state: State, tooltip: str) -> str:
     )
 
 
+_AWAITED_COLOR = "#1f5fbf"
+_AWAITED = f'[style=dashed, color="{_AWAITED_COLOR}", tooltip="awaited by its body"]'
+
+
 def _dot(statuses: list[NodeStatus]) -> str:
     lines = _dot_header()
     ids = {s.key: f"n{i}" for i, s in enumerate(statuses)}
@@ -216,11 +233,12 @@ def _dot(statuses: list[NodeStatus]) -> str:
             tooltip += f" ({status.reason})"
         lines.append(_dot_node(ids[status.key], label, status.state, tooltip))
     lines.extend(f"    {ids[dep]} -> {ids[s.key]};" for s in statuses for dep in s.deps)
+    lines.extend(f"    {ids[child]} -> {ids[s.key]} {_AWAITED};" for s in statuses for child in s.awaited)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def _grouped_dot(groups: dict[str, _Group], edges: Counter[tuple[str, str]]) -> str:
+def _grouped_dot(groups: dict[str, _Group], edges: Counter[_Edge]) -> str:
     lines = _dot_header()
     ids = {name: f"c{i}" for i, name in enumerate(groups)}
     for name, group in groups.items():
@@ -231,7 +249,13 @@ def _grouped_dot(groups: dict[str, _Group], edges: Counter[tuple[str, str]]) -> 
         reasons = "; ".join(f"{r} (x{n})" for r, n in group.reasons.most_common(5))
         tooltip = f"{name}: {group.summary()}" + (f"; {reasons}" if reasons else "")
         lines.append(_dot_node(ids[name], label, group.state, tooltip))
-    lines.extend(f'    {ids[a]} -> {ids[b]} [label="{n}"];' for (a, b), n in edges.items())
+    for (a, b, awaited), n in edges.items():
+        if awaited:
+            lines.append(
+                f'    {ids[a]} -> {ids[b]} [label="{n} awaited", style=dashed, color="{_AWAITED_COLOR}"];'
+            )
+        else:
+            lines.append(f'    {ids[a]} -> {ids[b]} [label="{n}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -243,7 +267,8 @@ _MARKERS: dict[State, str] = {"fresh": "[fresh] ", "stale": "[stale] ", "failed"
 
 def _text(statuses: list[NodeStatus]) -> str:
     names = {s.key: repr(s.task) for s in statuses}
-    lines = [_counts_line(statuses) + " (deps first)"]
+    legend = "deps first; <~ awaited in its last run" if any(s.awaited for s in statuses) else "deps first"
+    lines = [f"{_counts_line(statuses)} ({legend})"]
     for status in statuses:
         line = f"{_MARKERS[status.state]} {names[status.key]}"
         if status.reason:
@@ -251,19 +276,20 @@ def _text(statuses: list[NodeStatus]) -> str:
         lines.append(line)
         if status.deps:
             lines.append("           <- " + ", ".join(names[d] for d in status.deps))
+        if status.awaited:
+            lines.append("           <~ " + ", ".join(names[c] for c in status.awaited))
     return "\n".join(lines) + "\n"
 
 
-def _grouped_text(
-    statuses: list[NodeStatus], groups: dict[str, _Group], edges: Counter[tuple[str, str]]
-) -> str:
+def _grouped_text(statuses: list[NodeStatus], groups: dict[str, _Group], edges: Counter[_Edge]) -> str:
     lines = [f"{_counts_line(statuses)}, in {len(groups)} task classes (grouped by class)"]
     for name, group in groups.items():
         lines.append(f"{_MARKERS[group.state]} {name}: {group.summary()}")
         lines.extend(f"           {reason}: {n}" for reason, n in group.reasons.most_common(5))
-        upstream = [(a, n) for (a, b), n in edges.items() if b == name]
-        if upstream:
-            lines.append("           <- " + ", ".join(f"{a} ({n} edges)" for a, n in upstream))
+        for awaited, arrow in ((False, "<-"), (True, "<~")):
+            upstream = [(a, n) for (a, b, dynamic), n in edges.items() if b == name and dynamic == awaited]
+            if upstream:
+                lines.append(f"           {arrow} " + ", ".join(f"{a} ({n} edges)" for a, n in upstream))
     return "\n".join(lines) + "\n"
 
 

@@ -219,8 +219,9 @@ class _Scheduler:
         roots, new = build_more(tasks, self._known())
         self._check_cycle(parent, roots)
         if new:
-            new = await self._plan_new(new)
+            new, stale = await self._plan_new(new)
             self.graph.order.extend(new)
+            await self._take_leases(stale)  # in one go, as before the run
         for root in roots:
             root.consumers += 1  # the body reads it
         self._settle([n for n in new if n.remaining == 0])
@@ -280,14 +281,17 @@ class _Scheduler:
                     came_from[nxt] = node
                     stack.append(nxt)
 
-    async def _plan_new(self, new: list[Node]) -> list[Node]:
-        """Plan nodes found while the run goes on (deps first), as `_plan` does before it; return those kept.
+    async def _plan_new(self, new: list[Node]) -> tuple[list[Node], list[Node]]:
+        """Plan nodes found while the run goes on (deps first), as `_plan` does before it.
 
         Sets their counts, counting them as readers of the known nodes they read.
+
+        Returns:
+            The nodes kept, in order, and the stale ones.
         """
         inputs: dict[str, tuple[File, list[Node]]] = {}
         note(new, self.fingerprints, inputs)
-        nodes, _ = await self._plan_nodes(new, inputs, before_run=False)
+        nodes, stale = await self._plan_nodes(new, inputs, before_run=False)
         members = set(nodes)
         for node in nodes:
             node.consumers = len(node.dependents)
@@ -299,7 +303,7 @@ class _Scheduler:
                     node.remaining += 1
         if self.progress is not None:
             self.progress.grow(Counter(type(n.task).task_name for n in new))
-        return nodes
+        return nodes, stale
 
     async def _wait_for(self, parent: Node, roots: list[Node]) -> list[Any]:
         """Wait until every root is done, lending `parent`'s slots meanwhile; return their results."""
@@ -478,16 +482,18 @@ class _Scheduler:
             `nodes` and the nodes added, in the order to plan them (`_plan.order`).
         """
         found = nodes
-        more = nodes
+        more: list[Node] = nodes
         while True:
             if inputs:  # before anything runs: a missing input file is an error
                 digests = await self.session.digest_inputs(list(inputs))
                 add_inputs(inputs, digests.digests, digests.problems)
             records = await self.session.lookup([n.key for n in more])
             self.records.update(records)
-            parents = [n for n in more if n.key in records and records[n.key].awaited is not None]
-            if not parents:
+            dynamic = [key for key, record in records.items() if record.awaited is not None]
+            if not dynamic:
                 break
+            known = self._known()
+            parents: list[Node] = [known[key] for key in dynamic]
             inputs = {}
             if off_loop:
                 more = await anyio.to_thread.run_sync(self._add_awaited, parents, inputs)

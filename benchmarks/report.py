@@ -121,8 +121,14 @@ def _ratio(wall: float, other: float | None) -> str:
     return f"{wall / other:.2f}x" if wall / other < 10 else f"{wall / other:.1f}x"
 
 
-def rows_for(w: Workload, cases: list[Case], shared: dict[str, list[str]]) -> list[list[str]]:
-    """The table's rows for workload `w`, in the order of `cases`; `shared`: see `common_notes`."""
+def rows_for(
+    w: Workload, cases: list[Case], shared: dict[str, list[str]], static: dict[str, float] | None = None
+) -> list[list[str]]:
+    """The table's rows for workload `w`, in the order of `cases`; `shared`: see `common_notes`.
+
+    `static`: for W5, asyncflow's median wall per mode on W2 of the same size (the static
+    fan-out the dynamic one is compared with).
+    """
 
     def median_wall(engine: str, mode: str) -> float | None:
         for c in cases:
@@ -145,6 +151,11 @@ def rows_for(w: Workload, cases: list[Case], shared: dict[str, list[str]]) -> li
         name = case.engine.name
         vs_floor = _ratio(wall, floor_wall) if name == "asyncflow" or name in FLOORS else ""
         vs_asyncflow = "" if name == "asyncflow" else _ratio(wall, median_wall("asyncflow", case.mode))
+        notes = notes_for(w, case, wall, shared.get(name, []))
+        if static and static.get(case.mode):
+            notes.insert(
+                0, f"{_ratio(wall, static[case.mode])} the static fan-out (W2 {w.size:,} {case.mode})"
+            )
         rows.append(
             [
                 w.label,
@@ -159,7 +170,7 @@ def rows_for(w: Workload, cases: list[Case], shared: dict[str, list[str]]) -> li
                 _counts(case),
                 vs_floor,
                 vs_asyncflow,
-                "; ".join(notes_for(w, case, wall, shared.get(name, []))),
+                "; ".join(notes),
             ]
         )
     return rows

@@ -80,7 +80,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--repeat", type=int, help="measurements per case (default 3; --quick 1)")
     parser.add_argument("--peer-repeat", type=int, help="measurements per case for peers (default: --repeat)")
-    parser.add_argument("--only", nargs="+", metavar="W", help="run only these workloads (W1 .. W4)")
+    parser.add_argument("--only", nargs="+", metavar="W", help="run only these workloads (W1 .. W5)")
     parser.add_argument(
         "--engines",
         nargs="+",
@@ -180,7 +180,24 @@ def main() -> None:
     if now.split("sources ")[-1] != engine.split("sources ")[-1]:  # a commit alone changes nothing
         print(f"WARNING: asyncflow changed while measuring (now {now}); rerun")
     print()
-    print(table([row for w, cases in measured for row in rows_for(w, cases, shared)]))
+    static = {  # asyncflow on W2, by size and mode: what W5's dynamic fan-out is compared with
+        (w.size, c.mode): c.samples.median("wall")
+        for w, cases in measured
+        if w.kind == "W2"
+        for c in cases
+        if c.engine.name == "asyncflow" and c.samples and c.samples.results
+    }
+    rows = [
+        row
+        for w, cases in measured
+        for row in rows_for(
+            w,
+            cases,
+            shared,
+            {m: t for (n, m), t in static.items() if n == w.size} if w.kind == "W5" else None,
+        )
+    ]
+    print(table(rows))
     if any(shared.values()):
         print("\nWhat the peers' scripts say on every row of theirs:\n")
         for name, parts in shared.items():

@@ -31,6 +31,8 @@ class Workload:
             return f"W2 fan-out {self.size:,}"
         if self.kind == "W3":
             return f"W3 chain {self.size:,}"
+        if self.kind == "W5":
+            return f"W5 dynamic fan-out {self.size:,}"
         return f"W4 sleepy {self.size}"
 
     @property
@@ -41,7 +43,7 @@ class Workload:
     @property
     def cache_modes(self) -> tuple[str, ...]:
         """Cold, warm, and for the fan-out a rerun of the root alone over a warm cache."""
-        return ("cold", "warm", "root-stale") if self.kind == "W2" else ("cold", "warm")
+        return ("cold", "warm", "root-stale") if self.kind in ("W2", "W5") else ("cold", "warm")
 
 
 FULL = [
@@ -52,6 +54,8 @@ FULL = [
     Workload("W3", 1_000),
     Workload("W3", 10_000),
     Workload("W4", 200),
+    Workload("W5", 1_000),
+    Workload("W5", 10_000),
 ]
 QUICK = [
     Workload("W1", 20),
@@ -60,8 +64,10 @@ QUICK = [
     Workload("W3", 100),
     Workload("W3", 1_000),
     Workload("W4", 200),
+    Workload("W5", 10_000),
 ]
-# The largest size of each workload that peers run (asyncflow and the floors run all).
+# The largest size of each workload that peers run (asyncflow and the floors run all; W5
+# is asyncflow's alone: the peers' scripts have no dynamic fan-out).
 PEER_MAX = {"W1": 40, "W2": 10_000, "W3": 1_000, "W4": 200}
 
 
@@ -84,7 +90,7 @@ class Engine:
         if self.name in FLOORS:
             return w.has_floor
         if self.peer:
-            return w.size <= PEER_MAX[w.kind]
+            return w.kind in PEER_MAX and w.size <= PEER_MAX[w.kind]
         return True
 
     def modes(self, w: Workload) -> tuple[str, ...]:
@@ -160,6 +166,8 @@ def child(
                 root = workloads.Sum(size)
             elif kind == "W3":
                 root = workloads.Chain(size)
+            elif kind == "W5":
+                root = workloads.Gathered(size)
             else:
                 root = workloads.SleepySink(size)
                 options["rate_limits"] = {"w4": workloads.W4_LIMIT}

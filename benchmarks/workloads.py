@@ -5,18 +5,21 @@
 - W3 `Chain(n)`: a chain ``n`` deep; `Chain(i)` requires `Chain(i - 1)`.
 - W4 `SleepySink(n)`: ``n`` `Sleepy(i)` bodies that each sleep 0.05 s on channel ``"w4"``;
   run with ``rate_limits={"w4": 20}``. `PEAK` records the highest concurrency seen.
+- W5 `Gathered(n)`: W2's fan-out found while it runs: one body awaits `Leaf(0)` ...
+  `Leaf(n - 1)` with `asyncflow.gather` (a dynamic fan-out), compared with W2's static one.
 """
 
 from __future__ import annotations
 
 import anyio
 
+import asyncflow
 from asyncflow import Const, Requires, RequiresList, SinkTask, Task
 
 # W1
 from asyncflow.examples.binomial import Choose
 
-__all__ = ["Chain", "Choose", "Leaf", "Sleepy", "SleepySink", "Sum"]
+__all__ = ["Chain", "Choose", "Gathered", "Leaf", "Sleepy", "SleepySink", "Sum"]
 
 
 # W2
@@ -92,3 +95,16 @@ class SleepySink(SinkTask):
 
     def build_task(self, n: int) -> None:
         self.sleepers = [Sleepy(i) for i in range(n)]
+
+
+# W5
+
+
+class Gathered(Task):
+    """Awaits `Leaf(0)` ... `Leaf(n - 1)` from its body (they join its run) and returns their sum."""
+
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> int:
+        return sum(await asyncflow.gather(*(Leaf(i) for i in range(self.n))))

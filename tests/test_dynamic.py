@@ -166,7 +166,7 @@ class Sizes(Task):
 
     async def run_task(self) -> int:
         RAN["Sizes"] += 1
-        names = sorted(Path(self.folder).iterdir())
+        names = sorted([str(p) async for p in anyio.Path(self.folder).iterdir()])
         return sum(await asyncflow.gather(*(Size(File(p)) for p in names)))
 
 

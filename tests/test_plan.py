@@ -12,17 +12,22 @@ from asyncflow._cache.session import Record
 from asyncflow._graph import FRESH, STALE, build_graph
 from asyncflow._plan import (
     CODE_CHANGED,
+    DYNAMIC_CHANGED,
     ELSEWHERE,
     INPUTS_CHANGED,
     NO_RESULT,
     NOT_STALE,
     UPSTREAM_STALE,
+    Awaited,
+    add_awaited,
     is_current,
     node_signature,
+    order,
     plan,
     prepare,
     signature,
 )
+from asyncflow._recipes import encode
 from asyncflow._source import Fingerprint
 
 if TYPE_CHECKING:
@@ -208,3 +213,46 @@ def test_the_plan_needs_no_event_loop() -> None:
         anyio.get_current_task()  # none runs in a plain def test
     graph, fingerprints, _ = prepare(Total(2, 1))
     assert len(plan(graph, {}, fingerprints, detect=True)) == 5
+
+
+def _awaiting(records: dict[str, Record], parent: Task, children: list[Task], versions: list[str]) -> None:
+    """Make `parent`'s record say its body awaited `children` and read `versions` of them."""
+    records[parent.__af_key__] = records[parent.__af_key__]._replace(
+        awaited=encode(zip(children, versions, strict=True))
+    )
+
+
+def test_a_parent_is_fresh_only_while_what_it_awaited_is_fresh_and_unchanged() -> None:
+    records = _records(build_graph(Leaf(9)))
+    for i in range(2):
+        records.update(_records(build_graph(Scaled(i, 3))))
+    children = [Scaled(0, 3), Scaled(1, 3)]
+    versions = [records[c.__af_key__].version for c in children]
+    _awaiting(records, Leaf(9), children, versions)
+
+    def planned(records: dict[str, Record]) -> tuple[list[str], dict[str, int]]:
+        graph = build_graph(Leaf(9))
+        known = {n.key: n for n in graph}
+        awaited: dict[object, Awaited] = {}
+        added = add_awaited(list(graph), records, known, awaited)  # type: ignore[arg-type]
+        nodes = order([*graph, *added], awaited)  # type: ignore[arg-type]
+        plan(nodes, records, SOURCES, detect=True, awaited=awaited)  # type: ignore[arg-type]
+        return [repr(n.task) for n in nodes], {repr(n.task): n.why for n in nodes}
+
+    names, why = planned(records)
+    assert names[-1] == "Leaf(9)"  # after the nodes it awaited, which come with their upstream
+    assert set(names) == {"Leaf(9)", "Leaf(0)", "Leaf(1)", "Scaled(0, 3)", "Scaled(1, 3)"}
+    assert set(why.values()) == {NOT_STALE}
+    del records[Leaf(1).__af_key__]  # upstream of an awaited node
+    _, why = planned(records)
+    assert (why["Scaled(1, 3)"], why["Leaf(9)"], why["Scaled(0, 3)"]) == (UPSTREAM_STALE, DYNAMIC_CHANGED, 0)
+    records.update(_records(build_graph(Scaled(1, 3))))
+    _awaiting(records, Leaf(9), children, [versions[0], "another"])  # it read another result
+    assert planned(records)[1]["Leaf(9)"] == DYNAMIC_CHANGED
+
+
+def test_awaited_nodes_that_await_each_other_lose_what_they_awaited() -> None:
+    a, b = build_graph(Leaf(1)).root, build_graph(Leaf(2)).root
+    awaited = {a: Awaited([(b, "v")], ""), b: Awaited([(a, "v")], "")}
+    assert set(order([a, b], awaited)) == {a, b}
+    assert all(awaited[n].lost and not awaited[n].nodes for n in (a, b))

@@ -52,7 +52,7 @@ async def test_readme_snippets_run(
         await result
     out = capsys.readouterr().out
     assert "'mean': 0.2" in out
-    assert "6 3\n" in out
+    assert "6 3\n6 0\nran again: 2\n" in out
     assert "Fragile(0) failed: ZeroDivisionError: division by zero" in out
     assert "['Fragile(0)']" in out
     assert module.ans == 20

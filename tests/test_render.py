@@ -15,6 +15,7 @@ from asyncflow._explain import NodeStatus, explain
 from asyncflow._render import render, write_image
 from asyncflow.examples.binomial import Choose
 
+from .test_dynamic import FanOut, Square
 from .workflows import fan_workflow
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz (dot) is not installed")
@@ -150,3 +151,23 @@ def test_image_suffix_is_checked(tmp_path: Path) -> None:
     with pytest.raises(GraphvizError, match=r"must end in \.svg, \.png, \.pdf") as info:
         write_image("digraph {}", tmp_path / "graph.txt")
     assert info.value.reason == "format"
+
+
+@pytest.mark.parametrize("group_over", [50, 2])
+async def test_awaited_tasks_are_drawn_as_dashed_edges(cache_dir: Path, group_over: int) -> None:
+    await FanOut(3).run(cache_dir=cache_dir)
+    await Square(1).clear(cache_dir=cache_dir)
+    statuses = await explain(FanOut(3), cache_dir=cache_dir)
+    mermaid = render(statuses, "mermaid", group_over=group_over)
+    dot = render(statuses, "dot", group_over=group_over)
+    text = render(statuses, "text", group_over=group_over)
+    if group_over == 50:
+        assert mermaid.count("-.->|awaited|") == 3
+        assert dot.count("style=dashed") == 3
+        assert "<~ Square(0), Square(1), Square(2)\n" in text
+        assert "[stale]  FanOut(3): dynamic dependency Square(1) is stale\n" in text
+    else:  # one box per class: the three awaited edges are one dashed class edge
+        assert '-.->|"3 awaited"|' in mermaid
+        assert '[label="3 awaited", style=dashed' in dot
+        assert f"<~ {Square.task_name} (3 edges)" in text
+        assert "dynamic dependency changed: 1" in text
