@@ -295,7 +295,9 @@ class _Scheduler:
         totals: Counter[str] = Counter()
         for node in new:
             totals[type(node.task).task_name] += 1
-            node.consumers = len(node.dependents)
+            # Add, not set: bodies that awaited it while it was planned already count;
+            # dependents other joins linked meanwhile count themselves (known deps, below).
+            node.consumers += sum(1 for d in node.dependents if d in added)
             node.remaining = 0
             settled = True
             for dep in node.deps:

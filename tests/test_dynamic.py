@@ -73,6 +73,19 @@ class ThreadFanOut(Task):
         return first + sum(rest)
 
 
+class AwaitsSquare(Task):
+    def build_task(self, tag: int) -> None:
+        self.tag = tag
+
+    async def run_task(self) -> int:
+        return await Square(7).run()
+
+
+class Together(Task):
+    async def run_task(self) -> list[int]:
+        return await asyncflow.gather(*(AwaitsSquare(tag) for tag in range(4)))
+
+
 class SelfAwait(Task):
     async def run_task(self) -> int:
         return await SelfAwait().run()
@@ -178,6 +191,14 @@ async def test_children_already_cached_are_reused(cache_dir: Path) -> None:
     assert stats[Square.task_name].reused == 5
     assert stats[Square.task_name].run == 3
     assert set(RAN) == {"FanOut", "Square(5)", "Square(6)", "Square(7)"}
+
+
+async def test_a_task_several_bodies_await_at_once_runs_once(cache_dir: Path) -> None:
+    # The first body to await it plans it while the others await it too.
+    value, stats = await Together().run_with_stats(cache_dir=cache_dir)
+    assert value == [49] * 4
+    assert RAN["Square(7)"] == 1
+    assert (stats[Square.task_name].run, stats[Square.task_name].reused) == (1, 0)
 
 
 async def test_a_parent_holding_the_only_slot_lends_it_to_its_children(cache_dir: Path) -> None:
