@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,18 @@ if TYPE_CHECKING:
 
 RAN: Counter[str] = Counter()
 LIVE = {"now": 0, "peak": 0}
+WORKING = {"now": 0, "peak": 0}  # plain def bodies working (not waiting) at once, in threads
+WORKING_LOCK = threading.Lock()
+
+
+def work() -> None:
+    """Work in a plain def body for long enough that bodies allowed to work at once overlap."""
+    with WORKING_LOCK:
+        WORKING["now"] += 1
+        WORKING["peak"] = max(WORKING["peak"], WORKING["now"])
+    time.sleep(0.05)
+    with WORKING_LOCK:
+        WORKING["now"] -= 1
 
 
 class Listing(Task):
@@ -84,6 +98,69 @@ class AwaitsSquare(Task):
 class Together(Task):
     async def run_task(self) -> list[int]:
         return await asyncflow.gather(*(AwaitsSquare(tag) for tag in range(4)))
+
+
+class ThreadSquare(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:  # a plain def, as its parent: it needs a worker thread too
+        work()
+        return self.i * self.i
+
+
+class ThreadParent(Task):
+    """Works, awaits its children from its thread, and works again."""
+
+    def build_task(self, tag: int, n: int) -> None:
+        self.tag = tag
+        self.n = n
+
+    def run_task(self) -> int:
+        work()
+        shared = ThreadSquare(0).run_graph()  # the same node for every parent
+        own = asyncflow.gather_tasks(*(ThreadSquare(100 * self.tag + i) for i in range(1, self.n + 1)))
+        work()
+        return shared + sum(own)
+
+    @staticmethod
+    def expected(tag: int, n: int) -> int:
+        return sum((100 * tag + i) ** 2 for i in range(1, n + 1))
+
+
+class ThreadParents(Task):
+    def build_task(self, parents: int, n: int) -> None:
+        self.parents = parents
+        self.n = n
+
+    def run_task(self) -> int:
+        return sum(asyncflow.gather_tasks(*(ThreadParent(tag, self.n) for tag in range(self.parents))))
+
+
+class CatchesBroken(Task):
+    """Goes on working after a task it awaited failed."""
+
+    def build_task(self, tag: int) -> None:
+        self.tag = tag
+
+    def run_task(self) -> int:
+        try:
+            Broken().run_graph()
+        except TaskFailedError:
+            work()
+            RAN[f"CatchesBroken({self.tag})"] += 1
+            return self.tag
+        raise AssertionError("Broken() did not fail")
+
+
+class BothCatch(Task):
+    async def run_task(self) -> list[int]:
+        return await asyncflow.gather(CatchesBroken(0), CatchesBroken(1))
+
+
+class ThreadOnSlow(Task):
+    def run_task(self) -> int:
+        return Slow(5).run_graph()
 
 
 class SelfAwait(Task):
@@ -167,6 +244,7 @@ class BothWays(Task):
 def _fresh_counts() -> None:
     RAN.clear()
     LIVE.update(now=0, peak=0)
+    WORKING.update(now=0, peak=0)
 
 
 async def test_a_fan_out_over_an_upstream_list_joins_the_run(cache_dir: Path) -> None:
@@ -212,6 +290,46 @@ def test_a_thread_body_joins_the_run_through_the_blocking_twins(cache_dir: Path)
     value, stats = ThreadFanOut(4).run_graph_with_stats(cache_dir=cache_dir)
     assert value == 0 + 1 + 4 + 9
     assert stats[Square.task_name].run == 4  # in the same run: its stats count them
+
+
+async def test_a_thread_body_lends_its_worker_to_the_tasks_it_awaits(cache_dir: Path) -> None:
+    # Its children are plain def bodies too: with one worker, they run while it waits.
+    with anyio.fail_after(20):
+        value = await ThreadParent(1, 4).run(cache_dir=cache_dir, max_workers=1)
+    assert value == ThreadParent.expected(1, 4)
+    assert WORKING["peak"] == 1
+
+
+async def test_at_most_max_workers_thread_bodies_work_at_once(cache_dir: Path) -> None:
+    with anyio.fail_after(20):
+        value = await ThreadParent(1, 8).run(cache_dir=cache_dir, max_workers=2)
+    assert value == ThreadParent.expected(1, 8)
+    assert WORKING["peak"] == 2  # the waiting parent is not counted, and nothing more works
+
+
+async def test_more_waiting_thread_bodies_than_workers_finish(cache_dir: Path) -> None:
+    # Five bodies wait at once (the top one and its four parents) with two workers.
+    with anyio.fail_after(30):
+        value, stats = await ThreadParents(4, 3).run_with_stats(cache_dir=cache_dir, max_workers=2)
+    assert value == sum(ThreadParent.expected(tag, 3) for tag in range(4))
+    assert stats[ThreadSquare.task_name].run == 1 + 4 * 3  # ThreadSquare(0) once, for all
+    assert WORKING["peak"] <= 2
+
+
+async def test_a_thread_body_takes_its_worker_back_after_a_failure(cache_dir: Path) -> None:
+    # Both go on working after Broken() fails: one after the other, as max_workers=1 says.
+    with anyio.fail_after(20), pytest.raises(asyncflow.WorkflowFailedError) as caught:
+        await BothCatch().run(cache_dir=cache_dir, max_workers=1, on_error="continue")
+    assert [str(e) for e in caught.value.exceptions] == ["Broken() failed: ValueError: broken"]
+    assert RAN == {"CatchesBroken(0)": 1, "CatchesBroken(1)": 1}
+    assert WORKING["peak"] == 1
+
+
+async def test_cancelling_a_run_while_a_thread_body_lends_its_worker(cache_dir: Path) -> None:
+    with anyio.fail_after(20), anyio.move_on_after(0.5) as scope:
+        await ThreadOnSlow().run(cache_dir=cache_dir, max_workers=1)
+    assert scope.cancelled_caught  # and nothing else: the worker it lent is not given back twice
+    assert LIVE["now"] == 0
 
 
 @pytest.mark.parametrize(
