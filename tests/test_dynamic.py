@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -156,6 +157,26 @@ class CatchesBroken(Task):
 class BothCatch(Task):
     async def run_task(self) -> list[int]:
         return await asyncflow.gather(CatchesBroken(0), CatchesBroken(1))
+
+
+class Nap(Task):
+    async def run_task(self) -> int:
+        await anyio.sleep(0.5)
+        return 1
+
+
+class WaitsTooLong(Task, timeout=0.2):
+    def run_task(self) -> int:
+        return Nap().run_graph()
+
+
+class GoesOnAfterATimeout(Task):
+    async def run_task(self) -> int:
+        with contextlib.suppress(TaskFailedError):  # it times out
+            await WaitsTooLong().run()
+        # Once Nap() is done, the abandoned body may go on (on trio its wait outlives it).
+        await Nap().run()
+        return await ThreadParent(2, 2).run()  # its bodies need the worker WaitsTooLong() lent
 
 
 class ThreadOnSlow(Task):
@@ -325,10 +346,21 @@ async def test_a_thread_body_takes_its_worker_back_after_a_failure(cache_dir: Pa
     assert WORKING["peak"] == 1
 
 
+async def test_a_thread_body_timing_out_while_it_waits_leaves_the_worker_to_others(
+    cache_dir: Path,
+) -> None:
+    # Abandoned while its slot was lent, it ends holding none: nothing given back twice.
+    with anyio.fail_after(20), pytest.raises(asyncflow.WorkflowFailedError) as caught:
+        await GoesOnAfterATimeout().run(cache_dir=cache_dir, max_workers=1, on_error="continue")
+    assert [str(e) for e in caught.value.exceptions] == ["WaitsTooLong() timed out after 0.2 s"]
+    assert await GoesOnAfterATimeout().result(cache_dir=cache_dir) == ThreadParent.expected(2, 2)
+    assert WORKING["peak"] == 1
+
+
 async def test_cancelling_a_run_while_a_thread_body_lends_its_worker(cache_dir: Path) -> None:
     with anyio.fail_after(20), anyio.move_on_after(0.5) as scope:
         await ThreadOnSlow().run(cache_dir=cache_dir, max_workers=1)
-    assert scope.cancelled_caught  # and nothing else: the worker it lent is not given back twice
+    assert scope.cancelled_caught  # and nothing else, though the body's worker was lent
     assert LIVE["now"] == 0
 
 
