@@ -414,7 +414,11 @@ def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argp
     _add_taskfile(run)
     _add_cache_dir(run, ".cache next to TASKFILE")
     run.add_argument(
-        "-w", "--max-workers", type=int, metavar="N", help="threads (or processes) for plain def bodies"
+        "-w",
+        "--max-workers",
+        type=int,
+        metavar="N",
+        help="plain def bodies working at once (threads or processes)",
     )
     run.add_argument(
         "-t",

@@ -32,7 +32,7 @@ class RunOptions(TypedDict, total=False):
     rate_limits: Mapping[str, int]
     """At most ``n`` tasks of a channel run at once (``{channel: n}``)."""
     max_workers: int
-    """Threads (or processes) available to plain ``def`` bodies."""
+    """Plain ``def`` bodies working at once, in threads (or processes)."""
     executor: ExecutorOption
     """Where plain ``def`` bodies run: ``"thread"`` (default), ``"process"`` or an Executor."""
     prefixes: Mapping[str, Sequence[str] | Placement]

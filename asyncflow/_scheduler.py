@@ -294,7 +294,9 @@ class _Scheduler:
         nodes, stale = await self._plan_nodes(new, inputs, before_run=False)
         members = set(nodes)
         for node in nodes:
-            node.consumers = len(node.dependents)
+            # Add, not set: bodies that awaited it while it was planned already count;
+            # dependents other joins linked meanwhile count themselves (known deps, below).
+            node.consumers += sum(1 for d in node.dependents if d in members)
             node.remaining = 0
             for dep in node.deps:
                 if dep not in members:

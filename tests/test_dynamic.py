@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,18 @@ from asyncflow._explain import explain
 
 RAN: Counter[str] = Counter()
 LIVE = {"now": 0, "peak": 0}
+WORKING = {"now": 0, "peak": 0}  # plain def bodies working (not waiting) at once, in threads
+WORKING_LOCK = threading.Lock()
+
+
+def work() -> None:
+    """Work in a plain def body for long enough that bodies allowed to work at once overlap."""
+    with WORKING_LOCK:
+        WORKING["now"] += 1
+        WORKING["peak"] = max(WORKING["peak"], WORKING["now"])
+    time.sleep(0.05)
+    with WORKING_LOCK:
+        WORKING["now"] -= 1
 
 
 class Listing(Task):
@@ -70,6 +85,102 @@ class ThreadFanOut(Task):
         first = Square(0).run_graph()
         rest = asyncflow.gather_tasks(*(Square(i) for i in range(1, self.n)))
         return first + sum(rest)
+
+
+class AwaitsSquare(Task):
+    def build_task(self, tag: int) -> None:
+        self.tag = tag
+
+    async def run_task(self) -> int:
+        return await Square(7).run()
+
+
+class Together(Task):
+    async def run_task(self) -> list[int]:
+        return await asyncflow.gather(*(AwaitsSquare(tag) for tag in range(4)))
+
+
+class ThreadSquare(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:  # a plain def, as its parent: it needs a worker thread too
+        work()
+        return self.i * self.i
+
+
+class ThreadParent(Task):
+    """Works, awaits its children from its thread, and works again."""
+
+    def build_task(self, tag: int, n: int) -> None:
+        self.tag = tag
+        self.n = n
+
+    def run_task(self) -> int:
+        work()
+        shared = ThreadSquare(0).run_graph()  # the same node for every parent
+        own = asyncflow.gather_tasks(*(ThreadSquare(100 * self.tag + i) for i in range(1, self.n + 1)))
+        work()
+        return shared + sum(own)
+
+    @staticmethod
+    def expected(tag: int, n: int) -> int:
+        return sum((100 * tag + i) ** 2 for i in range(1, n + 1))
+
+
+class ThreadParents(Task):
+    def build_task(self, parents: int, n: int) -> None:
+        self.parents = parents
+        self.n = n
+
+    def run_task(self) -> int:
+        return sum(asyncflow.gather_tasks(*(ThreadParent(tag, self.n) for tag in range(self.parents))))
+
+
+class CatchesBroken(Task):
+    """Goes on working after a task it awaited failed."""
+
+    def build_task(self, tag: int) -> None:
+        self.tag = tag
+
+    def run_task(self) -> int:
+        try:
+            Broken().run_graph()
+        except TaskFailedError:
+            work()
+            RAN[f"CatchesBroken({self.tag})"] += 1
+            return self.tag
+        raise AssertionError("Broken() did not fail")
+
+
+class BothCatch(Task):
+    async def run_task(self) -> list[int]:
+        return await asyncflow.gather(CatchesBroken(0), CatchesBroken(1))
+
+
+class Nap(Task):
+    async def run_task(self) -> int:
+        await anyio.sleep(0.5)
+        return 1
+
+
+class WaitsTooLong(Task, timeout=0.2):
+    def run_task(self) -> int:
+        return Nap().run_graph()
+
+
+class GoesOnAfterATimeout(Task):
+    async def run_task(self) -> int:
+        with contextlib.suppress(TaskFailedError):  # it times out
+            await WaitsTooLong().run()
+        # Once Nap() is done, the abandoned body may go on (on trio its wait outlives it).
+        await Nap().run()
+        return await ThreadParent(2, 2).run()  # its bodies need the worker WaitsTooLong() lent
+
+
+class ThreadOnSlow(Task):
+    def run_task(self) -> int:
+        return Slow(5).run_graph()
 
 
 class SelfAwait(Task):
@@ -203,6 +314,7 @@ class AwaitsLocal(Task):
 def _fresh_counts() -> None:
     RAN.clear()
     LIVE.update(now=0, peak=0)
+    WORKING.update(now=0, peak=0)
 
 
 async def test_a_fan_out_over_an_upstream_list_joins_the_run(cache_dir: Path) -> None:
@@ -229,6 +341,14 @@ async def test_children_already_cached_are_reused(cache_dir: Path) -> None:
     assert set(RAN) == {"FanOut", "Square(5)", "Square(6)", "Square(7)"}
 
 
+async def test_a_task_several_bodies_await_at_once_runs_once(cache_dir: Path) -> None:
+    # The first body to await it plans it while the others await it too.
+    value, stats = await Together().run_with_stats(cache_dir=cache_dir)
+    assert value == [49] * 4
+    assert RAN["Square(7)"] == 1
+    assert (stats[Square.task_name].run, stats[Square.task_name].reused) == (1, 0)
+
+
 async def test_a_parent_holding_the_only_slot_lends_it_to_its_children(cache_dir: Path) -> None:
     with anyio.fail_after(20):
         value = await OneByOne(5).run(cache_dir=cache_dir, rate_limits={"squares": 1})
@@ -240,6 +360,57 @@ def test_a_thread_body_joins_the_run_through_the_blocking_twins(cache_dir: Path)
     value, stats = ThreadFanOut(4).run_graph_with_stats(cache_dir=cache_dir)
     assert value == 0 + 1 + 4 + 9
     assert stats[Square.task_name].run == 4  # in the same run: its stats count them
+
+
+async def test_a_thread_body_lends_its_worker_to_the_tasks_it_awaits(cache_dir: Path) -> None:
+    # Its children are plain def bodies too: with one worker, they run while it waits.
+    with anyio.fail_after(20):
+        value = await ThreadParent(1, 4).run(cache_dir=cache_dir, max_workers=1)
+    assert value == ThreadParent.expected(1, 4)
+    assert WORKING["peak"] == 1
+
+
+async def test_at_most_max_workers_thread_bodies_work_at_once(cache_dir: Path) -> None:
+    with anyio.fail_after(20):
+        value = await ThreadParent(1, 8).run(cache_dir=cache_dir, max_workers=2)
+    assert value == ThreadParent.expected(1, 8)
+    assert WORKING["peak"] == 2  # the waiting parent is not counted, and nothing more works
+
+
+async def test_more_waiting_thread_bodies_than_workers_finish(cache_dir: Path) -> None:
+    # Five bodies wait at once (the top one and its four parents) with two workers.
+    with anyio.fail_after(30):
+        value, stats = await ThreadParents(4, 3).run_with_stats(cache_dir=cache_dir, max_workers=2)
+    assert value == sum(ThreadParent.expected(tag, 3) for tag in range(4))
+    assert stats[ThreadSquare.task_name].run == 1 + 4 * 3  # ThreadSquare(0) once, for all
+    assert WORKING["peak"] <= 2
+
+
+async def test_a_thread_body_takes_its_worker_back_after_a_failure(cache_dir: Path) -> None:
+    # Both go on working after Broken() fails: one after the other, as max_workers=1 says.
+    with anyio.fail_after(20), pytest.raises(asyncflow.WorkflowFailedError) as caught:
+        await BothCatch().run(cache_dir=cache_dir, max_workers=1, on_error="continue")
+    assert [str(e) for e in caught.value.exceptions] == ["Broken() failed: ValueError: broken"]
+    assert RAN == {"CatchesBroken(0)": 1, "CatchesBroken(1)": 1}
+    assert WORKING["peak"] == 1
+
+
+async def test_a_thread_body_timing_out_while_it_waits_leaves_the_worker_to_others(
+    cache_dir: Path,
+) -> None:
+    # Abandoned while its slot was lent, it ends holding none: nothing given back twice.
+    with anyio.fail_after(20), pytest.raises(asyncflow.WorkflowFailedError) as caught:
+        await GoesOnAfterATimeout().run(cache_dir=cache_dir, max_workers=1, on_error="continue")
+    assert [str(e) for e in caught.value.exceptions] == ["WaitsTooLong() timed out after 0.2 s"]
+    assert await GoesOnAfterATimeout().result(cache_dir=cache_dir) == ThreadParent.expected(2, 2)
+    assert WORKING["peak"] == 1
+
+
+async def test_cancelling_a_run_while_a_thread_body_lends_its_worker(cache_dir: Path) -> None:
+    with anyio.fail_after(20), anyio.move_on_after(0.5) as scope:
+        await ThreadOnSlow().run(cache_dir=cache_dir, max_workers=1)
+    assert scope.cancelled_caught  # and nothing else, though the body's worker was lent
+    assert LIVE["now"] == 0
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,6 +26,7 @@ from .workflows import (
     READY_ENV,
     REPO_ROOT,
     FanSum,
+    Gathered,
     Sleeper,
     Stamp,
     fan_nodes,
@@ -178,6 +180,35 @@ def test_processes_started_together_compute_each_node_once(
     for i, (out, graph) in enumerate(zip(outputs, graphs, strict=True)):
         own = graph.difference(*(g for j, g in enumerate(graphs) if j != i))
         assert {by_pid[label] for label in own} <= {out["pid"]}
+
+
+def test_processes_fanning_out_over_overlapping_children_compute_each_once(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    """Bodies in two processes at once await sleepers 0..59 and 30..89: each sleeper runs once."""
+    delay = 0.05
+    log = tmp_path / "bodies.log"
+    spans = [(0, 60), (30, 90)]
+    # Four sleepers at a time: each process computes for over half a second, so they overlap.
+    options = ["--delay", str(delay), "--rate-leaf", "4"]
+    procs = [
+        start(cache_dir, log, "gather", str(stop), "--start", str(first), "--backend", backend, *options)
+        for (first, stop), backend in zip(spans, ["asyncio", "trio"], strict=True)
+    ]
+    outputs = [finish(p, timeout=30) for p in procs]
+
+    assert [o["result"] for o in outputs] == [Gathered.expected(*span) for span in spans]
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    executed = Counter(label for label, _ in rows)
+    assert {label: count for label, count in executed.items() if count > 1} == {}, "a node ran twice"
+    children = {repr(Sleeper(i, delay)) for i in range(90)}
+    assert set(executed) == children | {repr(Gathered(*span, delay)) for span in spans}
+    assert sum(o["run"] for o in outputs) == len(executed)
+    for out in outputs:
+        assert out["run"] + out["reused"] == 60 + 1  # its sleepers and its parent
+    # The processes ran their children at the same time: their lines in the log interleave.
+    pids = [pid for label, pid in rows if label in children]
+    assert len([pid for pid, _ in groupby(pids)]) > 2, "one process ran its children before the other"
 
 
 # (c) A holder killed with SIGKILL does not block the others for the lease's TTL.

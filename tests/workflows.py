@@ -9,7 +9,7 @@ across processes, even those killed with SIGKILL.
 
 Run as a script::
 
-    python -m tests.workflows CACHE_DIR {crash,fan,stamp} N [--delay S] [--start S] [--rate-leaf K] [--backend B]
+    python -m tests.workflows CACHE_DIR {crash,fan,gather,stamp} N [--delay S] [--start S] [--rate-leaf K] [--backend B]
 
 prints one JSON line ``{"result": ..., "run": ..., "reused": ..., "pid": ...}``.
 """
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+import asyncflow
 from asyncflow import Requires, RequiresList, Task
 
 if TYPE_CHECKING:
@@ -300,6 +301,30 @@ def fan_nodes(start: int, stop: int, delay: float) -> list[Task[Any, Any]]:
     return nodes
 
 
+# A body awaiting sleepers it finds as it runs (they join its run), for single flight
+# of such nodes across processes.
+
+
+class Gathered(Task):
+    """Awaits the sleepers ``start..stop-1`` from its body and returns their results."""
+
+    def build_task(self, start: int, stop: int, delay: float) -> None:
+        self.start = start
+        self.stop = stop
+        self.delay = delay
+
+    async def run_task(self) -> list[int]:
+        values = await asyncflow.gather(*(Sleeper(i, self.delay) for i in range(self.start, self.stop)))
+        # Only now: the gather fingerprints Sleeper, whose code reads `executions`, hashed
+        # as it is then; recorded before, each process's parent would make it differ.
+        record_execution(repr(self))
+        return values
+
+    @staticmethod
+    def expected(start: int, stop: int) -> list[int]:
+        return [i * i for i in range(start, stop)]
+
+
 # A node whose every run gives another value, for a holder paused past its lease.
 
 READY_ENV = "ASYNCFLOW_TEST_READY"
@@ -386,10 +411,10 @@ def script_command(cache_dir: Path, *args: str) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.workflows")
     parser.add_argument("cache_dir")
-    parser.add_argument("workflow", choices=["crash", "fan", "stamp"])
+    parser.add_argument("workflow", choices=["crash", "fan", "gather", "stamp"])
     parser.add_argument("n", type=int)
     parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("--start", type=int, default=0, help="first pair of the fan workflow")
+    parser.add_argument("--start", type=int, default=0, help="first pair (fan) or sleeper (gather)")
     parser.add_argument("--rate-leaf", type=int, default=0)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args(argv)
@@ -397,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
         root: Task[Any, Any] = crash_workflow(args.n, args.delay)
     elif args.workflow == "stamp":
         root = Stamp()
+    elif args.workflow == "gather":
+        root = Gathered(args.start, args.n, args.delay)
     else:
         root = fan_workflow(args.n, args.delay, args.start)
     limits = {"leaf": args.rate_leaf} if args.rate_leaf else {}
