@@ -36,6 +36,7 @@ from ._source import what_changed
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ._errors import InputFileError
     from ._file import File
     from ._graph import Node
     from ._plan import Awaited
@@ -96,10 +97,11 @@ async def explain(
     awaited: dict[Node, Awaited] = {}
     by_key = {n.key: n for n in graph}
     nodes = more = graph.order
+    unusable: dict[Node, InputFileError] | None = None  # the graph's own inputs must be there
     while True:  # the graph, then the tasks its bodies awaited last time, and so on
         if inputs:
             found = await digest_inputs(settings.cache_dir, list(inputs))
-            add_inputs(inputs, found.digests, found.problems)
+            add_inputs(inputs, found.digests, found.problems, unusable)
             changed.update(found.changed)
         facts.add(await known(settings.cache_dir, [n.key for n in more]))
         parents = [n for n in more if n.key in facts.records and facts.records[n.key].awaited is not None]
@@ -110,6 +112,7 @@ async def explain(
             _add_awaited, parents, facts, by_key, awaited, fingerprints, inputs
         )
         nodes = [*nodes, *more]
+        unusable = unusable or {}
     if awaited:
         nodes = order(nodes, awaited)
     plan(nodes, facts.records, fingerprints, detect=detect, made_where=facts.made_where, awaited=awaited)
@@ -119,7 +122,10 @@ async def explain(
         reason = ""
         if node.state != FRESH:
             state = "stale"
-            reason = _reason(node, facts, fingerprints[type(node.task)].manifest, changed, awaited.get(node))
+            gone = unusable.get(node) if unusable else None
+            reason = _reason(
+                node, facts, fingerprints[type(node.task)].manifest, changed, awaited.get(node), gone
+            )
             failure = facts.failures.get(node.key)
             if failure is not None:
                 state = "failed"
@@ -145,7 +151,12 @@ def _add_awaited(
 
 
 def _reason(
-    node: Node, facts: Known, manifest: dict[str, str], changed: dict[str, float], awaited: Awaited | None
+    node: Node,
+    facts: Known,
+    manifest: dict[str, str],
+    changed: dict[str, float],
+    awaited: Awaited | None,
+    gone: InputFileError | None,
 ) -> str:
     """Say why the plan found `node` stale.
 
@@ -155,7 +166,10 @@ def _reason(
         manifest: what its class's code is made of now.
         changed: when each input file's content last changed.
         awaited: the tasks its body awaited last time, if any.
+        gone: why an input file of a task a body awaited last time is unusable now, if so.
     """
+    if gone is not None:
+        return f"its input {os.path.relpath(gone.path)} is gone or cannot be read"
     if node.why == NO_RESULT:
         return "no result"
     if node.why == CODE_CHANGED:

@@ -165,7 +165,10 @@ def order(nodes: list[Node], awaited: dict[Node, Awaited]) -> list[Node]:
 
 
 def add_inputs(
-    inputs: Mapping[str, tuple[File, list[Node]]], digests: Mapping[str, str], problems: Mapping[str, str]
+    inputs: Mapping[str, tuple[File, list[Node]]],
+    digests: Mapping[str, str],
+    problems: Mapping[str, str],
+    unusable: dict[Node, InputFileError] | None = None,
 ) -> None:
     """Make the content digest of each input file part of what its nodes are made from.
 
@@ -173,21 +176,28 @@ def add_inputs(
         inputs: the files and the nodes taking each, from `prepare`.
         digests: each file's content digest, by absolute path.
         problems: why a file has none ("does not exist", "cannot be read (...)").
+        unusable: if given, where the error of a file without a digest goes, for each of
+            its nodes (which are stale then: their records were made with a digest), instead
+            of being raised. For the tasks bodies awaited last time: they may not be awaited again.
 
     Raises:
-        InputFileError: a file has no digest.
+        InputFileError: a file has no digest (and no `unusable` is given).
     """
     for path in sorted(inputs):  # sorted: each node's tokens in one order, run after run
         file, nodes = inputs[path]
         digest = digests.get(path)
         if digest is None:
-            raise InputFileError(
+            error = InputFileError(
                 f"{nodes[0].task!r}: its input {file!r} {problems.get(path, 'does not exist')} "
                 f"(looked for {path}); create it, or fix the path (a relative path is from the "
                 "directory the task was made in)",
                 task=repr(nodes[0].task),
                 path=path,
             )
+            if unusable is None:
+                raise error
+            unusable.update(dict.fromkeys(nodes, error))
+            continue
         token = "F" + digest
         for node in nodes:
             node.consts = f"{node.consts}|{token}" if node.consts else token
@@ -232,7 +242,7 @@ def plan(
         elif node.why != UPSTREAM_STALE:  # else a dep marked it, below
             if record.deps != node_signature(node, keep=True):
                 node.why = INPUTS_CHANGED
-            elif awaited and not _unchanged(awaited.get(node)):
+            elif awaited and not unchanged(awaited.get(node)):
                 node.why = DYNAMIC_CHANGED
             else:
                 node.state = FRESH
@@ -265,7 +275,7 @@ def _awaited_first(nodes: list[Node], awaited: dict[Node, Awaited], members: set
     return early
 
 
-def _unchanged(awaited: Awaited | None) -> bool:
+def unchanged(awaited: Awaited | None) -> bool:
     """Tell whether the tasks a body awaited (if any) are fresh, with the results it read."""
     if awaited is None:
         return True

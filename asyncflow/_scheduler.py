@@ -25,6 +25,7 @@ from ._errors import (
     AsyncflowError,
     CacheWarning,
     CycleError,
+    InputFileError,
     OptionError,
     TaskFailedError,
     UnstorableResultError,
@@ -36,6 +37,7 @@ from ._options import settings_from
 from ._plan import (
     UNREADABLE,
     UPSTREAM_STALE,
+    Awaited,
     add_awaited,
     add_inputs,
     is_current,
@@ -44,6 +46,7 @@ from ._plan import (
     order,
     plan,
     prepare,
+    unchanged,
 )
 from ._recipes import decode, encode
 from ._requires import requirements_of, resolve
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
     from ._cache.session import Record
     from ._file import File
     from ._options import Settings
-    from ._plan import Awaited, Prepared
+    from ._plan import Prepared
     from ._progress import RunProgress
     from ._runners.base import Outcome, Runner
     from ._task import Task
@@ -219,9 +222,8 @@ class _Scheduler:
         roots, new = build_more(tasks, self._known())
         self._check_cycle(parent, roots)
         if new:
-            new, stale = await self._plan_new(new)
             self.graph.order.extend(new)
-            await self._take_leases(stale)  # in one go, as before the run
+            await self._take_leases(await self._plan_new(new))  # in one go, as before the run
         for root in roots:
             root.consumers += 1  # the body reads it
         self._settle([n for n in new if n.remaining == 0])
@@ -281,19 +283,35 @@ class _Scheduler:
                     came_from[nxt] = node
                     stack.append(nxt)
 
-    async def _plan_new(self, new: list[Node]) -> tuple[list[Node], list[Node]]:
-        """Plan nodes found while the run goes on (deps first), as `_plan` does before it.
+    async def _plan_new(self, new: list[Node]) -> list[Node]:
+        """Plan nodes found while the run goes on (deps first), as `_plan` does before it; return the stale ones.
 
-        Sets their counts, counting them as readers of the known nodes they read.
-
-        Returns:
-            The nodes kept, in order, and the stale ones.
+        Sets their counts, counting them as readers of the known nodes they read. A node
+        whose record says its body awaited tasks is fresh only if this run has them all,
+        done or fresh, with the results it read (see `_awaited_in_run`): else its body runs
+        again, and finds the tasks it awaits in the cache.
         """
         inputs: dict[str, tuple[File, list[Node]]] = {}
         note(new, self.fingerprints, inputs)
-        nodes, stale = await self._plan_nodes(new, inputs, before_run=False)
-        members = set(nodes)
-        for node in nodes:
+        self._note_fingerprints()
+        if inputs:
+            digests = await self.session.digest_inputs(list(inputs))
+            add_inputs(inputs, digests.digests, digests.problems)
+        records = await self.session.lookup([n.key for n in new])
+        self.records.update(records)
+        for key, record in records.items():
+            if record.awaited is not None:
+                self._awaited[self._known()[key]] = self._awaited_in_run(record.awaited)
+        members = set(new)
+        for node in new:  # a known dep that is still to run will have a new version
+            if any(d not in members and d.state not in (FRESH, DONE) for d in node.deps):
+                node.why = UPSTREAM_STALE
+        detect = self.settings.detect_source_change
+        made_where = await self._made_where(new)
+        stale = plan(
+            new, records, self.fingerprints, detect=detect, made_where=made_where, awaited=self._awaited
+        )
+        for node in new:
             # Add, not set: bodies that awaited it while it was planned already count;
             # dependents other joins linked meanwhile count themselves (known deps, below).
             node.consumers += sum(1 for d in node.dependents if d in members)
@@ -305,7 +323,7 @@ class _Scheduler:
                     node.remaining += 1
         if self.progress is not None:
             self.progress.grow(Counter(type(n.task).task_name for n in new))
-        return nodes, stale
+        return stale
 
     async def _wait_for(self, parent: Node, roots: list[Node]) -> list[Any]:
         """Wait until every root is done, lending `parent`'s slots meanwhile; return their results."""
@@ -426,69 +444,59 @@ class _Scheduler:
             raise WorkflowFailedError(f"{len(self.failures)} task(s) failed", self.failures)
 
     async def _plan(self) -> list[Node]:
-        """Plan which nodes are fresh (see `_plan`) before the run, set each node's counts; return the stale ones."""
-        graph = self.graph
-        graph.order, stale = await self._plan_nodes(graph.order, self.inputs, before_run=True)
-        for node in graph:
-            node.remaining = len(node.deps)
-            node.consumers = len(node.dependents)
-        graph.root.consumers += 1  # the caller reads the root's result
-        return stale
+        """Plan which nodes are fresh (see `_plan`) before the run, set each node's counts; return the stale ones.
 
-    async def _plan_nodes(
-        self, nodes: list[Node], inputs: dict[str, tuple[File, list[Node]]], *, before_run: bool
-    ) -> tuple[list[Node], list[Node]]:
-        """Plan `nodes`, new to the run (deps first), and the tasks their bodies awaited last time.
-
-        Those tasks are planned with them (see `_grow`) and kept if a fresh node awaited
-        them (`_keep_awaited`). A dep known to the run before (while it goes on) counts as
-        fresh if it is fresh or done.
-
-        Returns:
-            The nodes kept, in order, and the stale ones.
+        The tasks that bodies awaited last time are planned with them (see `_grow`); those
+        found fresh join the graph (they are reused), the stale ones do not: a body that
+        runs again awaits what it awaits now, and those tasks join the run then.
         """
-        grown = await self._grow(nodes, inputs, off_loop=before_run)
-        if not before_run:
-            members = set(grown)
-            for node in grown:  # a known dep that is still to run will have a new version
-                if any(d not in members and d.state not in (FRESH, DONE) for d in node.deps):
-                    node.why = UPSTREAM_STALE
+        graph = self.graph
+        nodes = await self._grow(graph.order, self.inputs)
         detect = self.settings.detect_source_change
-        made_where = await self._made_where(grown)
+        made_where = await self._made_where(nodes)
         stale = plan(
-            grown,
+            nodes,
             self.records,
             self.fingerprints,
             detect=detect,
             made_where=made_where,
             awaited=self._awaited,
         )
-        if len(grown) == len(nodes):
-            return grown, stale
-        base = set(nodes)
-        kept = self._keep_awaited(grown, base)
-        if self.progress is not None:  # the kept ones are fresh: reused with those that awaited them
-            self.progress.grow(Counter(type(n.task).task_name for n in kept if n not in base))
-        return kept, [n for n in stale if n in base]
+        if len(nodes) > len(graph.order):
+            static = set(graph.order)
+            dropped = {n for n in stale if n not in static}
+            for dep in {d for n in dropped for d in n.deps if d not in dropped}:
+                dep.dependents = [n for n in dep.dependents if n not in dropped]
+            known = self._known()
+            for node in dropped:
+                del known[node.key]
+            graph.order = [n for n in nodes if n not in dropped]
+            stale = [n for n in stale if n in static]
+            if self.progress is not None:
+                self.progress.grow(Counter(type(n.task).task_name for n in graph.order if n not in static))
+        for node in graph:
+            node.remaining = len(node.deps)
+            node.consumers = len(node.dependents)
+        graph.root.consumers += 1  # the caller reads the root's result
+        return stale
 
-    async def _grow(
-        self, nodes: list[Node], inputs: dict[str, tuple[File, list[Node]]], *, off_loop: bool
-    ) -> list[Node]:
+    async def _grow(self, nodes: list[Node], inputs: dict[str, tuple[File, list[Node]]]) -> list[Node]:
         """Read the records of `nodes` (hashing their `inputs` first), adding the tasks their bodies awaited.
 
-        Those tasks are made again and added with their upstream (`_plan.add_awaited`),
-        then the tasks their own records say they awaited, and so on. With `off_loop`, they
-        are built in a worker thread (before the run: while it goes on, bodies build on the loop).
+        Those tasks are made again and added with their upstream (`_plan.add_awaited`), then
+        the tasks their own records say they awaited, and so on. An input file of theirs
+        that is gone makes them stale, not the run fail: they may not be awaited again.
 
         Returns:
             `nodes` and the nodes added, in the order to plan them (`_plan.order`).
         """
         found = nodes
         more: list[Node] = nodes
+        unusable: dict[Node, InputFileError] | None = None  # the graph's own inputs must be there
         while True:
-            if inputs:  # before anything runs: a missing input file is an error
+            if inputs:
                 digests = await self.session.digest_inputs(list(inputs))
-                add_inputs(inputs, digests.digests, digests.problems)
+                add_inputs(inputs, digests.digests, digests.problems, unusable)
             records = await self.session.lookup([n.key for n in more])
             self.records.update(records)
             dynamic = [key for key, record in records.items() if record.awaited is not None]
@@ -497,16 +505,10 @@ class _Scheduler:
             known = self._known()
             parents: list[Node] = [known[key] for key in dynamic]
             inputs = {}
-            if off_loop:
-                more = await anyio.to_thread.run_sync(self._add_awaited, parents, inputs)
-            else:
-                more = self._add_awaited(parents, inputs)
+            more = await anyio.to_thread.run_sync(self._add_awaited, parents, inputs)
             found = [*found, *more]
-        if len(self.fingerprints) > self._noted:  # classes fingerprinted since the last time
-            added = list(self.fingerprints.items())[self._noted :]
-            self._noted = len(self.fingerprints)
-            self.sources.update((cls, f.digest) for cls, f in added)
-            self.session.note_fingerprints(f for _, f in added)  # each is written with its first result
+            unusable = {}
+        self._note_fingerprints()
         return found if found is nodes else order(found, self._awaited)
 
     def _add_awaited(self, parents: list[Node], inputs: dict[str, tuple[File, list[Node]]]) -> list[Node]:
@@ -515,30 +517,32 @@ class _Scheduler:
         note(added, self.fingerprints, inputs)
         return added
 
-    def _keep_awaited(self, nodes: list[Node], base: set[Node]) -> list[Node]:
-        """Keep, of the nodes added for what bodies awaited last time, those that fresh nodes awaited.
+    def _note_fingerprints(self) -> None:
+        """Hand the session the fingerprints of the classes met since the last time (see `_plan.note`)."""
+        if len(self.fingerprints) > self._noted:
+            added = list(self.fingerprints.items())[self._noted :]
+            self._noted = len(self.fingerprints)
+            self.sources.update((cls, f.digest) for cls, f in added)
+            self.session.note_fingerprints(f for _, f in added)  # each is written with its first result
 
-        The run reuses those, with their upstream (fresh too). The others are dropped: a body
-        that runs again awaits what it awaits now, and those tasks join the run then.
+    def _awaited_in_run(self, awaited: bytes) -> Awaited:
+        """The tasks a record's body awaited (`Record.awaited`), as the nodes this run has of them.
+
+        One this run does not have makes the record's node stale (when in doubt, compute):
+        its body runs again, and finds those it awaits in the cache.
         """
-        keep: set[Node] = set()
-        stack = [n for p, a in self._awaited.items() if p in base and p.state == FRESH for n, _ in a.nodes]
-        while stack:
-            node = stack.pop()
-            if node in keep or node in base:
-                continue
-            keep.add(node)
-            stack.extend(node.deps)
-            awaited = self._awaited.get(node)
-            if awaited is not None and node.state == FRESH:
-                stack.extend(n for n, _ in awaited.nodes)
-        dropped = {n for n in nodes if n not in base and n not in keep}
-        for dep in {d for n in dropped for d in n.deps if d not in dropped}:
-            dep.dependents = [n for n in dep.dependents if n not in dropped]
+        try:
+            pairs = decode(awaited)
+        except Exception as exc:  # a class renamed, ...: its node runs again
+            return Awaited([], f"a task it awaited cannot be made again ({type(exc).__name__}: {exc})")
         known = self._known()
-        for node in dropped:
-            del known[node.key]
-        return [n for n in nodes if n not in dropped]
+        nodes: list[tuple[Node, str]] = []
+        for task, version in pairs:
+            node = known.get(task if isinstance(task, str) else task.__af_key__)
+            if node is None:
+                return Awaited([], f"{task!r} was not part of this run when it was planned")
+            nodes.append((node, version))
+        return Awaited(nodes, "")
 
     async def _made_where(self, nodes: list[Node]) -> dict[str, str] | None:
         """Without ``detect_source_change``: which file's class made the records of `nodes`."""
@@ -585,24 +589,7 @@ class _Scheduler:
         if not is_current(record, deps, self.sources[type(node.task)]):
             return False
         assert record is not None
-        return record.awaited is None or self._awaited_done(record.awaited)
-
-    def _awaited_done(self, awaited: bytes) -> bool:
-        """Tell whether the tasks a record's body awaited are done in this run, with the results it read.
-
-        Tasks this run does not know are not: the node is computed again, and its body
-        finds what it awaits in the cache (when in doubt, compute).
-        """
-        try:
-            pairs = decode(awaited)
-        except Exception:  # cannot be made again: not current
-            return False
-        known = self._known()
-        for task, version in pairs:
-            node = None if isinstance(task, str) else known.get(task.__af_key__)
-            if node is None or node.state not in (FRESH, DONE) or node.version != version:
-                return False
-        return True
+        return record.awaited is None or unchanged(self._awaited_in_run(record.awaited))
 
     def _settle(self, ready: list[Node]) -> None:
         """Complete the fresh nodes among `ready` (and what they make ready); queue the rest."""

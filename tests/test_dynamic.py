@@ -526,3 +526,21 @@ async def test_a_child_that_cannot_be_kept_makes_its_parent_run_every_time(cache
     assert RAN["AwaitsLocal"] == 2  # when in doubt, compute: an unknown dependency is not an unchanged one
     (status,) = [s for s in await explain(AwaitsLocal(), cache_dir=cache_dir) if s.task == AwaitsLocal()]
     assert "kept by its key alone" in status.reason
+
+
+async def test_a_child_whose_input_is_gone_is_not_an_error_when_its_parent_no_longer_awaits_it(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "bb", "ccc"):
+        (folder / f"{name}.txt").write_text(name)
+    assert await Sizes(str(folder)).run(cache_dir=cache_dir) == 6
+    (folder / "bb.txt").unlink()  # the listing changes: the parent awaits two children now
+    RAN.clear()
+    value, stats = await Sizes(str(folder)).run_with_stats(cache_dir=cache_dir)
+    assert value == 4
+    assert dict(RAN) == {"Sizes": 1}
+    assert stats[Size.task_name].reused == 2
+    statuses = {repr(s.task): s for s in await explain(Sizes(str(folder)), cache_dir=cache_dir)}
+    assert statuses[f"Sizes({str(folder)!r})"].state == "fresh"
