@@ -256,6 +256,49 @@ def test_graph_text(taskfile: Path, tmp_path: Path) -> None:
     assert "Main()" in (tmp_path / "g.mmd").read_text()
 
 
+DYNAMIC = """
+import asyncflow
+from asyncflow import Task
+
+
+class Square(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        print("computing", self.i)
+        return self.i * self.i
+
+
+class Main(Task):
+    async def run_task(self) -> int:
+        return sum(await asyncflow.gather(*(Square(i) for i in range(3))))
+"""
+
+
+def test_a_taskfile_fanning_out_while_it_runs(tmp_path: Path) -> None:
+    flow = tmp_path / "dynamic.py"
+    flow.write_text(textwrap.dedent(DYNAMIC))
+    first = cli("run", flow, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("computing") == 3
+    # A new process makes the awaited tasks again from Main's record: from the taskfile.
+    graph = cli("graph", flow, cwd=tmp_path)
+    assert graph.returncode == 0, graph.stderr
+    assert "4 nodes: 4 fresh, 0 stale, 0 failed" in graph.stdout
+    assert "<~ Square(0), Square(1), Square(2)" in graph.stdout
+    again = cli("run", flow, cwd=tmp_path)
+    assert (again.returncode, again.stdout.count("computing")) == (0, 0)
+    cleared = cli("clear", flow, "--all-of", "Square", cwd=tmp_path)
+    assert cleared.returncode == 0, cleared.stderr
+    assert "now stale (1): Main()" in cleared.stdout
+    graph = cli("graph", flow, cwd=tmp_path)
+    assert "[stale]  Main(): dynamic dependency Square(0) is stale" in graph.stdout
+    third = cli("run", flow, cwd=tmp_path)
+    assert (third.returncode, third.stdout.count("computing")) == (0, 3)
+    assert "4 fresh" in cli("graph", flow, cwd=tmp_path).stdout
+
+
 def test_graph_image_needs_graphviz(taskfile: Path, tmp_path: Path) -> None:
     pytest.importorskip("asyncflow._render")
     done = cli("graph", taskfile, "--output", tmp_path / "g.svg", cwd=tmp_path)

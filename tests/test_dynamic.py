@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -53,6 +55,19 @@ class Square(Task, channel="squares"):
         finally:
             LIVE["now"] -= 1
         return self.i * self.i
+
+
+class Elsewhere(Task, channel="elsewhere"):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> tuple[int, int]:
+        return self.i, os.getpid()
+
+
+class FarOut(Task):
+    async def run_task(self) -> list[tuple[int, int]]:
+        return await asyncflow.gather(*(Elsewhere(i) for i in range(3)))
 
 
 class FanOut(Task):
@@ -544,3 +559,20 @@ async def test_a_child_whose_input_is_gone_is_not_an_error_when_its_parent_no_lo
     assert stats[Size.task_name].reused == 2
     statuses = {repr(s.task): s for s in await explain(Sizes(str(folder)), cache_dir=cache_dir)}
     assert statuses[f"Sizes({str(folder)!r})"].state == "fresh"
+
+
+async def test_awaited_tasks_run_where_the_run_sends_their_channel(cache_dir: Path) -> None:
+    prefixes = {"elsewhere": ["env", "AF_TEST_MARK=joined"]}  # a job prefix: a process per body
+    found = await FarOut().run(cache_dir=cache_dir, prefixes=prefixes)
+    assert [i for i, _ in found] == [0, 1, 2]
+    assert all(pid != os.getpid() for _, pid in found)
+
+
+async def test_live_progress_counts_the_tasks_found_while_the_run_goes_on(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncflow.progress")
+    await FanOut(5).run(cache_dir=cache_dir, progress=True)  # off a terminal: log lines
+    lines = [r.getMessage() for r in caplog.records if r.name == "asyncflow.progress"]
+    assert any(line.startswith(f"{Square.task_name}: 5/5 done (5 run") for line in lines)
+    assert "7/7 done (7 run, 0 cached" in lines[-1]  # Listing, FanOut and the five it found
