@@ -451,9 +451,14 @@ async def test_options_against_the_run_are_refused(cache_dir: Path, tmp_path: Pa
     assert "leave the option out" in str(caught.value.__cause__)
 
 
-async def test_a_body_in_a_worker_process_cannot_join(cache_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{"executor": "process"}, {"prefixes": {InProcess.task_name: ["env"]}}],
+    ids=["process", "job-prefix"],
+)
+async def test_a_body_in_another_process_cannot_join(cache_dir: Path, options: dict[str, Any]) -> None:
     with pytest.raises(TaskFailedError) as caught:
-        await InProcess().run(cache_dir=cache_dir, executor="process")
+        await InProcess().run(cache_dir=cache_dir, **options)
     assert "cannot run tasks" in str(caught.value)
     assert isinstance(caught.value.__cause__, AsyncflowError) or "AsyncflowError" in str(caught.value)
 
