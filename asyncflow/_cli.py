@@ -260,6 +260,52 @@ async def cmd_status(cache_dir: str | None, as_json: bool) -> int:
     return OK
 
 
+async def cmd_runs(cache_dir: str | None, last: int, as_json: bool) -> int:
+    """Show the latest runs of the cache's history."""
+    from ._cache.store import history
+
+    where = _cache_dir(cache_dir, None)
+    runs = await history(where, last)
+    if as_json:
+        doc = {
+            "cache_dir": str(where),
+            "runs": [
+                {
+                    "id": r.id,
+                    "entrypoint": r.entrypoint,
+                    "key": r.root,
+                    "started": r.started,
+                    "ended": r.ended,
+                    "outcome": r.outcome,
+                    "counts": json.loads(r.counts),
+                    "host": r.host,
+                    "pid": r.pid,
+                    "options": json.loads(r.options),
+                }
+                for r in runs or []
+            ],
+        }
+        _write(json.dumps(doc, indent=2))
+        return OK
+    if not runs:
+        _write(f"no runs recorded in {where}" + ("" if runs is not None else " (no asyncflow cache there)"))
+        return OK
+    rows = [["started", "took", "outcome", "run", "reused", "failed", "skipped", "entrypoint", "where"]]
+    for r in runs:
+        counts = json.loads(r.counts)
+        took = "-" if r.ended is None else f"{r.ended - r.started:.2f} s"
+        tally = [str(counts.get(k, "-")) for k in ("run", "reused", "failed", "skipped")]
+        rows.append([_when(r.started), took, r.outcome, *tally, r.entrypoint, f"{r.host}:{r.pid}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {1, 3, 4, 5, 6}
+    for row in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        _write("  ".join(cells).rstrip())
+    return OK
+
+
 def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
@@ -397,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-l", "--loglevel", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL", help=_LEVEL
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_run_parser, _graph_parser, _status_parser, _clear_parser, _check_parser):
+    for add in (_run_parser, _graph_parser, _status_parser, _runs_parser, _clear_parser, _check_parser):
         add(sub, common)
     return parser
 
@@ -505,6 +551,22 @@ def _status_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: s
     status.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
 
+def _runs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
+    runs = sub.add_parser(
+        "runs",
+        parents=[common],
+        help="the latest runs on the cache, the latest first",
+        description="The history of the runs on a cache: when each started, how long it took, how it "
+        "ended, how many tasks ran, were reused, failed or were skipped, and where it ran (host:pid). "
+        "The cache keeps the latest 100 runs ($AF_KEEP_RUNS to change).",
+    )
+    _add_cache_dir(runs, "./.cache")
+    runs.add_argument(
+        "-n", "--last", type=int, default=20, metavar="N", help="show the latest N runs (default 20)"
+    )
+    runs.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+
 def _clear_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
     clear = sub.add_parser(
         "clear",
@@ -554,6 +616,10 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
         return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
     if a.command == "status":
         return lambda: cmd_status(a.cache_dir, a.json)
+    if a.command == "runs":
+        if a.last < 1:
+            raise UsageError(f"-n/--last {a.last}: give a positive number of runs")
+        return lambda: cmd_runs(a.cache_dir, a.last, a.json)
     if a.command == "check":
         return lambda: cmd_check(a.cache_dir, a.repair)
     assert a.command == "clear", "asyncflow bug: a subcommand without an implementation"

@@ -1,8 +1,9 @@
 """Options: the `RunOptions` users pass to a run and the keywords of a task class, each validated once.
 
 Environment variables are read here and nowhere else: ``AF_CACHE_DIR`` (cache
-location), ``AF_DETECT_SOURCE_CHANGE`` (``0``: a change of code does not re-run a task)
-and ``AF_LEASE_TTL`` (seconds a lease binds without renewal).
+location), ``AF_DETECT_SOURCE_CHANGE`` (``0``: a change of code does not re-run a task),
+``AF_LEASE_TTL`` (seconds a lease binds without renewal) and ``AF_KEEP_RUNS`` (how many
+runs the history keeps).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ._placements import Host, Placement, Slurm, Where, parse_host_url
 # Seconds a lease binds without renewal (a holder renews thrice as often): how long a
 # holder that hangs or is paused blocks others before they compute its nodes.
 LEASE_TTL = 15.0
+KEEP_RUNS = 100  # runs the history keeps, with their attempts (the oldest go first)
 
 ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor]  # noqa: UP007 - evaluated at run time on 3.10
 OnError = Literal["cancel", "continue"]
@@ -70,6 +72,7 @@ class Settings:
     on_error: OnError = "cancel"
     progress: bool = False
     lease_ttl: float = LEASE_TTL
+    keep_runs: int = KEEP_RUNS
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -108,6 +111,19 @@ def _env_seconds(name: str, default: float) -> float:
         raise OptionError(
             f"${name}={raw!r} is not a number of seconds; set it to a positive number, e.g. {default:g}"
         )
+    return value
+
+
+def _env_count(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise OptionError(f"${name}={raw!r} is not a positive whole number; set it to e.g. {default}")
     return value
 
 
@@ -203,6 +219,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         on_error=on_error,
         progress=progress,
         lease_ttl=_env_seconds("AF_LEASE_TTL", LEASE_TTL),
+        keep_runs=_env_count("AF_KEEP_RUNS", KEEP_RUNS),
     )
 
 

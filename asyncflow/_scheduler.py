@@ -9,6 +9,7 @@ queues the result for the cache. Settling is a loop over a queue, never a recurs
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._cache.session import CacheSession, Entry, Unreadable, open_session
+from ._cache.session import Attempt, CacheSession, Entry, Unreadable, open_session
 from ._errors import (
     AsyncflowError,
     CacheWarning,
@@ -106,19 +107,54 @@ _IN_FLIGHT: dict[tuple[int, str], _Shared] = {}
 
 
 async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
-    """Build the graph of `root`, run what is stale, and return root's result and stats."""
+    """Build the graph of `root`, run what is stale, and return root's result and stats.
+
+    The run and every attempt of its bodies go into the cache's history (see `_history`).
+    """
     started = time.perf_counter()
+    started_at = time.time()
     prepared = await anyio.to_thread.run_sync(prepare, root)
     value = None
-    async with open_session(settings.cache_dir, lease_ttl=settings.lease_ttl) as session:
+    async with open_session(
+        settings.cache_dir, lease_ttl=settings.lease_ttl, keep_runs=settings.keep_runs
+    ) as session:
+        session.begin_run(root.__af_key__, repr(root), started_at, _options_record(settings))
         scheduler = _Scheduler(prepared, settings, session)
+        outcome = "error"  # unless it gets further
         try:
             with scheduler.progress or nullcontext():
                 value = await scheduler.run()
+            outcome = "failed" if scheduler.failures else "ok"
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
+            raise
         except Exception as exc:  # raised below, not wrapped by the session's task group
             scheduler.errors.append(exc)
+            outcome = "failed" if isinstance(exc, TaskFailedError) else "error"
+        finally:
+            stats = scheduler.stats.freeze(time.perf_counter() - started)
+            counts = {"run": stats.run, "reused": stats.reused, "failed": stats.failed,
+                      "retried": stats.retried, "skipped": stats.skipped}  # fmt: skip
+            session.end_run(time.time(), outcome, json.dumps(counts))
     scheduler.raise_failures()
-    return value, scheduler.stats.freeze(time.perf_counter() - started)
+    return value, stats
+
+
+def _options_record(settings: Settings) -> str:
+    """The options that decide what a run runs and where, as JSON for its history."""
+    executor = settings.executor if isinstance(settings.executor, str) else type(settings.executor).__name__
+    return json.dumps(
+        {
+            "rate_limits": dict(settings.rate_limits),
+            "max_workers": settings.max_workers,
+            "executor": executor,
+            "prefixes": {ch: str(where) for ch, where in settings.prefixes.items()},
+            "hosts": {ch: str(host) for ch, host in settings.hosts.items()},
+            "detect_source_change": settings.detect_source_change,
+            "on_error": settings.on_error,
+        },
+        sort_keys=True,
+    )
 
 
 class _Scheduler:
@@ -872,15 +908,16 @@ class _Scheduler:
         values = self._inputs(node)
         body = BODY.set((self, node))  # a task it runs joins this run (see `join`)
         try:
-            return await self._attempts(task, runner, values)
+            return await self._attempts(node, runner, values)
         finally:
             BODY.reset(body)
             task.__af_leave__()
 
     async def _attempts(
-        self, task: Task[Any, Any], runner: Runner, values: dict[str, Any]
+        self, node: Node, runner: Runner, values: dict[str, Any]
     ) -> tuple[Outcome, float, float]:
-        """Run the body until it succeeds or its retries are spent."""
+        """Run the body until it succeeds or its retries are spent; note every attempt in the history."""
+        task = node.task
         cls = type(task)
         options = cls.__af_options__
         attempt = 0
@@ -895,19 +932,46 @@ class _Scheduler:
                     with anyio.fail_after(options.timeout):
                         outcome = await runner.run(task)
             except Exception as exc:
+                failure = (
+                    exc if isinstance(exc, TaskFailedError) else _failure(task, exc, options.timeout, attempt)
+                )
+                self._note_attempt(node, attempt, started, runner.place, str(failure).split("\n", 1)[0])
                 if isinstance(exc, UnstorableResultError):  # the same value again: no retry
                     raise TaskFailedError(f"{task!r} {exc}", task=repr(task)) from exc.__cause__
                 # A job's failure carries its worker's UnstorableResultError as the cause.
                 if attempt >= options.retries or isinstance(exc.__cause__, UnstorableResultError):
                     if isinstance(exc, TaskFailedError):  # a runner's own, with its facts
                         raise
-                    raise _failure(task, exc, options.timeout, attempt) from exc
+                    raise failure from exc
                 self.stats.retried(cls.task_name)
                 await anyio.sleep(options.retry_delay * options.retry_backoff**attempt)
                 attempt += 1
                 continue
+            except BaseException:  # cancelled: the run is stopping
+                self._note_attempt(node, attempt, started, runner.place, None, outcome="cancelled")
+                raise
             self.stats.ran(cls.task_name, time.perf_counter() - t0)
-            return outcome, started, time.time()
+            ended = time.time()
+            self._note_attempt(node, attempt, started, runner.place, None, ended=ended)
+            return outcome, started, ended
+
+    def _note_attempt(
+        self,
+        node: Node,
+        attempt: int,
+        started: float,
+        place: str,
+        error: str | None,
+        *,
+        outcome: str | None = None,
+        ended: float | None = None,
+    ) -> None:
+        """Note an attempt of `node`'s body in the run's history: ok, failed (`error`) or `outcome`."""
+        outcome = outcome or ("ok" if error is None else "failed")
+        ended = time.time() if ended is None else ended
+        self.session.note_attempt(
+            Attempt(self.session.owner, node.key, attempt, started, ended, place, outcome, error)
+        )
 
     def _fail(self, node: Node, error: TaskFailedError) -> None:
         node.state = FAILED

@@ -79,6 +79,16 @@ class RunStats(Mapping[str, ClassStats]):
         """Nodes failed, over all classes."""
         return self._sum("failed")
 
+    @property
+    def retried(self) -> int:
+        """Extra attempts after a failure, over all classes."""
+        return self._sum("retried")
+
+    @property
+    def skipped(self) -> int:
+        """Nodes not run (an upstream failed, or the run was cancelled), over all classes."""
+        return self._sum("skipped")
+
 
 @dataclass
 class _Counts:

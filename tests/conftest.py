@@ -25,3 +25,4 @@ def _no_ambient_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AF_CACHE_DIR", str(tmp_path / "ambient-cache"))
     monkeypatch.delenv("AF_DETECT_SOURCE_CHANGE", raising=False)
     monkeypatch.delenv("AF_LEASE_TTL", raising=False)
+    monkeypatch.delenv("AF_KEEP_RUNS", raising=False)

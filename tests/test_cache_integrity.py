@@ -418,9 +418,12 @@ def test_check_repair_rebuilds_a_malformed_index_from_what_it_can_read(cache_dir
     expected = [f"payload-{i}-" * 3 for i in range(n)]
     Words(n, 0).run_graph(cache_dir=cache_dir)
     path = _index(cache_dir)
+    conn = sqlite3.connect(path)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    leaves = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE name='nodes' AND pagetype='leaf'")]
+    conn.close()
     data = bytearray(path.read_bytes())
-    page = 4096
-    middle = len(data) // page // 2 * page  # most pages hold the nodes table: one of its leaves
+    middle = (leaves[len(leaves) // 2] - 1) * page  # a leaf of the nodes table (pages count from 1)
     data[middle : middle + page] = bytes(page)
     path.write_bytes(bytes(data))
 

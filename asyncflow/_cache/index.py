@@ -39,8 +39,9 @@ T = TypeVar("T")
 # that made results (the bytecode a class reaches; 2's AST hashes never match them, so a
 # cache from asyncflow 0.1 re-runs once) and the digests of input files. 4: a digest of
 # every stored result (`blobs.digest`); older records have none and are read unchecked.
-# 5: the tasks a body awaited (`_recipes`), which take part in its staleness.
-SCHEMA_VERSION = 5
+# 5: the tasks a body awaited (`_recipes`), which take part in its staleness. 6: the
+# history of runs and of every attempt of every body.
+SCHEMA_VERSION = 6
 _SCHEMA_PLAUSIBLE = 1000  # a schema number above this is damage, not a newer asyncflow
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
@@ -86,6 +87,29 @@ CREATE TABLE IF NOT EXISTS files (
     hashed_ns INTEGER NOT NULL,    -- when: a file changed within a second of that is hashed again
     changed REAL NOT NULL          -- when the digest last changed (what "input changed" names)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,           -- the run's lease owner, host:pid:token
+    root TEXT NOT NULL,            -- the key of the task it ran
+    entrypoint TEXT NOT NULL,      -- the same as the task is written, Choose(6, 3)
+    started REAL NOT NULL,
+    ended REAL,                    -- NULL while it runs, or if its process died
+    outcome TEXT NOT NULL,         -- running, ok, failed, cancelled, error
+    counts TEXT NOT NULL,          -- JSON {run, reused, failed, retried, skipped}
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    options TEXT NOT NULL          -- JSON: the options that decide what runs where
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    run TEXT NOT NULL,             -- runs.id
+    key TEXT NOT NULL,             -- the node
+    attempt INTEGER NOT NULL,      -- 0, then 1, 2... for retries
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    place TEXT NOT NULL,           -- where the body ran: loop, thread, process, a prefix, slurm, ssh://...
+    outcome TEXT NOT NULL,         -- ok, failed, cancelled
+    error TEXT,                    -- the first line of the failure
+    PRIMARY KEY (run, key, attempt)
+) WITHOUT ROWID;
 -- A class's nodes are a range of keys ("name(" up to "name)"), and leases are few.
 DROP INDEX IF EXISTS nodes_by_class;
 DROP INDEX IF EXISTS leases_by_owner;
@@ -122,6 +146,34 @@ class Entry:
     started: float
     finished: float
     awaited: bytes | None = None  # the tasks its body awaited (`_recipes.encode`), if any
+
+
+class RunRow(NamedTuple):
+    """A run, as the history keeps it (see the ``runs`` table)."""
+
+    id: str
+    root: str
+    entrypoint: str
+    started: float
+    ended: float | None
+    outcome: str
+    counts: str
+    host: str
+    pid: int
+    options: str
+
+
+class Attempt(NamedTuple):
+    """One attempt of one body in one run (see the ``attempts`` table)."""
+
+    run: str
+    key: str
+    attempt: int
+    started: float
+    ended: float
+    place: str
+    outcome: str
+    error: str | None
 
 
 class Encoded(NamedTuple):
@@ -506,8 +558,14 @@ def commit(
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
     fingerprints: Sequence[tuple[str, str, str]] = (),
+    run: RunRow | None = None,
+    attempts: Sequence[Attempt] = (),
+    keep_runs: int | None = None,
 ) -> list[str]:
     """Record results, drop their leases and note failures, in one transaction.
+
+    Also the history: the `run`'s row as it stands, its `attempts`, and with `keep_runs`
+    (as the run ends) the removal of all but the latest `keep_runs` runs and their attempts.
 
     Fenced: a result is recorded only while `owner` still holds its node's lease. A
     holder that lost it (paused past its expiry, while another process computed the
@@ -545,9 +603,34 @@ def commit(
             [(k, name, err, now) for k, name, err in failures],
         )
         conn.executemany("INSERT OR IGNORE INTO fingerprints VALUES (?,?,?)", fingerprints)
+        if run is not None:
+            conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", run)
+        conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?)", attempts)
+        if keep_runs is not None:
+            _forget_runs(conn, keep_runs)
     for s in dropped:
         log.warning("%s: another process computed it meanwhile; keeping its result", s.entry.key)
     return old_files + [s.path for s in dropped if s.path is not None]
+
+
+def _forget_runs(conn: sqlite3.Connection, keep: int) -> None:
+    """Remove all but the latest `keep` runs from the history, with their attempts."""
+    old = [r for (r,) in conn.execute("SELECT id FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?", (keep,))]
+    for run in old:  # an attempt's key starts with its run's id: a range of the table each
+        conn.execute("DELETE FROM attempts WHERE run=?", (run,))
+        conn.execute("DELETE FROM runs WHERE id=?", (run,))
+
+
+def runs(conn: sqlite3.Connection, limit: int) -> list[RunRow]:
+    """Return the latest `limit` runs of the history, the latest first."""
+    rows = conn.execute("SELECT * FROM runs ORDER BY started DESC LIMIT ?", (limit,))
+    return [RunRow(*row) for row in rows]
+
+
+def attempts_of(conn: sqlite3.Connection, run: str) -> list[Attempt]:
+    """Return every attempt of every body of `run`, in the order they started."""
+    rows = conn.execute("SELECT * FROM attempts WHERE run=? ORDER BY started", (run,))
+    return [Attempt(*row) for row in rows]
 
 
 def release_all(conn: sqlite3.Connection, owner: str) -> None:

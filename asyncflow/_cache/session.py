@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
@@ -23,9 +24,10 @@ import anyio
 
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
-from .index import Encoded, Index
 
 # The door to the cache for a run is this module: it passes on the index's types it uses.
+from .index import Attempt as Attempt
+from .index import Encoded, Index, RunRow
 from .index import Entry as Entry
 from .index import Record as Record
 
@@ -93,10 +95,13 @@ class Batcher(Generic[I, O]):
 
 
 @asynccontextmanager
-async def open_session(cache_dir: Path, *, lease_ttl: float) -> AsyncGenerator[CacheSession, None]:
+async def open_session(
+    cache_dir: Path, *, lease_ttl: float, keep_runs: int = 100
+) -> AsyncGenerator[CacheSession, None]:
     """Open the cache for one run; on the way out, write what is pending, even if cancelled.
 
-    Its leases bind for `lease_ttl` seconds unless renewed (`Settings.lease_ttl`).
+    Its leases bind for `lease_ttl` seconds unless renewed (`Settings.lease_ttl`); the
+    history keeps the latest `keep_runs` runs (`Settings.keep_runs`).
 
     Every way out releases the run's leases; when even that cannot be written (a full
     disk), they no longer bind this process's later runs (see `index.end_owner`).
@@ -107,7 +112,7 @@ async def open_session(cache_dir: Path, *, lease_ttl: float) -> AsyncGenerator[C
     """
     idx = await Index.open(cache_dir)
     assert idx is not None, "asyncflow bug: Index.open(create=True) returned None"
-    session = CacheSession(idx, lease_ttl)
+    session = CacheSession(idx, lease_ttl, keep_runs)
     try:
         async with anyio.create_task_group() as tg:
             for service in session.services():
@@ -147,15 +152,21 @@ def _write_failure(cache_dir: Path, lost: Sequence[str], error: Exception) -> Ca
 class CacheSession:
     """The cache as one run sees it; made by `open_session`."""
 
-    def __init__(self, idx: Index, lease_ttl: float) -> None:
+    def __init__(self, idx: Index, lease_ttl: float, keep_runs: int = 100) -> None:
         self.index = idx
         self.lease_ttl = lease_ttl
+        self.keep_runs = keep_runs
         self.cache_dir: Path = idx.cache_dir
         self.owner = index.new_owner()
         self._pending: list[Entry] = []
         self._released: list[str] = []
         self._failures: list[tuple[str, str, str]] = []
         self._fingerprints: dict[str, tuple[str, str, str]] = {}  # digest -> its row, until written
+        # The history: this run's row (written with the first writes, again when it ends), its attempts.
+        self.run: RunRow | None = None
+        self._run_changed = False
+        self._run_ended = False
+        self._attempts: list[Attempt] = []
         self._wake = anyio.Event()
         self.write_error: Exception | None = None  # the first reason a result could not be written
         self.lost: list[str] = []  # the keys of the results that could not be written
@@ -236,6 +247,23 @@ class CacheSession:
         self._pending.append(entry)
         self._wake.set()
 
+    def begin_run(self, root: str, entrypoint: str, started: float, options: str) -> None:
+        """Note this run in the history (written with the run's first writes)."""
+        self.run = RunRow(
+            self.owner, root, entrypoint, started, None, "running", "{}", index.HOST, os.getpid(), options
+        )
+        self._run_changed = True
+
+    def end_run(self, ended: float, outcome: str, counts: str) -> None:
+        """Note how this run ended (written by the last flush, which also trims the history)."""
+        assert self.run is not None, "asyncflow bug: end_run without begin_run"
+        self.run = self.run._replace(ended=ended, outcome=outcome, counts=counts)
+        self._run_changed = self._run_ended = True
+
+    def note_attempt(self, attempt: Attempt) -> None:
+        """Queue an attempt of a body for the history."""
+        self._attempts.append(attempt)
+
     def release_nowait(self, key: str, failure: tuple[str, str] | None = None) -> None:
         """Queue the release of a lease, noting ``(task_name, error)`` if the node failed."""
         self._released.append(key)
@@ -263,11 +291,15 @@ class CacheSession:
             drain: also write what is queued while writing; else only what is queued now.
         """
         rounds = -1 if drain else max(1, -(-len(self._pending) // _BATCH_MAX))
-        while (self._pending or self._released or self._failures) and rounds != 0:
+        while (self._pending or self._released or self._failures or self._run_changed) and rounds != 0:
             rounds -= 1
             entries, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
             released, self._released = self._released, []
             failures, self._failures = self._failures, []
+            attempts, self._attempts = self._attempts, []
+            run = self.run if self._run_changed else None
+            keep = self.keep_runs if self._run_ended else None
+            self._run_changed = False
             made_by = [
                 self._fingerprints.pop(d) for d in {e.source for e in entries} if d in self._fingerprints
             ]
@@ -277,8 +309,9 @@ class CacheSession:
             with anyio.CancelScope(shield=True):
                 try:
                     unwritten = await self.index.call(
-                        _write, self.cache_dir, self.owner, entries, released, failures, made_by
-                    )
+                        _write, self.cache_dir, self.owner, entries, released, failures, made_by,
+                        (run, attempts, keep),
+                    )  # fmt: skip
                 except (OSError, sqlite3.Error) as exc:  # the commit failed: none of them is kept
                     unwritten = [(e.key, exc) for e in entries]
                     self._fingerprints.update((f[0], f) for f in made_by)  # for a later result
@@ -350,8 +383,12 @@ def _write(
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
     fingerprints: Sequence[tuple[str, str, str]],
+    history: tuple[RunRow | None, Sequence[Attempt], int | None] = (None, (), None),
 ) -> list[tuple[str, OSError]]:
     """Encode results and write the large ones to files, then commit all to the index.
+
+    `history` is the run's row (if it changed), attempts and how many runs to keep (as
+    the run ends), for `index.commit`.
 
     A result file is in place before the record that names it, and the file of a
     replaced result goes only once its record is gone: a crash between leaves an
@@ -377,7 +414,7 @@ def _write(
         digest = blobs.digest(data)
         encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
     try:
-        replaced = index.commit(conn, owner, encoded, released, failures, fingerprints)
+        replaced = index.commit(conn, owner, encoded, released, failures, fingerprints, *history)
     except BaseException:
         blobs.remove(cache_dir, [s.path for s in encoded if s.path is not None])  # no record names them
         raise

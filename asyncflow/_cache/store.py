@@ -15,8 +15,10 @@ import anyio
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
 from . import check as _check
+from .index import Attempt as Attempt
 from .index import ClassSummary as ClassSummary
 from .index import Index, Record
+from .index import RunRow as RunRow
 from .session import Unreadable, read_results
 
 if TYPE_CHECKING:
@@ -129,6 +131,18 @@ async def digest_inputs(cache_dir: Path, paths: Sequence[str]) -> Inputs:
 async def check(cache_dir: Path, *, repair: bool = False) -> Report | None:
     """Check the cache of `cache_dir` for damage (with `repair`, remove it); None when it has no index."""
     return await anyio.to_thread.run_sync(_check.check, cache_dir, repair)
+
+
+async def history(cache_dir: Path, limit: int) -> list[RunRow] | None:
+    """Return the latest `limit` runs of the history, the latest first; None when `cache_dir` has no index."""
+    async with open_index(cache_dir) as idx:
+        return None if idx is None else await idx.call(index.runs, limit)
+
+
+async def attempts(cache_dir: Path, run: str) -> list[Attempt]:
+    """Return every attempt of every body of the run `run`, in the order they started."""
+    async with open_index(cache_dir) as idx:
+        return [] if idx is None else await idx.call(index.attempts_of, run)
 
 
 async def summarize(cache_dir: Path) -> list[ClassSummary] | None:

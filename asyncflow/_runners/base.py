@@ -58,7 +58,14 @@ def _unstorable(value: object, exc: Exception) -> str:
 
 
 class Runner(Protocol):
-    """Runs one task body somewhere and hands back its outcome."""
+    """Runs one task body somewhere and hands back its outcome.
+
+    Attributes:
+        place: where its bodies run, in a few words, for the run history (``"thread"``,
+            ``"process"``, ``"prefix: srun -p gpu"``, ``"ssh://me@node7:22"``...).
+    """
+
+    place: str
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         """Run ``task.run_task()`` to completion; raise what it raised.

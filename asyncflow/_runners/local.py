@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 class LoopRunner:
     """Awaits ``async def`` bodies on the caller's event loop."""
 
+    place = "loop"
+
     async def run(self, task: Task[Any, Any]) -> Outcome:
         value = await task.run_task()
         return Outcome(value, pickle_result(value))
@@ -39,6 +41,8 @@ class ThreadRunner:
     A thread cannot be stopped: when the run is cancelled, a body still running is
     abandoned (its result is discarded) so that cancellation takes effect at once.
     """
+
+    place = "thread"
 
     def __init__(self, max_workers: int | None) -> None:
         # Without max_workers, as many as anyio's default thread limiter allows (40).

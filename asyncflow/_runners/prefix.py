@@ -8,6 +8,7 @@ process's stdout and stderr. Cancelling the run terminates the command (SIGTERM,
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ class PrefixRunner:
         python: str = sys.executable,
     ) -> None:
         self.prefix = tuple(prefix)
+        self.place = "prefix: " + shlex.join(self.prefix)
         self.cache_dir = cache_dir
         self.python = python
         self._limiter = limiter

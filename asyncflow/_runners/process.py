@@ -55,6 +55,8 @@ def call_pickled(request: bytes, parent: int = 0) -> bytes:
 class ProcessRunner:
     """Runs plain ``def`` bodies in the run's worker processes (`max_workers` at once)."""
 
+    place = "process"
+
     def __init__(self, max_workers: int | None) -> None:
         self._workers = WorkerPool(call_pickled, max_workers or os.cpu_count() or 1)
 
@@ -72,6 +74,7 @@ class ExecutorRunner:
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
+        self.place = f"executor: {type(executor).__name__}"
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         label = repr(task)

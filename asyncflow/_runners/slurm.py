@@ -37,6 +37,7 @@ class SlurmRunner:
 
     def __init__(self, slurm: Slurm, cache_dir: Path, limiter: anyio.CapacityLimiter | None) -> None:
         self.slurm = slurm
+        self.place = f"slurm: {slurm.style}" + (f" --partition {slurm.partition}" if slurm.partition else "")
         self.cache_dir = cache_dir
         self._limiter = limiter
 

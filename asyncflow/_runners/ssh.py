@@ -57,6 +57,7 @@ class SSHRunner:
 
     def __init__(self, host: Host, cache_dir: Path, limiter: anyio.CapacityLimiter | None = None) -> None:
         self.host = host
+        self.place = f"ssh://{host.user + '@' if host.user else ''}{host.host}:{host.port}"
         self.cache_dir = cache_dir
         self._limiter = limiter
         self._started = anyio.Lock()
