@@ -26,7 +26,7 @@ import anyio
 
 from ._errors import AsyncflowError, OptionError, TaskFailedError, UsageError, WorkflowFailedError
 from ._options import resolve_cache_dir
-from ._taskfile import class_name, entrypoint, load_taskfile
+from ._taskfile import class_name, entrypoint, load_taskfile, task_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
@@ -306,6 +306,29 @@ async def cmd_runs(cache_dir: str | None, last: int, as_json: bool) -> int:
     return OK
 
 
+async def cmd_logs(taskfile: str, written: str, cache_dir: str | None, last: int) -> int:
+    """Print what a task's latest attempts printed and logged."""
+    from ._cache.store import attempts_of_node, read_log
+
+    task = task_of(load_taskfile(taskfile), taskfile, written)
+    where = _cache_dir(cache_dir, taskfile)
+    tried = await attempts_of_node(where, task.__af_key__, last)
+    if not tried:
+        _write(
+            f"{task!r} has no attempt in the history of {where} (it has not run, or not since the runs kept)"
+        )
+        return OK
+    for attempt in reversed(tried):
+        took = attempt.ended - attempt.started
+        error = f": {attempt.error}" if attempt.error else ""
+        _write(f"== {task!r} attempt {attempt.attempt} of run {attempt.run}, {_when(attempt.started)}, "
+               f"{took:.2f} s on {attempt.place}: {attempt.outcome}{error}")  # fmt: skip
+        text = read_log(where, attempt)
+        if text:
+            _write(text.rstrip("\n"))
+    return OK
+
+
 def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
@@ -443,7 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
         "-l", "--loglevel", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL", help=_LEVEL
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_run_parser, _graph_parser, _status_parser, _runs_parser, _clear_parser, _check_parser):
+    for add in (
+        _run_parser,
+        _graph_parser,
+        _status_parser,
+        _runs_parser,
+        _logs_parser,
+        _clear_parser,
+        _check_parser,
+    ):
         add(sub, common)
     return parser
 
@@ -567,6 +598,23 @@ def _runs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
     runs.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
 
+def _logs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
+    logs = sub.add_parser(
+        "logs",
+        parents=[common],
+        help="what a task printed and logged, attempt by attempt",
+        description="Print what the body of TASK (written as in Python, e.g. 'Square(3)', with the names "
+        "of TASKFILE) printed to stdout and stderr and logged, in its latest attempts over the runs the "
+        "cache keeps, the latest last; a failed attempt ends with its traceback.",
+    )
+    _add_taskfile(logs)
+    logs.add_argument("task", metavar="TASK", help="the task, as in Python: 'Square(3)'")
+    _add_cache_dir(logs, ".cache next to TASKFILE")
+    logs.add_argument(
+        "-n", "--last", type=int, default=1, metavar="N", help="the latest N attempts (default 1)"
+    )
+
+
 def _clear_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
     clear = sub.add_parser(
         "clear",
@@ -616,6 +664,10 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
         return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
     if a.command == "status":
         return lambda: cmd_status(a.cache_dir, a.json)
+    if a.command == "logs":
+        if a.last < 1:
+            raise UsageError(f"-n/--last {a.last}: give a positive number of attempts")
+        return lambda: cmd_logs(a.taskfile, a.task, a.cache_dir, a.last)
     if a.command == "runs":
         if a.last < 1:
             raise UsageError(f"-n/--last {a.last}: give a positive number of runs")

@@ -13,6 +13,7 @@ import json
 import secrets
 import threading
 import time
+import traceback
 import warnings
 from collections import Counter, deque
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ import anyio
 import anyio.lowlevel
 
 from ._cache.session import Attempt, CacheSession, Entry, Unreadable, open_session
+from ._capture import CAPTURE, Capture, capturing
 from ._errors import (
     AsyncflowError,
     CacheWarning,
@@ -122,7 +124,7 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
         scheduler = _Scheduler(prepared, settings, session)
         outcome = "error"  # unless it gets further
         try:
-            with scheduler.progress or nullcontext():
+            with scheduler.progress or nullcontext(), capturing():
                 value = await scheduler.run()
             outcome = "failed" if scheduler.failures else "ok"
         except anyio.get_cancelled_exc_class():
@@ -925,6 +927,8 @@ class _Scheduler:
             task.__af_enter__(values, self.settings.cache_dir)
             started = time.time()
             t0 = time.perf_counter()
+            capture = Capture()
+            token = CAPTURE.set(capture)  # what the body prints and logs, in its context only
             try:
                 if options.timeout is None:
                     outcome = await runner.run(task)
@@ -932,10 +936,14 @@ class _Scheduler:
                     with anyio.fail_after(options.timeout):
                         outcome = await runner.run(task)
             except Exception as exc:
+                CAPTURE.reset(token)
+                capture.write("".join(traceback.format_exception(exc)))  # its traceback ends its output
                 failure = (
                     exc if isinstance(exc, TaskFailedError) else _failure(task, exc, options.timeout, attempt)
                 )
-                self._note_attempt(node, attempt, started, runner.place, str(failure).split("\n", 1)[0])
+                self._note_attempt(
+                    node, attempt, started, runner.place, capture, str(failure).split("\n", 1)[0]
+                )
                 if isinstance(exc, UnstorableResultError):  # the same value again: no retry
                     raise TaskFailedError(f"{task!r} {exc}", task=repr(task)) from exc.__cause__
                 # A job's failure carries its worker's UnstorableResultError as the cause.
@@ -948,11 +956,13 @@ class _Scheduler:
                 attempt += 1
                 continue
             except BaseException:  # cancelled: the run is stopping
-                self._note_attempt(node, attempt, started, runner.place, None, outcome="cancelled")
+                CAPTURE.reset(token)
+                self._note_attempt(node, attempt, started, runner.place, capture, None, outcome="cancelled")
                 raise
+            CAPTURE.reset(token)
             self.stats.ran(cls.task_name, time.perf_counter() - t0)
             ended = time.time()
-            self._note_attempt(node, attempt, started, runner.place, None, ended=ended)
+            self._note_attempt(node, attempt, started, runner.place, capture, None, ended=ended)
             return outcome, started, ended
 
     def _note_attempt(
@@ -961,17 +971,17 @@ class _Scheduler:
         attempt: int,
         started: float,
         place: str,
+        capture: Capture,
         error: str | None,
         *,
         outcome: str | None = None,
         ended: float | None = None,
     ) -> None:
-        """Note an attempt of `node`'s body in the run's history: ok, failed (`error`) or `outcome`."""
+        """Note an attempt of `node`'s body in the run's history with its output: ok, failed (`error`) or `outcome`."""
         outcome = outcome or ("ok" if error is None else "failed")
         ended = time.time() if ended is None else ended
-        self.session.note_attempt(
-            Attempt(self.session.owner, node.key, attempt, started, ended, place, outcome, error)
-        )
+        row = Attempt(self.session.owner, node.key, attempt, started, ended, place, outcome, error)
+        self.session.note_attempt(row, capture.text())
 
     def _fail(self, node: Node, error: TaskFailedError) -> None:
         node.state = FAILED

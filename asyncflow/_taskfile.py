@@ -112,6 +112,24 @@ def entrypoint(module: ModuleType, file: str, name: str) -> Task[Any, Any]:
         ) from exc
 
 
+def task_of(module: ModuleType, taskfile: str, written: str) -> Task[Any, Any]:
+    """Return the task `written` as in Python (``Square(3)``), made with the taskfile's names.
+
+    Raises:
+        UsageError: it is not a task, or making it failed.
+    """
+    try:
+        value = eval(written, vars(module))  # the user's own expression, as a Python prompt would take it
+    except Exception as exc:
+        raise UsageError(f"{written!r} in {taskfile}: {type(exc).__name__}: {exc}; write a task as in "
+                         "Python, e.g. 'Square(3)'") from exc  # fmt: skip
+    if not isinstance(value, Task):
+        raise UsageError(f"{written!r} in {taskfile} is {type(value).__name__} {value!r}, not a task; write "
+                         "one as in Python, e.g. 'Square(3)'")  # fmt: skip
+    task: Task[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]  # any task
+    return task
+
+
 def class_name(module: ModuleType, taskfile: str, name: str) -> str:
     """A class of the taskfile by name, or any class by its `task_name`, as a `task_name`."""
     value = getattr(module, name, None)

@@ -108,6 +108,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     place TEXT NOT NULL,           -- where the body ran: loop, thread, process, a prefix, slurm, ssh://...
     outcome TEXT NOT NULL,         -- ok, failed, cancelled
     error TEXT,                    -- the first line of the failure
+    log TEXT,                      -- the file of what it printed and logged, in its run's logs directory
     PRIMARY KEY (run, key, attempt)
 ) WITHOUT ROWID;
 -- A class's nodes are a range of keys ("name(" up to "name)"), and leases are few.
@@ -174,6 +175,7 @@ class Attempt(NamedTuple):
     place: str
     outcome: str
     error: str | None
+    log: str | None = None  # the file name of its output (`paths.log_name`), if it had any
 
 
 class Encoded(NamedTuple):
@@ -561,11 +563,15 @@ def commit(
     run: RunRow | None = None,
     attempts: Sequence[Attempt] = (),
     keep_runs: int | None = None,
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
     """Record results, drop their leases and note failures, in one transaction.
 
     Also the history: the `run`'s row as it stands, its `attempts`, and with `keep_runs`
     (as the run ends) the removal of all but the latest `keep_runs` runs and their attempts.
+
+    Returns:
+        The result files to remove after (of the results these replace, and of those
+        dropped), and the ids of the runs the history forgot (their logs go too).
 
     Fenced: a result is recorded only while `owner` still holds its node's lease. A
     holder that lost it (paused past its expiry, while another process computed the
@@ -573,7 +579,6 @@ def commit(
 
     The files of large results must be written before (`blobs.store`); `fingerprints`
     are ``(digest, identity, manifest JSON)`` of the code the results' records name.
-    Returns the files to remove after: of the results these replace, and of those dropped.
     """
     rows: list[tuple[Any, ...]] = []
     for s in encoded:
@@ -605,20 +610,20 @@ def commit(
         conn.executemany("INSERT OR IGNORE INTO fingerprints VALUES (?,?,?)", fingerprints)
         if run is not None:
             conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", run)
-        conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?)", attempts)
-        if keep_runs is not None:
-            _forget_runs(conn, keep_runs)
+        conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
+        forgotten = [] if keep_runs is None else _forget_runs(conn, keep_runs)
     for s in dropped:
         log.warning("%s: another process computed it meanwhile; keeping its result", s.entry.key)
-    return old_files + [s.path for s in dropped if s.path is not None]
+    return old_files + [s.path for s in dropped if s.path is not None], forgotten
 
 
-def _forget_runs(conn: sqlite3.Connection, keep: int) -> None:
-    """Remove all but the latest `keep` runs from the history, with their attempts."""
+def _forget_runs(conn: sqlite3.Connection, keep: int) -> list[str]:
+    """Remove all but the latest `keep` runs from the history, with their attempts; return their ids."""
     old = [r for (r,) in conn.execute("SELECT id FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?", (keep,))]
     for run in old:  # an attempt's key starts with its run's id: a range of the table each
         conn.execute("DELETE FROM attempts WHERE run=?", (run,))
         conn.execute("DELETE FROM runs WHERE id=?", (run,))
+    return old
 
 
 def runs(conn: sqlite3.Connection, limit: int) -> list[RunRow]:
@@ -630,6 +635,12 @@ def runs(conn: sqlite3.Connection, limit: int) -> list[RunRow]:
 def attempts_of(conn: sqlite3.Connection, run: str) -> list[Attempt]:
     """Return every attempt of every body of `run`, in the order they started."""
     rows = conn.execute("SELECT * FROM attempts WHERE run=? ORDER BY started", (run,))
+    return [Attempt(*row) for row in rows]
+
+
+def attempts_of_node(conn: sqlite3.Connection, key: str, limit: int) -> list[Attempt]:
+    """Return the latest `limit` attempts of the node `key`, over the runs kept, the latest first."""
+    rows = conn.execute("SELECT * FROM attempts WHERE key=? ORDER BY started DESC LIMIT ?", (key, limit))
     return [Attempt(*row) for row in rows]
 
 

@@ -53,6 +53,17 @@ def tmp_dir(cache_dir: Path) -> Path:
     return root(cache_dir) / "tmp"
 
 
+def logs_dir(cache_dir: Path, run: str) -> Path:
+    """Return where the output of the bodies of the run `run` (its id) is kept."""
+    return root(cache_dir) / "logs" / run.replace(":", "-").replace("/", "-")
+
+
+def log_name(key: str, attempt: int) -> str:
+    """Return the file name of the output of an attempt of the node `key`, in its run's `logs_dir`."""
+    digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+    return f"{digest}-{attempt}.log"
+
+
 def class_data_dir(cache_dir: Path, task_name: str) -> Path:
     """Return the parent of every task directory of one class."""
     return root(cache_dir) / "data" / task_name

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
@@ -166,7 +167,7 @@ class CacheSession:
         self.run: RunRow | None = None
         self._run_changed = False
         self._run_ended = False
-        self._attempts: list[Attempt] = []
+        self._attempts: list[tuple[Attempt, str]] = []  # with what the attempt printed and logged
         self._wake = anyio.Event()
         self.write_error: Exception | None = None  # the first reason a result could not be written
         self.lost: list[str] = []  # the keys of the results that could not be written
@@ -260,9 +261,9 @@ class CacheSession:
         self.run = self.run._replace(ended=ended, outcome=outcome, counts=counts)
         self._run_changed = self._run_ended = True
 
-    def note_attempt(self, attempt: Attempt) -> None:
-        """Queue an attempt of a body for the history."""
-        self._attempts.append(attempt)
+    def note_attempt(self, attempt: Attempt, output: str = "") -> None:
+        """Queue an attempt of a body for the history, with what it printed and logged (kept in a file)."""
+        self._attempts.append((attempt, output))
 
     def release_nowait(self, key: str, failure: tuple[str, str] | None = None) -> None:
         """Queue the release of a lease, noting ``(task_name, error)`` if the node failed."""
@@ -383,12 +384,13 @@ def _write(
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
     fingerprints: Sequence[tuple[str, str, str]],
-    history: tuple[RunRow | None, Sequence[Attempt], int | None] = (None, (), None),
+    history: tuple[RunRow | None, Sequence[tuple[Attempt, str]], int | None] = (None, (), None),
 ) -> list[tuple[str, OSError]]:
     """Encode results and write the large ones to files, then commit all to the index.
 
-    `history` is the run's row (if it changed), attempts and how many runs to keep (as
-    the run ends), for `index.commit`.
+    `history` is the run's row (if it changed), attempts with their output (written to
+    log files first; an attempt whose log cannot be written is kept without it) and how
+    many runs to keep (as the run ends), for `index.commit`.
 
     A result file is in place before the record that names it, and the file of a
     replaced result goes only once its record is gone: a crash between leaves an
@@ -414,9 +416,32 @@ def _write(
         digest = blobs.digest(data)
         encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
     try:
-        replaced = index.commit(conn, owner, encoded, released, failures, fingerprints, *history)
+        run, attempts, keep = history
+        kept = [_log(cache_dir, a, output) for a, output in attempts]
+        replaced, forgotten = index.commit(
+            conn, owner, encoded, released, failures, fingerprints, run, kept, keep
+        )
     except BaseException:
         blobs.remove(cache_dir, [s.path for s in encoded if s.path is not None])  # no record names them
         raise
     blobs.remove(cache_dir, replaced)
+    for old in forgotten:
+        shutil.rmtree(paths.logs_dir(cache_dir, old), ignore_errors=True)
     return unwritten
+
+
+def _log(cache_dir: Path, attempt: Attempt, output: str) -> Attempt:
+    """Write what an attempt printed and logged to its file, and name it in the attempt."""
+    if not output:
+        return attempt
+    directory = paths.logs_dir(cache_dir, attempt.run)
+    name = paths.log_name(attempt.key, attempt.attempt)
+    try:
+        paths.make_dirs(directory, paths.PRIVATE_DIR)
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, paths.PRIVATE_FILE)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as out:
+            out.write(output)
+    except OSError as exc:  # a full disk: the history keeps the attempt, without its output
+        log.warning("could not keep the output of %s (attempt %d): %s", attempt.key, attempt.attempt, exc)
+        return attempt
+    return attempt._replace(log=name)

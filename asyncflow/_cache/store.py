@@ -145,6 +145,24 @@ async def attempts(cache_dir: Path, run: str) -> list[Attempt]:
         return [] if idx is None else await idx.call(index.attempts_of, run)
 
 
+async def attempts_of_node(cache_dir: Path, key: str, limit: int) -> list[Attempt]:
+    """Return the latest `limit` attempts of the node `key`, over the runs kept, the latest first."""
+    async with open_index(cache_dir) as idx:
+        return [] if idx is None else await idx.call(index.attempts_of_node, key, limit)
+
+
+def read_log(cache_dir: Path, attempt: Attempt) -> str:
+    """Return what `attempt` printed and logged ("" if nothing, or if its file is gone)."""
+    if attempt.log is None:
+        return ""
+    try:
+        return (paths.logs_dir(cache_dir, attempt.run) / attempt.log).read_text(
+            encoding="utf-8", errors="replace"
+        )
+    except OSError:
+        return ""
+
+
 async def summarize(cache_dir: Path) -> list[ClassSummary] | None:
     """Return what the cache holds per task class; None when `cache_dir` has no index."""
     async with open_index(cache_dir) as idx:

@@ -20,6 +20,7 @@ import anyio
 from anyio.streams.text import TextReceiveStream
 
 from .._cache import blobs
+from .._capture import add, original
 from .._errors import TaskFailedError, UnstorableResultError
 from . import payload
 from .base import Outcome
@@ -168,7 +169,9 @@ async def relay(stream: ByteReceiveStream, out: TextIO, label: str, tail: deque[
 
 
 def emit(out: TextIO, label: str, line: str, tail: deque[str] | None) -> None:
-    """Write one line of a job's output, labelled; keep it in `tail` too if given."""
+    """Write one line of a job's output, labelled; keep it in its attempt's output, and in `tail` if given."""
+    add(line + "\n")
+    out = original(out)  # the line is in the capture already, without its label
     out.write(f"[{label}] {line}\n")
     out.flush()
     if tail is not None:

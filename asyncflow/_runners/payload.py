@@ -53,6 +53,7 @@ class Answer:
     error_text: str = ""
     traceback: str = ""
     lost: str = ""
+    output: str = ""  # what the body printed and logged, from a worker process (a job's is relayed live)
 
 
 def _importable_elsewhere(module_name: str) -> bool:

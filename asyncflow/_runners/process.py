@@ -12,6 +12,7 @@ with its exit status or signal.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import anyio
 
 from .. import _mainguard
 from .._cache import blobs
+from .._capture import CAPTURE, Capture, add, capturing
 from .._errors import TaskFailedError, WorkerTracebackError
 from .._sync import BODY, ELSEWHERE
 from . import payload
@@ -40,16 +42,20 @@ def call_pickled(request: bytes, parent: int = 0) -> bytes:
     is raised as it is instead: it needs no pickling, and keeps its cause.
     """
     elsewhere = BODY.set(ELSEWHERE)  # a task it runs cannot join the run (see `Task.run`)
+    capture = Capture()
+    captured = CAPTURE.set(capture)  # what the body prints and logs goes back with the answer
     try:
-        task: Task[Any, Any] = blobs.loads(request)
-        answer = payload.Answer(call_and_pickle(task).pickled)
+        with capturing():
+            task: Task[Any, Any] = blobs.loads(request)
+            answer = payload.Answer(call_and_pickle(task).pickled)
     except BaseException as exc:  # reported to the parent, whatever it is
         if os.getpid() == parent:
             raise
         answer = payload.failure(exc)
     finally:
+        CAPTURE.reset(captured)
         BODY.reset(elsewhere)
-    return payload.encode_answer(answer)
+    return payload.encode_answer(dataclasses.replace(answer, output=capture.text()))
 
 
 class ProcessRunner:
@@ -100,6 +106,7 @@ def _outcome(label: str, data: bytes) -> Outcome:
             task=label,
         ) from exc
     assert isinstance(answer, payload.Answer), "asyncflow bug: a worker answered something else"
+    add(answer.output)  # to this attempt's output
     if answer.pickled is not None:
         return Outcome(blobs.loads(answer.pickled), answer.pickled)
     name = answer.error_type.rpartition(".")[2]
