@@ -53,6 +53,8 @@ class Capture:
 
     def text(self) -> str:
         """Return what was kept, saying first how much was dropped, if anything was."""
+        if not self._chunks:
+            return ""
         head = f"[asyncflow: {self.dropped} characters before these were dropped]\n" if self.dropped else ""
         return head + "".join(self._chunks)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._cache.session import Attempt, CacheSession, Entry, Unreadable, open_session
+from ._cache.session import CacheSession, Entry, Unreadable, open_session
 from ._capture import CAPTURE, Capture, capturing
 from ._errors import (
     AsyncflowError,
@@ -980,8 +980,7 @@ class _Scheduler:
         """Note an attempt of `node`'s body in the run's history with its output: ok, failed (`error`) or `outcome`."""
         outcome = outcome or ("ok" if error is None else "failed")
         ended = time.time() if ended is None else ended
-        row = Attempt(self.session.owner, node.key, attempt, started, ended, place, outcome, error)
-        self.session.note_attempt(row, capture.text())
+        self.session.note_attempt((node.key, attempt, started, ended, place, outcome, error, None), capture)
 
     def _fail(self, node: Node, error: TaskFailedError) -> None:
         node.state = FAILED

@@ -234,7 +234,7 @@ def _copy(old: sqlite3.Connection, new: sqlite3.Connection, cache_dir: Path) -> 
         nodes[key] = (*row, None, None)[:14]  # an older index lacks the digest, awaited columns
     new.execute("BEGIN")
     new.executemany("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", nodes.values())
-    for table, width in (("fingerprints", 3), ("files", 7), ("failures", 4), ("runs", 10), ("attempts", 9)):
+    for table, width in (("fingerprints", 3), ("files", 7), ("failures", 4), ("runs", 10), ("attempts", 3)):
         rows = list(_readable(old, table, "1"))
         new.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * width)})", rows)
     new.execute("COMMIT")

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import os
 import secrets
 import socket
 import sqlite3
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -101,15 +103,9 @@ CREATE TABLE IF NOT EXISTS runs (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attempts (
     run TEXT NOT NULL,             -- runs.id
-    key TEXT NOT NULL,             -- the node
-    attempt INTEGER NOT NULL,      -- 0, then 1, 2... for retries
-    started REAL NOT NULL,
-    ended REAL NOT NULL,
-    place TEXT NOT NULL,           -- where the body ran: loop, thread, process, a prefix, slurm, ssh://...
-    outcome TEXT NOT NULL,         -- ok, failed, cancelled
-    error TEXT,                    -- the first line of the failure
-    log TEXT,                      -- the file of what it printed and logged, in its run's logs directory
-    PRIMARY KEY (run, key, attempt)
+    batch INTEGER NOT NULL,        -- one row per write of the run: a row per attempt costs 5 us each
+    data BLOB NOT NULL,            -- zlib of marshal: [(key, attempt, started, ended, place, outcome, error, log)]
+    PRIMARY KEY (run, batch)
 ) WITHOUT ROWID;
 -- A class's nodes are a range of keys ("name(" up to "name)"), and leases are few.
 DROP INDEX IF EXISTS nodes_by_class;
@@ -176,6 +172,10 @@ class Attempt(NamedTuple):
     outcome: str
     error: str | None
     log: str | None = None  # the file name of its output (`paths.log_name`), if it had any
+
+
+# An `Attempt` as a run writes it: without its run (the writer's), as a plain tuple (cheaper).
+AttemptRow = tuple[str, int, float, float, str, str, "str | None", "str | None"]
 
 
 class Encoded(NamedTuple):
@@ -561,7 +561,7 @@ def commit(
     failures: Sequence[tuple[str, str, str]],
     fingerprints: Sequence[tuple[str, str, str]] = (),
     run: RunRow | None = None,
-    attempts: Sequence[Attempt] = (),
+    attempts: Sequence[AttemptRow] = (),
     keep_runs: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """Record results, drop their leases and note failures, in one transaction.
@@ -610,7 +610,12 @@ def commit(
         conn.executemany("INSERT OR IGNORE INTO fingerprints VALUES (?,?,?)", fingerprints)
         if run is not None:
             conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", run)
-        conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
+        if attempts:
+            batch = conn.execute(
+                "SELECT coalesce(max(batch), -1) + 1 FROM attempts WHERE run=?", (owner,)
+            ).fetchone()[0]
+            data = zlib.compress(marshal.dumps(list(attempts)), 1)
+            conn.execute("INSERT INTO attempts VALUES (?,?,?)", (owner, batch, data))
         forgotten = [] if keep_runs is None else _forget_runs(conn, keep_runs)
     for s in dropped:
         log.warning("%s: another process computed it meanwhile; keeping its result", s.entry.key)
@@ -626,6 +631,15 @@ def _forget_runs(conn: sqlite3.Connection, keep: int) -> list[str]:
     return old
 
 
+def _attempts(run: str, data: bytes) -> list[Attempt]:
+    """Decode a batch of attempts of `run` (see the ``attempts`` table); none if it is damaged."""
+    try:
+        rows: Any = marshal.loads(zlib.decompress(data))  # Any: a list of tuples, unless damaged
+        return [Attempt(run, *row) for row in rows]
+    except Exception:  # damaged, or from another Python's marshal: the history lacks it
+        return []
+
+
 def runs(conn: sqlite3.Connection, limit: int) -> list[RunRow]:
     """Return the latest `limit` runs of the history, the latest first."""
     rows = conn.execute("SELECT * FROM runs ORDER BY started DESC LIMIT ?", (limit,))
@@ -634,14 +648,23 @@ def runs(conn: sqlite3.Connection, limit: int) -> list[RunRow]:
 
 def attempts_of(conn: sqlite3.Connection, run: str) -> list[Attempt]:
     """Return every attempt of every body of `run`, in the order they started."""
-    rows = conn.execute("SELECT * FROM attempts WHERE run=? ORDER BY started", (run,))
-    return [Attempt(*row) for row in rows]
+    found = [
+        a
+        for (data,) in conn.execute("SELECT data FROM attempts WHERE run=?", (run,))
+        for a in _attempts(run, data)
+    ]
+    return sorted(found, key=lambda a: a.started)
 
 
 def attempts_of_node(conn: sqlite3.Connection, key: str, limit: int) -> list[Attempt]:
     """Return the latest `limit` attempts of the node `key`, over the runs kept, the latest first."""
-    rows = conn.execute("SELECT * FROM attempts WHERE key=? ORDER BY started DESC LIMIT ?", (key, limit))
-    return [Attempt(*row) for row in rows]
+    found = [
+        a
+        for run, data in conn.execute("SELECT run, data FROM attempts")
+        for a in _attempts(run, data)
+        if a.key == key
+    ]
+    return sorted(found, key=lambda a: a.started, reverse=True)[:limit]
 
 
 def release_all(conn: sqlite3.Connection, owner: str) -> None:

@@ -28,7 +28,7 @@ from . import blobs, files, index, paths
 
 # The door to the cache for a run is this module: it passes on the index's types it uses.
 from .index import Attempt as Attempt
-from .index import Encoded, Index, RunRow
+from .index import AttemptRow, Encoded, Index, RunRow
 from .index import Entry as Entry
 from .index import Record as Record
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
     from pathlib import Path
 
+    from .._capture import Capture
     from .._source import Fingerprint
     from .files import Inputs
 
@@ -167,7 +168,7 @@ class CacheSession:
         self.run: RunRow | None = None
         self._run_changed = False
         self._run_ended = False
-        self._attempts: list[tuple[Attempt, str]] = []  # with what the attempt printed and logged
+        self._attempts: list[tuple[AttemptRow, Capture]] = []  # with what the attempt printed and logged
         self._wake = anyio.Event()
         self.write_error: Exception | None = None  # the first reason a result could not be written
         self.lost: list[str] = []  # the keys of the results that could not be written
@@ -261,8 +262,11 @@ class CacheSession:
         self.run = self.run._replace(ended=ended, outcome=outcome, counts=counts)
         self._run_changed = self._run_ended = True
 
-    def note_attempt(self, attempt: Attempt, output: str = "") -> None:
-        """Queue an attempt of a body for the history, with what it printed and logged (kept in a file)."""
+    def note_attempt(self, attempt: AttemptRow, output: Capture) -> None:
+        """Queue an attempt of a body for the history, with what it printed and logged (kept in a file).
+
+        `attempt` is an `Attempt` without its run (this one) and its log (found by the writer).
+        """
         self._attempts.append((attempt, output))
 
     def release_nowait(self, key: str, failure: tuple[str, str] | None = None) -> None:
@@ -384,7 +388,7 @@ def _write(
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
     fingerprints: Sequence[tuple[str, str, str]],
-    history: tuple[RunRow | None, Sequence[tuple[Attempt, str]], int | None] = (None, (), None),
+    history: tuple[RunRow | None, Sequence[tuple[AttemptRow, Capture]], int | None] = (None, (), None),
 ) -> list[tuple[str, OSError]]:
     """Encode results and write the large ones to files, then commit all to the index.
 
@@ -417,7 +421,7 @@ def _write(
         encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
     try:
         run, attempts, keep = history
-        kept = [_log(cache_dir, a, output) for a, output in attempts]
+        kept = [_log(cache_dir, owner, a, output.text()) for a, output in attempts]
         replaced, forgotten = index.commit(
             conn, owner, encoded, released, failures, fingerprints, run, kept, keep
         )
@@ -430,18 +434,19 @@ def _write(
     return unwritten
 
 
-def _log(cache_dir: Path, attempt: Attempt, output: str) -> Attempt:
-    """Write what an attempt printed and logged to its file, and name it in the attempt."""
+def _log(cache_dir: Path, run: str, attempt: AttemptRow, output: str) -> AttemptRow:
+    """Write what an attempt of `run` printed and logged to its file, and name it in the attempt."""
     if not output:
         return attempt
-    directory = paths.logs_dir(cache_dir, attempt.run)
-    name = paths.log_name(attempt.key, attempt.attempt)
+    key, number = attempt[0], attempt[1]
+    directory = paths.logs_dir(cache_dir, run)
+    name = paths.log_name(key, number)
     try:
         paths.make_dirs(directory, paths.PRIVATE_DIR)
         fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, paths.PRIVATE_FILE)
         with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as out:
             out.write(output)
     except OSError as exc:  # a full disk: the history keeps the attempt, without its output
-        log.warning("could not keep the output of %s (attempt %d): %s", attempt.key, attempt.attempt, exc)
+        log.warning("could not keep the output of %s (attempt %d): %s", key, number, exc)
         return attempt
-    return attempt._replace(log=name)
+    return (*attempt[:-1], name)
