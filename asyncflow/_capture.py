@@ -25,18 +25,20 @@ LIMIT = 1 << 20  # characters kept per attempt: its tail
 
 
 class Capture:
-    """What one attempt of a body printed and logged, in order: its last `LIMIT` characters."""
+    """What one attempt of a body printed and logged, in order: its last `LIMIT` characters.
 
-    __slots__ = ("_chunks", "_size", "dropped")
+    Made for every attempt, and most print nothing: it holds nothing until written to.
+    """
 
-    def __init__(self) -> None:
-        self._chunks: list[str] = []
-        self._size = 0
-        self.dropped = 0  # characters dropped from the front
+    _chunks: list[str] | None = None
+    _size = 0
+    dropped = 0  # characters dropped from the front
 
     def write(self, text: str) -> None:
         if not text:
             return
+        if self._chunks is None:
+            self._chunks = []
         self._chunks.append(text)
         self._size += len(text)
         while self._size > LIMIT:
@@ -53,7 +55,7 @@ class Capture:
 
     def text(self) -> str:
         """Return what was kept, saying first how much was dropped, if anything was."""
-        if not self._chunks:
+        if self._chunks is None:
             return ""
         head = f"[asyncflow: {self.dropped} characters before these were dropped]\n" if self.dropped else ""
         return head + "".join(self._chunks)

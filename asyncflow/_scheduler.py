@@ -962,7 +962,10 @@ class _Scheduler:
             CAPTURE.reset(token)
             self.stats.ran(cls.task_name, time.perf_counter() - t0)
             ended = time.time()
-            self._note_attempt(node, attempt, started, runner.place, capture, None, ended=ended)
+            # `_note_attempt`, inline: every body that runs passes here.
+            self.session.note_attempt(
+                (node.key, attempt, started, ended, runner.place, "ok", None, None), capture
+            )
             return outcome, started, ended
 
     def _note_attempt(
@@ -974,12 +977,10 @@ class _Scheduler:
         capture: Capture,
         error: str | None,
         *,
-        outcome: str | None = None,
-        ended: float | None = None,
+        outcome: str = "failed",
     ) -> None:
-        """Note an attempt of `node`'s body in the run's history with its output: ok, failed (`error`) or `outcome`."""
-        outcome = outcome or ("ok" if error is None else "failed")
-        ended = time.time() if ended is None else ended
+        """Note a failed (`error`) or cancelled (`outcome`) attempt of `node`'s body in the run's history, with its output."""
+        ended = time.time()
         self.session.note_attempt((node.key, attempt, started, ended, place, outcome, error, None), capture)
 
     def _fail(self, node: Node, error: TaskFailedError) -> None:
