@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from asyncflow import OptionError, RequiresList, Slurm, Task, TaskFailedError
+from asyncflow._cache.store import attempts_of_node, read_log
 
 from .service_env import requires_slurm
 
@@ -56,6 +57,10 @@ async def test_bodies_run_as_slurm_jobs(
     assert len(set(jobs)) == 3  # three jobs
     out, _ = capfd.readouterr()
     assert "[OnNode(1)] job 1 says hello" in out
+    # The run's history says where each body ran and keeps what it printed.
+    (attempt,) = await attempts_of_node(cache_dir, OnNode(1).__af_key__, 5)
+    assert (attempt.place, attempt.outcome) == (f"slurm: {slurm.style}", "ok")
+    assert read_log(cache_dir, attempt) == "job 1 says hello\n"
     _, stats = await Many(3).run_with_stats(cache_dir=cache_dir, prefixes={"cluster": slurm})
     assert stats.run == 0
 

@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from asyncflow import Host, HostError, OptionError, RequiresList, Task, TaskFailedError
+from asyncflow._cache.store import attempts_of_node, read_log
 from asyncflow._placements import parse_host_url
 from asyncflow._runners import payload
 
@@ -168,6 +169,10 @@ async def test_output_streams_back_labelled(
     out, err = capfd.readouterr()
     assert "[Printer()] hello from the host\n" in out
     assert "[Printer()] a warning\n" in err
+    # The run's history says where the body ran and keeps what it printed.
+    (attempt,) = await attempts_of_node(cache_dir, Printer().__af_key__, 5)
+    assert (attempt.place, attempt.outcome) == (f"ssh://{host.user}@{host.host}:{host.port}", "ok")
+    assert sorted(read_log(cache_dir, attempt).splitlines()) == ["a warning", "hello from the host"]
 
 
 class Boom(Task, channel=CHANNEL):
@@ -192,6 +197,11 @@ async def test_a_body_that_raises(cache_dir: Path, host: Host) -> None:
     assert isinstance(error.__cause__, ValueError)
     assert "remote traceback" in str(error)
     assert 'raise ValueError("boom on the host")' in str(error)
+    (attempt,) = await attempts_of_node(cache_dir, Boom().__af_key__, 5)
+    assert (attempt.outcome, attempt.error) == ("failed", "Boom() failed: ValueError: boom on the host")
+    output = read_log(cache_dir, attempt)
+    assert output.startswith("about to fail\n")
+    assert 'raise ValueError("boom on the host")' in output  # the failure's traceback ends it
 
 
 class Meet(Task, channel=CHANNEL):
