@@ -306,6 +306,48 @@ async def cmd_runs(cache_dir: str | None, last: int, as_json: bool) -> int:
     return OK
 
 
+async def cmd_show(taskfile: str, written: str, cache_dir: str | None, whole: bool) -> int:
+    """Show one task: its state and why, its result, its edges, its latest attempts and output."""
+    from ._cache.store import attempts_of_node, load_result, read_log
+    from ._errors import CacheError
+    from ._explain import explain
+
+    task = task_of(load_taskfile(taskfile), taskfile, written)
+    where = _cache_dir(cache_dir, taskfile)
+    statuses = await explain(task, cache_dir=where)
+    names = {s.key: repr(s.task) for s in statuses}
+    status = next(s for s in statuses if s.key == task.__af_key__)
+    _write(f"{task!r}  ({status.key})")
+    _write(
+        f"state: {status.state}" + (f": {status.reason}" if status.reason else " (the next run reuses it)")
+    )
+    try:
+        value = await load_result(where, status.key, repr(task))
+        text = repr(value)
+        cut = not whole and len(text) > 200
+        _write(
+            f"result: {text[:197] + '...' if cut else text}" + ("  (--result for all of it)" if cut else "")
+        )
+    except CacheError as exc:  # no result, or one that cannot be read back
+        _write(f"result: none ({str(exc).splitlines()[0]})")
+    if status.deps:
+        _write("requires: " + ", ".join(names[k] for k in status.deps))
+    if status.awaited:
+        _write("awaited in its last run: " + ", ".join(names[k] for k in status.awaited))
+    tried = await attempts_of_node(where, status.key, 5)
+    if not tried:
+        _write("attempts: none in the history")
+        return OK
+    _write("attempts (the latest first):")
+    for attempt in tried:
+        error = f": {attempt.error}" if attempt.error else ""
+        _write(f"  {_when(attempt.started)}  {attempt.ended - attempt.started:.2f} s  attempt {attempt.attempt} "
+               f"on {attempt.place}: {attempt.outcome}{error}  (run {attempt.run})")  # fmt: skip
+    output = read_log(where, tried[0])
+    _write("output of the latest attempt:" + ("\n" + output.rstrip("\n") if output else " none"))
+    return OK
+
+
 async def cmd_logs(taskfile: str, written: str, cache_dir: str | None, last: int) -> int:
     """Print what a task's latest attempts printed and logged."""
     from ._cache.store import attempts_of_node, read_log
@@ -471,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         _graph_parser,
         _status_parser,
         _runs_parser,
+        _show_parser,
         _logs_parser,
         _clear_parser,
         _check_parser,
@@ -598,6 +641,22 @@ def _runs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
     runs.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
 
+def _show_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
+    show = sub.add_parser(
+        "show",
+        parents=[common],
+        help="one task: its cached result, why it is fresh or stale, its latest attempts and output",
+        description="Show TASK (written as in Python, e.g. 'Square(3)', with the names of TASKFILE): whether "
+        "the next run would reuse it and why not, its cached result (cut at 200 characters unless "
+        "--result), its requirements and the tasks its body awaited, its latest attempts over the runs "
+        "the cache keeps, and what the latest one printed and logged.",
+    )
+    _add_taskfile(show)
+    show.add_argument("task", metavar="TASK", help="the task, as in Python: 'Square(3)'")
+    _add_cache_dir(show, ".cache next to TASKFILE")
+    show.add_argument("--result", action="store_true", help="print the cached result whole")
+
+
 def _logs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
     logs = sub.add_parser(
         "logs",
@@ -664,6 +723,8 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
         return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
     if a.command == "status":
         return lambda: cmd_status(a.cache_dir, a.json)
+    if a.command == "show":
+        return lambda: cmd_show(a.taskfile, a.task, a.cache_dir, a.result)
     if a.command == "logs":
         if a.last < 1:
             raise UsageError(f"-n/--last {a.last}: give a positive number of attempts")

@@ -152,9 +152,9 @@ class Part(Task):
     def build_task(self, i: int) -> None:
         self.i = i
 
-    def run_task(self) -> int:
+    def run_task(self) -> object:
         print(f"part {self.i} speaking")
-        return self.i
+        return self.i if self.i < 2 else "y" * 300
 
 
 class Main(Task):
@@ -164,7 +164,7 @@ class Main(Task):
         self.parts = [Part(i) for i in range(3)]
 
     async def run_task(self) -> int:
-        return sum(self.parts)
+        return len(self.parts)
 """
 
 
@@ -185,3 +185,25 @@ def test_the_logs_command(tmp_path: Path) -> None:
     assert "NameError" in wrong.stderr
     helped = cli("logs", "--help", cwd=tmp_path)
     assert all(word in helped.stdout for word in ("TASKFILE", "TASK", "--cache-dir", "--last"))
+
+
+def test_the_show_command(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.py"
+    flow.write_text(FLOW)
+    before = cli("show", flow, "Main()", cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    assert "state: stale: no result" in before.stdout
+    assert "attempts: none in the history" in before.stdout
+    assert cli("run", flow, cwd=tmp_path).returncode == 0
+    main = cli("show", flow, "Main()", cwd=tmp_path).stdout.splitlines()
+    assert main[:4] == ["Main()  (flow.Main())", "state: fresh (the next run reuses it)", "result: 3",
+                        "requires: Part(0), Part(1), Part(2)"]  # fmt: skip
+    assert main[-2].endswith("on loop: ok  (run " + main[-2].split("(run ")[1])
+    part = cli("show", flow, "Part(2)", cwd=tmp_path).stdout
+    assert "result: 'yyy" in part
+    assert "...  (--result for all of it)" in part
+    assert part.endswith("output of the latest attempt:\npart 2 speaking\n")
+    whole = cli("show", flow, "Part(2)", "--result", cwd=tmp_path).stdout
+    assert "y" * 300 in whole
+    helped = cli("show", "--help", cwd=tmp_path)
+    assert all(word in helped.stdout for word in ("TASKFILE", "TASK", "--cache-dir", "--result"))
