@@ -10,6 +10,7 @@ only parses and reports (`_taskfile.py` loads the taskfile).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -17,16 +18,18 @@ import shlex
 import sys
 import time
 import traceback
+import types
+import typing
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import anyio
 
 from ._errors import AsyncflowError, OptionError, TaskFailedError, UsageError, WorkflowFailedError
 from ._options import resolve_cache_dir
-from ._taskfile import class_name, entrypoint, load_taskfile, task_of
+from ._taskfile import class_name, entry_class, entrypoint, load_taskfile, task_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
@@ -134,11 +137,20 @@ class RunArgs:
     force_entrypoint: bool
     on_error: str | None
     progress: bool = True
+    arguments: tuple[str, ...] = ()  # after the taskfile: the entrypoint's build_task arguments
+    help: str = ""  # the command's help, when asked for (then the entrypoint's arguments are added)
 
 
 async def cmd_run(args: RunArgs) -> int:
     """Run the taskfile's entrypoint; report its result, or which tasks failed."""
-    root = entrypoint(load_taskfile(args.taskfile), args.taskfile, args.entry)
+    module = load_taskfile(args.taskfile)
+    if args.help:
+        _write(
+            args.help + _arguments_parser(entry_class(module, args.taskfile, args.entry), args).format_help()
+        )
+        return OK
+    arguments = _arguments_parser(entry_class(module, args.taskfile, args.entry), args).parse(args.arguments)
+    root = entrypoint(module, args.taskfile, args.entry, arguments)
     cache_dir = _cache_dir(args.cache_dir, args.taskfile)
     options: RunOptions = {"cache_dir": cache_dir}
     if args.max_workers is not None:
@@ -258,6 +270,82 @@ async def cmd_status(cache_dir: str | None, as_json: bool) -> int:
         cells = [r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2]), r[3].ljust(widths[3])]
         _write("  ".join([*cells, r[4]]).rstrip())
     return OK
+
+
+class _ArgumentsParser(argparse.ArgumentParser):
+    """Parses the entrypoint's arguments; a mistake is a `UsageError`, not an exit from inside the run."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+    tuples: frozenset[str] = frozenset()  # arguments annotated as tuples: a tuple and a list are two keys
+
+    def parse(self, given: Sequence[str]) -> dict[str, Any]:
+        parsed = {k: v for k, v in vars(self.parse_args(list(given))).items() if v is not _UNSET}
+        return {k: tuple(v) if k in self.tuples else v for k, v in parsed.items()}
+
+
+_UNSET: Any = object()  # an argument not given: build_task's default applies
+_SCALARS: dict[object, Callable[[str], object]] = {int: int, float: float, str: str, Path: Path}
+
+
+def _arguments_parser(cls: type[Any], args: RunArgs) -> _ArgumentsParser:
+    """Parse the arguments of `cls.build_task` from ``--name VALUE`` options, converted by its annotations.
+
+    ``int``, ``float``, ``str``, ``Path`` (and ``X | None`` of those), ``bool`` (``--name`` /
+    ``--no-name``), ``list[X]`` and ``tuple[X, ...]`` (several values), ``Literal[...]``
+    (its choices); any other annotation takes JSON (``--rows '[1, 2]'``).
+    """
+    parser = _ArgumentsParser(
+        prog=f"{PROG} run {args.taskfile}",
+        add_help=False,
+        usage=argparse.SUPPRESS,
+        argument_default=_UNSET,
+    )
+    group = parser.add_argument_group(f"arguments of {cls.__qualname__}.build_task (after the taskfile)")
+    try:
+        hints = typing.get_type_hints(cls.build_task)
+    except Exception:  # an annotation that does not resolve: its value is taken as JSON
+        hints = {}
+    for name, param in inspect.signature(cls.build_task).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        required = param.default is inspect.Parameter.empty
+        shown = "required" if required else f"default {param.default!r}"
+        hint = hints.get(name, Any)
+        if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None: X
+            members = [h for h in typing.get_args(hint) if h is not type(None)]
+            hint = members[0] if len(members) == 1 else Any
+        origin, inner = typing.get_origin(hint), typing.get_args(hint)
+        if hint is bool:
+            group.add_argument(
+                *flags, dest=name, action=argparse.BooleanOptionalAction, required=required, help=shown
+            )
+        elif hint in _SCALARS:
+            group.add_argument(
+                *flags,
+                dest=name,
+                type=_SCALARS[hint],
+                required=required,
+                metavar=getattr(hint, "__name__", "X").upper(),
+                help=shown,
+            )
+        elif origin in (list, tuple) and inner and inner[0] in _SCALARS:
+            convert = _SCALARS[inner[0]]
+            if origin is tuple:
+                parser.tuples |= {name}
+            group.add_argument(
+                *flags, dest=name, type=convert, nargs="+", required=required, help=f"one or more; {shown}"
+            )
+        elif origin is typing.Literal:
+            literal: Callable[[str], object] = str if all(isinstance(c, str) for c in inner) else int
+            group.add_argument(*flags, dest=name, type=literal, choices=inner, required=required, help=shown)
+        else:
+            group.add_argument(
+                *flags, dest=name, type=json.loads, required=required, metavar="JSON", help=shown
+            )
+    return parser
 
 
 async def cmd_runs(cache_dir: str | None, last: int, as_json: bool) -> int:
@@ -471,15 +559,20 @@ def _some(statuses: dict[str, NodeStatus], keys: list[str], limit: int = 10) -> 
 # The parser: one function per subcommand.
 
 
-def _add_taskfile(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("taskfile", metavar="TASKFILE", help="a Python file defining the tasks")
+def _add_taskfile(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    parser.add_argument(
+        "taskfile",
+        metavar="TASKFILE",
+        nargs="?" if optional else None,
+        help="a Python file defining the tasks",
+    )
     parser.add_argument(
         "-e",
         "--entrypoint",
         dest="entry",
         default="Main",
         metavar="NAME",
-        help="the task class to use, taking no arguments (default: Main)",
+        help="the task class to use (default: Main)",
     )
 
 
@@ -526,12 +619,20 @@ def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argp
     run = sub.add_parser(
         "run",
         parents=[common],
+        add_help=False,  # its own -h: with a TASKFILE, the help also lists its entrypoint's arguments
+        allow_abbrev=False,  # --n is the entrypoint's n, not the start of --no-progress
+        usage=f"{PROG} run [options] TASKFILE [--ARGUMENT VALUE ...]",
         help="run a taskfile's Main task (only what is stale)",
         description="Run the Main task of TASKFILE (or -e NAME): everything stale upstream of it, "
-        "in parallel, then print its result.",
+        "in parallel, then print its result. Options after TASKFILE that are not the command's own are "
+        "the arguments of the entrypoint's build_task, --name VALUE each, converted by its annotations "
+        "(`asyncflow run flow.py --help` lists them).",
         epilog="exit status: 0 success, 1 a task failed (a summary follows the log), 2 usage error",
     )
-    _add_taskfile(run)
+    run.add_argument(
+        "-h", "--help", action="store_true", help="show this help (and the entrypoint's arguments) and exit"
+    )
+    _add_taskfile(run, optional=True)  # not for --help alone
     _add_cache_dir(run, ".cache next to TASKFILE")
     run.add_argument(
         "-w",
@@ -591,6 +692,7 @@ def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argp
         default=True,
         help="show progress per task class: live lines on a terminal, log lines otherwise (default: on)",
     )
+    run.set_defaults(run_help=run.format_help())
 
 
 def _graph_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
@@ -711,13 +813,23 @@ def _check_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: se
     )
 
 
+async def _done() -> int:
+    return OK
+
+
 def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
     """Bind the parsed namespace (untyped: argparse) to its command's coroutine function."""
     a: Any = ns  # argparse gives Any attributes; each is checked by its parser above
+    if a.command == "run" and a.taskfile is None:
+        if a.help:
+            _write(a.run_help.rstrip("\n"))
+            return _done
+        raise UsageError("the following arguments are required: TASKFILE")
     if a.command == "run":
         if a.max_workers is not None and a.max_workers < 1:
             raise UsageError(f"-w/--max-workers {a.max_workers}: give a positive number of workers")
-        run_args = RunArgs(**{f.name: getattr(a, f.name) for f in fields(RunArgs)})
+        given = {f.name: getattr(a, f.name) for f in fields(RunArgs) if f.name not in ("arguments", "help")}
+        run_args = RunArgs(**given, arguments=tuple(a.arguments), help=a.run_help if a.help else "")
         return lambda: cmd_run(run_args)
     if a.command == "graph":
         return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
@@ -742,7 +854,11 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit status (the console script exits with it)."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra and ns.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if ns.command == "run":
+        ns.arguments = extra  # the entrypoint's, parsed once its taskfile is loaded (see cmd_run)
     level: int = ns.loglevel
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     warnings.showwarning = _log_warning

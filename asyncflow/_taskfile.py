@@ -20,6 +20,7 @@ from ._errors import AsyncflowError, UsageError
 from ._task import Task
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import ModuleType
 
 log = logging.getLogger("asyncflow")
@@ -85,11 +86,32 @@ def task_classes(module: ModuleType) -> dict[str, type[Task[Any, Any]]]:
     }
 
 
-def entrypoint(module: ModuleType, file: str, name: str) -> Task[Any, Any]:
-    """Return ``NAME()`` from the taskfile: a Task subclass called without arguments.
+def entrypoint(
+    module: ModuleType, file: str, name: str, arguments: Mapping[str, Any] | None = None
+) -> Task[Any, Any]:
+    """Return ``NAME(**arguments)`` from the taskfile: a Task subclass, by default called without arguments.
 
     Raises:
-        UsageError: no such name, not a task class, or it needs arguments.
+        UsageError: no such name, not a task class, or it needs other arguments.
+    """
+    cls = entry_class(module, file, name)
+    try:
+        return cls(**(arguments or {}))
+    except AsyncflowError as exc:
+        first = str(exc).splitlines()[0]
+        if arguments:
+            raise UsageError(f"entrypoint {name}: {first}") from exc
+        raise UsageError(
+            f"entrypoint {name} takes arguments, but {first}; give them after the taskfile "
+            f"(`asyncflow run {file} --help` lists them), or run a task without parameters that requires it"
+        ) from exc
+
+
+def entry_class(module: ModuleType, file: str, name: str) -> type[Task[Any, Any]]:
+    """Return the taskfile's task class `name`.
+
+    Raises:
+        UsageError: no such name, or not a task class.
     """
     value: object = getattr(module, name, None)
     classes = ", ".join(sorted(task_classes(module))) or "none"
@@ -102,14 +124,7 @@ def entrypoint(module: ModuleType, file: str, name: str) -> Task[Any, Any]:
     if not (isinstance(value, type) and issubclass(value, Task)):
         raise UsageError(f"{name} in {file} is {shown}, not a Task subclass (its task classes: {classes})")
     cls: type[Task[Any, Any]] = value  # pyright: ignore[reportUnknownVariableType]  # any Task subclass
-    try:
-        return cls()
-    except AsyncflowError as exc:
-        first = str(exc).splitlines()[0]
-        raise UsageError(
-            f"entrypoint {name} must take no arguments, but {first}; "
-            f"add a task without parameters that requires it, and run that"
-        ) from exc
+    return cls
 
 
 def task_of(module: ModuleType, taskfile: str, written: str) -> Task[Any, Any]:

@@ -175,7 +175,7 @@ def test_a_failure_exits_1_with_a_summary(failing: Path, tmp_path: Path) -> None
             "has no task 'Nope' (its task classes: Main, Other, Square, Takes)",
         ),
         (["run", "{taskfile}", "-e", "NOT_A_TASK"], "NOT_A_TASK in {taskfile} is int 3, not a Task subclass"),
-        (["run", "{taskfile}", "-e", "Takes"], "entrypoint Takes must take no arguments"),
+        (["run", "{taskfile}", "-e", "Takes"], "the following arguments are required: --x"),
         (["run", "{taskfile}", "--rate-limits", "{gpu: 1}"], "--rate-limits '{gpu: 1}' is not valid JSON"),
         (
             ["run", "{taskfile}", "--rate-limits", '{"gpu": 0}'],
@@ -361,3 +361,64 @@ def test_a_bad_option_from_the_environment_is_a_usage_error(taskfile: Path, tmp_
     )
     assert done.returncode == 2, done.stderr
     assert "asyncflow graph: error: $AF_DETECT_SOURCE_CHANGE='maybe' is not a boolean" in done.stderr
+
+
+ARGUMENTS = """
+from typing import Literal
+
+from asyncflow import Task
+
+
+class Main(Task):
+    def build_task(
+        self, n: int, name: str = "x", scale: float = 1.0, verbose: bool = False,
+        sizes: tuple[int, ...] = (1,), mode: Literal["fast", "slow"] = "fast", extra: dict = {},
+    ) -> None:
+        self.args = (n, name, scale, verbose, sizes, mode, extra)
+
+    async def run_task(self) -> str:
+        return repr(self.args)
+"""
+
+
+def test_arguments_after_the_taskfile_are_the_entrypoints(tmp_path: Path) -> None:
+    flow = tmp_path / "args.py"
+    flow.write_text(ARGUMENTS)
+    given = [
+        "--n",
+        "5",
+        "--name",
+        "y",
+        "--verbose",
+        "--sizes",
+        "2",
+        "3",
+        "--mode",
+        "slow",
+        "--extra",
+        '{"a": 1}',
+    ]
+    done = cli("run", flow, *given, "-l", "WARNING", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "= \"(5, 'y', 1.0, True, (2, 3), 'slow', {'a': 1})\"" in done.stdout
+    )  # converted by the annotations
+    defaults = cli("run", flow, "--n", "1", "-l", "WARNING", cwd=tmp_path)
+    assert "= \"(1, 'x', 1.0, False, (1,), 'fast', {})\"" in defaults.stdout
+    for wrong, says in [
+        ([], "the following arguments are required: --n"),
+        (["--n", "five"], "argument --n: invalid int value: 'five'"),
+        (["--n", "1", "--mode", "medium"], "argument --mode: invalid choice: 'medium'"),
+        (["--n", "1", "--bogus", "2"], "unrecognized arguments: --bogus 2"),
+    ]:
+        failed = cli("run", flow, *wrong, cwd=tmp_path)
+        assert (failed.returncode, says in failed.stderr) == (2, True), failed.stderr
+    helped = cli("run", flow, "--help", cwd=tmp_path)
+    assert helped.returncode == 0
+    assert "arguments of Main.build_task" in helped.stdout
+    assert all(
+        f"--{name}" in helped.stdout for name in ("n", "name", "scale", "verbose", "sizes", "mode", "extra")
+    )
+    assert "--cache-dir" in helped.stdout  # the command's own options too
+    alone = cli("run", "--help", cwd=tmp_path)
+    assert (alone.returncode, alone.stdout.startswith("usage: asyncflow run")) == (0, True)
