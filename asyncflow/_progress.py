@@ -2,7 +2,7 @@
 
 The scheduler calls the hooks (`started`, `ran`, `reused`, `failed`) only when the
 ``progress`` run option is on, so a run without it pays nothing per node. On a terminal
-one line per class (done/total, running, cached, failed, elapsed) is redrawn in place by
+one line per class (done/total, queued, running, cached, failed, elapsed) is redrawn in place by
 rich's `Live` (its refresh thread only reads the counts); off a terminal a line is
 logged to the ``asyncflow.progress`` logger when a class completes, and a summary at the end.
 """
@@ -35,7 +35,8 @@ class _Class:
     ran: int = 0
     cached: int = 0
     failed: int = 0
-    running: int = 0
+    queued: int = 0  # bodies waiting for their runner (a worker thread or process, a job slot)
+    running: int = 0  # bodies running
     started: float | None = None  # perf_counter of its first event
     finished: float | None = None  # perf_counter when done reached total
     row: TaskID | None = field(default=None)  # its line on a terminal
@@ -63,6 +64,7 @@ class RunProgress:
                 TextColumn("{task.description}"),
                 BarColumn(bar_width=24),
                 MofNCompleteColumn(),
+                TextColumn("queued {task.fields[queued]}"),
                 TextColumn("running {task.fields[running]}"),
                 TextColumn("cached {task.fields[cached]}"),
                 TextColumn("{task.fields[failed_text]}"),
@@ -93,6 +95,7 @@ class RunProgress:
                 counts.name.ljust(self._width),
                 total=counts.total,
                 start=False,
+                queued=0,
                 running=0,
                 cached=0,
                 failed_text="failed 0",
@@ -107,7 +110,7 @@ class RunProgress:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         for counts in self._classes.values():
-            counts.running = 0  # a cancelled run leaves none running
+            counts.queued = counts.running = 0  # a cancelled run leaves none running
             self._update(counts)
         if self._live is not None:
             self._live.stop()
@@ -117,9 +120,23 @@ class RunProgress:
     # Hooks, called by the scheduler per node.
 
     def started(self, task_name: str) -> None:
-        """A node of `task_name` began to run (or to wait for its limiters)."""
+        """A node of `task_name` is handed to its runner: queued until `working`."""
         counts = self._of(task_name)
+        counts.queued += 1
+        self._update(counts)
+
+    def working(self, task_name: str) -> None:
+        """A queued body began to run (its runner had a thread, a worker or a job slot for it)."""
+        counts = self._of(task_name)
+        counts.queued -= 1
         counts.running += 1
+        self._update(counts)
+
+    def retried(self, task_name: str) -> None:
+        """A running body failed and is queued to be tried again."""
+        counts = self._of(task_name)
+        counts.running -= 1
+        counts.queued += 1
         self._update(counts)
 
     def ran(self, task_name: str) -> None:
@@ -167,7 +184,12 @@ class RunProgress:
             assert counts.row is not None, "asyncflow bug: a progress line without a row"
             failed = f"[bold red]failed {counts.failed}[/]" if counts.failed else "failed 0"
             self._live.update(
-                counts.row, completed=done, running=counts.running, cached=counts.cached, failed_text=failed
+                counts.row,
+                completed=done,
+                queued=counts.queued,
+                running=counts.running,
+                cached=counts.cached,
+                failed_text=failed,
             )
         elif completes:
             started = counts.started if counts.started is not None else self._started

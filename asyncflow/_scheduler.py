@@ -54,16 +54,19 @@ from ._plan import (
 from ._recipes import decode, encode
 from ._requires import requirements_of, resolve
 from ._runners.choose import Runners
-from ._stats import RunStats, StatsBuilder
+from ._stats import WORK, RunStats, StatsBuilder
 from ._sync import BODY, ELSEWHERE
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from ._cache.session import Record
     from ._file import File
     from ._options import Settings
     from ._plan import Prepared
     from ._progress import RunProgress
     from ._runners.base import Outcome, Runner
+    from ._stats import Work
     from ._task import Task
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
 _TURN = 0.002  # seconds a worker runs quick nodes back to back before yielding to the loop
@@ -907,7 +910,13 @@ class _Scheduler:
     async def _compute(self, node: Node, runner: Runner) -> tuple[Outcome, float, float]:
         """Run the body (with retries and timeouts); the node holds its channels' slots."""
         task = node.task
-        values = self._inputs(node)
+        try:
+            values = self._inputs(node)
+        except TaskFailedError:
+            work = self.stats.attempt(type(task).task_name)
+            if work is not None:
+                work.begin()  # it fails as a running body does (see `_fail`)
+            raise
         body = BODY.set((self, node))  # a task it runs joins this run (see `join`)
         try:
             return await self._attempts(node, runner, values)
@@ -922,6 +931,7 @@ class _Scheduler:
         task = node.task
         cls = type(task)
         options = cls.__af_options__
+        work = self.stats.attempt(cls.task_name)  # None: no progress shown
         attempt = 0
         while True:
             task.__af_enter__(values, self.settings.cache_dir)
@@ -929,6 +939,7 @@ class _Scheduler:
             t0 = time.perf_counter()
             capture = Capture()
             token = CAPTURE.set(capture)  # what the body prints and logs, in its context only
+            begun = None if work is None else WORK.set(work)  # its runner says when it begins
             try:
                 if options.timeout is None:
                     outcome = await runner.run(task)
@@ -936,7 +947,7 @@ class _Scheduler:
                     with anyio.fail_after(options.timeout):
                         outcome = await runner.run(task)
             except Exception as exc:
-                CAPTURE.reset(token)
+                self._end_attempt(token, work, begun)
                 capture.write("".join(traceback.format_exception(exc)))  # its traceback ends its output
                 failure = (
                     exc if isinstance(exc, TaskFailedError) else _failure(task, exc, options.timeout, attempt)
@@ -952,14 +963,16 @@ class _Scheduler:
                         raise
                     raise failure from exc
                 self.stats.retried(cls.task_name)
+                if work is not None:
+                    work.began = False  # queued again
                 await anyio.sleep(options.retry_delay * options.retry_backoff**attempt)
                 attempt += 1
                 continue
             except BaseException:  # cancelled: the run is stopping
-                CAPTURE.reset(token)
+                self._end_attempt(token, work, begun)
                 self._note_attempt(node, attempt, started, runner.place, capture, None, outcome="cancelled")
                 raise
-            CAPTURE.reset(token)
+            self._end_attempt(token, work, begun)
             self.stats.ran(cls.task_name, time.perf_counter() - t0)
             ended = time.time()
             # `_note_attempt`, inline: every body that runs passes here.
@@ -967,6 +980,17 @@ class _Scheduler:
                 (node.key, attempt, started, ended, runner.place, "ok", None, None), capture
             )
             return outcome, started, ended
+
+    @staticmethod
+    def _end_attempt(
+        token: Token[Capture | None], work: Work | None, begun: Token[Work | None] | None
+    ) -> None:
+        """Leave an attempt's context; for the progress, it ran (if its runner never said it began)."""
+        CAPTURE.reset(token)
+        if work is not None:
+            assert begun is not None, "asyncflow bug: an attempt with progress but no context"
+            WORK.reset(begun)
+            work.begin()
 
     def _note_attempt(
         self,

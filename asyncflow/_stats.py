@@ -7,6 +7,7 @@ event to the live progress display when the run shows one.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,34 @@ class _Counts:
     durations: list[float] = field(default_factory=list[float])
 
 
+class Work:
+    """One attempt of a body, for the live progress: queued until its runner lets it begin."""
+
+    __slots__ = ("_name", "_progress", "began")
+
+    def __init__(self, progress: RunProgress, task_name: str) -> None:
+        self._progress = progress
+        self._name = task_name
+        self.began = False
+
+    def begin(self) -> None:
+        """Count the attempt as running from now on (once)."""
+        if not self.began:
+            self.began = True
+            self._progress.working(self._name)
+
+
+# The attempt whose body runs in this context, while the run shows its progress.
+WORK: ContextVar[Work | None] = ContextVar("asyncflow_work", default=None)
+
+
+def working() -> None:
+    """Say that the body of this context's attempt begins now: its runner has a slot (or a worker, a job) for it."""
+    work = WORK.get()
+    if work is not None:
+        work.begin()
+
+
 class StatsBuilder:
     """The counts of a run while it goes on, from the scheduler's events about its nodes.
 
@@ -111,9 +140,13 @@ class StatsBuilder:
         self._progress = progress
 
     def started(self, task_name: str) -> None:
-        """A node's body is about to run (its channels' slots held)."""
+        """A node's body is about to run (its channels' slots held), once its runner has room for it."""
         if self._progress is not None:
             self._progress.started(task_name)
+
+    def attempt(self, task_name: str) -> Work | None:
+        """Return what an attempt of a body of `task_name` reports its beginning to (None: no progress shown)."""
+        return None if self._progress is None else Work(self._progress, task_name)
 
     def ran(self, task_name: str, duration: float) -> None:
         """A node's body returned a result after `duration` seconds (its last attempt)."""
@@ -136,8 +169,10 @@ class StatsBuilder:
             self._progress.unreadable(task_name)
 
     def retried(self, task_name: str) -> None:
-        """A node's body failed and will be tried again."""
+        """A node's body failed (after its attempt began) and will be tried again."""
         self._of(task_name).retried += 1
+        if self._progress is not None:
+            self._progress.retried(task_name)
 
     def failed(self, task_name: str) -> None:
         """A node failed (after `started`)."""

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
-from asyncflow import TaskFailedError
+from asyncflow import RequiresList, Task, TaskFailedError, _progress
+from asyncflow._progress import RunProgress
 from asyncflow.examples.binomial import Choose
 
 from .test_scheduler import Boom
@@ -111,3 +113,46 @@ def test_progress_is_redrawn_on_a_terminal(cache_dir: Path) -> None:
     counts = set(re.findall(r"Sleeper .*?(\d+)/24", plain))
     assert len(counts) >= 3, counts
     assert "\x1b[2K" in out or re.search(r"\x1b\[\d*A", out), repr(out[:500])
+
+
+class Nap(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:  # a plain def: it needs one of the max_workers threads
+        time.sleep(0.05)
+        return self.i
+
+
+class Naps(Task):
+    naps: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.naps = [Nap(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.naps)
+
+
+class _Spy(RunProgress):
+    """The real progress, keeping the most queued and running bodies of `Nap` it showed."""
+
+    most: ClassVar[dict[str, int]] = {}
+
+    def _update(self, counts: Any) -> None:
+        if counts.name == Nap.task_name:
+            _Spy.most["queued"] = max(_Spy.most.get("queued", 0), counts.queued)
+            _Spy.most["running"] = max(_Spy.most.get("running", 0), counts.running)
+            _Spy.most["end"] = counts.queued + counts.running
+        super()._update(counts)
+
+
+async def test_running_counts_bodies_that_run_queued_the_others(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_progress, "RunProgress", _Spy)
+    _Spy.most.clear()
+    assert await Naps(6).run(cache_dir=cache_dir, max_workers=2, progress=True) == 15
+    assert _Spy.most["running"] == 2  # the threads of max_workers=2, not the bodies handed out
+    assert _Spy.most["queued"] >= 2  # the others waited for a thread
+    assert _Spy.most["end"] == 0

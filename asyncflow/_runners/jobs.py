@@ -22,6 +22,7 @@ from anyio.streams.text import TextReceiveStream
 from .._cache import blobs
 from .._capture import add, original
 from .._errors import TaskFailedError, UnstorableResultError
+from .._stats import working
 from . import payload
 from .base import Outcome
 
@@ -75,9 +76,11 @@ async def run_job(
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         if limiter is None:
+            working()
             end = await launch(tail)
         else:
             async with limiter:
+                working()
                 end = await launch(tail)
         answer = await anyio.to_thread.run_sync(payload.read_answer, job)
     finally:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._stats import working
 from .._sync import THREAD_SLOT
 from .base import Outcome, pickle_result
 
@@ -20,6 +21,7 @@ class LoopRunner:
     place = "loop"
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
+        working()
         value = await task.run_task()
         return Outcome(value, pickle_result(value))
 
@@ -54,6 +56,7 @@ class ThreadRunner:
     async def run(self, task: Task[Any, Any]) -> Outcome:
         slot = _Slot(self._working)
         await slot.take_back()  # the first time too: queueing behind the bodies waiting for one
+        working()
         token = THREAD_SLOT.set(slot)  # the worker thread runs in a copy of this context
         try:
             return await anyio.to_thread.run_sync(

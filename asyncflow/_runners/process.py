@@ -23,6 +23,7 @@ from .. import _mainguard
 from .._cache import blobs
 from .._capture import CAPTURE, Capture, add, capturing
 from .._errors import TaskFailedError, WorkerTracebackError
+from .._stats import working
 from .._sync import BODY, ELSEWHERE
 from . import payload
 from .base import Outcome
@@ -85,6 +86,7 @@ class ExecutorRunner:
     async def run(self, task: Task[Any, Any]) -> Outcome:
         label = repr(task)
         future = self._executor.submit(call_pickled, blobs.dumps(task), os.getpid())
+        working()  # as far as this process can tell: the executor may queue it
         try:
             answer = await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():

@@ -27,6 +27,7 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._errors import TaskFailedError
+from .._stats import working
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,6 +65,7 @@ class WorkerPool:
         """
         async with self._limiter:
             worker = await self._take()
+            working()
             try:
                 answer = await worker.exchange(request)
             except (anyio.IncompleteRead, anyio.BrokenResourceError) as exc:
