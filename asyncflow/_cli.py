@@ -576,6 +576,13 @@ def _add_taskfile(parser: argparse.ArgumentParser, *, optional: bool = False) ->
     )
 
 
+def _add_task(parser: argparse.ArgumentParser) -> None:
+    """Add TASKFILE, TASK (written as in Python) and --cache-dir, for commands about one task."""
+    _add_taskfile(parser)
+    parser.add_argument("task", metavar="TASK", help="the task, as in Python: 'Square(3)'")
+    _add_cache_dir(parser, ".cache next to TASKFILE")
+
+
 def _add_cache_dir(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
         "--cache-dir", metavar="DIR", help=f"the cache directory (default: $AF_CACHE_DIR, else {default})"
@@ -753,9 +760,7 @@ def _show_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
         "--result), its requirements and the tasks its body awaited, its latest attempts over the runs "
         "the cache keeps, and what the latest one printed and logged.",
     )
-    _add_taskfile(show)
-    show.add_argument("task", metavar="TASK", help="the task, as in Python: 'Square(3)'")
-    _add_cache_dir(show, ".cache next to TASKFILE")
+    _add_task(show)
     show.add_argument("--result", action="store_true", help="print the cached result whole")
 
 
@@ -768,9 +773,7 @@ def _logs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
         "of TASKFILE) printed to stdout and stderr and logged, in its latest attempts over the runs the "
         "cache keeps, the latest last; a failed attempt ends with its traceback.",
     )
-    _add_taskfile(logs)
-    logs.add_argument("task", metavar="TASK", help="the task, as in Python: 'Square(3)'")
-    _add_cache_dir(logs, ".cache next to TASKFILE")
+    _add_task(logs)
     logs.add_argument(
         "-n", "--last", type=int, default=1, metavar="N", help="the latest N attempts (default 1)"
     )
