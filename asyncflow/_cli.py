@@ -876,3 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _write(f"{PROG}: interrupted", err=True)
         return INTERRUPTED
+    except BrokenPipeError:  # what reads the output went away (`| head`): stop quietly
+        os.dup2(
+            os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
+        )  # Python's flush at exit fails too else
+        return OK

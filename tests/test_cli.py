@@ -422,3 +422,19 @@ def test_arguments_after_the_taskfile_are_the_entrypoints(tmp_path: Path) -> Non
     assert "--cache-dir" in helped.stdout  # the command's own options too
     alone = cli("run", "--help", cwd=tmp_path)
     assert (alone.returncode, alone.stdout.startswith("usage: asyncflow run")) == (0, True)
+
+
+def test_output_cut_short_by_its_reader_is_no_error(tmp_path: Path) -> None:
+    flow = tmp_path / "big.py"
+    flow.write_text("from asyncflow import Task\n\nclass Main(Task):\n    async def run_task(self) -> str:\n"
+                    "        return 'x' * 1_000_000\n")  # fmt: skip
+    assert cli("run", flow, cwd=tmp_path).returncode == 0
+    head = [sys.executable, "-m", "asyncflow", "show", str(flow), "Main()", "--result"]
+    with subprocess.Popen(
+        head, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # as `| head -1` does, long before the result is all written
+        _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, b"")
