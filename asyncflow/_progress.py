@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -58,6 +58,7 @@ class RunProgress:
         self._console = Console(file=file if file is not None else sys.stdout)
         self._started = time.perf_counter()
         self._live: Progress | None = None
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []  # sent through the live display
         self._width = 0
         if self._console.is_terminal:
             self._live = Progress(
@@ -104,6 +105,7 @@ class RunProgress:
     def __enter__(self) -> Self:
         if self._live is not None:
             self._live.start()
+            self._handlers = _through_live()
         return self
 
     def __exit__(
@@ -113,6 +115,8 @@ class RunProgress:
             counts.queued = counts.running = 0  # a cancelled run leaves none running
             self._update(counts)
         if self._live is not None:
+            for handler, stream in self._handlers:
+                handler.setStream(stream)
             self._live.stop()
         else:
             self._summary()
@@ -210,3 +214,30 @@ class RunProgress:
             time.perf_counter() - self._started, ran + cached + failed, total, ran, cached, failed, skipped,
             len(self._classes),
         )  # fmt: skip
+
+
+def _through_live() -> list[tuple[logging.StreamHandler[Any], Any]]:
+    """Send the log handlers that write to the terminal through the live display; return them with their streams.
+
+    While it draws, rich puts proxies in ``sys.stdout`` and ``sys.stderr`` that print above
+    its lines; a handler keeps the stream it was given (``logging.basicConfig``'s keeps
+    the real stderr), and its lines would land in the middle of a redrawn frame.
+    """
+    swapped: list[tuple[logging.StreamHandler[Any], Any]] = []
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for name in ("stdout", "stderr"):
+        proxy = getattr(sys, name)
+        real = getattr(proxy, "rich_proxied_file", None)
+        if real is None:
+            continue
+        for logger in loggers:
+            for handler in logger.handlers:
+                if not isinstance(handler, logging.StreamHandler):
+                    continue
+                typed = cast("logging.StreamHandler[Any]", handler)  # a handler of any stream
+                if typed.stream is real:
+                    swapped.append((typed, typed.setStream(proxy)))
+    return swapped

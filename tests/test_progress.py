@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 
 from asyncflow import RequiresList, Task, TaskFailedError, _progress
@@ -156,3 +157,59 @@ async def test_running_counts_bodies_that_run_queued_the_others(
     assert _Spy.most["running"] == 2  # the threads of max_workers=2, not the bodies handed out
     assert _Spy.most["queued"] >= 2  # the others waited for a thread
     assert _Spy.most["end"] == 0
+
+
+_LOGGING_SCRIPT = """
+import logging, sys, anyio
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+from tests.test_progress import Chatty
+print(anyio.run(lambda: Chatty().run(cache_dir=sys.argv[1], rate_limits={"chat": 2}, progress=True)))
+"""
+
+
+class ChattyStep(Task, channel="chat"):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        await anyio.sleep(0.05)
+        logging.getLogger("chatty").warning("step %d says hi", self.i)
+        return self.i
+
+
+class Chatty(Task):
+    steps: RequiresList[int]
+
+    def build_task(self) -> None:
+        self.steps = [ChattyStep(i) for i in range(12)]
+
+    async def run_task(self) -> int:
+        return sum(self.steps)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_log_lines_go_above_the_live_lines(cache_dir: Path) -> None:
+    main, child = os.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CI"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOGGING_SCRIPT, str(cache_dir)],
+        stdout=child,
+        stderr=child,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    os.close(child)
+    try:
+        out = _read_all(main, proc, timeout=60).decode(errors="replace")
+        assert proc.wait(timeout=10) == 0, out
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    said = [line for line in re.split(r"[\r\n]+", plain) if "says hi" in line]
+    assert len(said) == 12
+    # Each on a line of its own, not written into a frame of the live lines.
+    assert all(re.fullmatch(r"WARNING chatty: step \d+ says hi\s*", line) for line in said), said
