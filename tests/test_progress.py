@@ -87,14 +87,14 @@ def _read_all(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     return out
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
-def test_progress_is_redrawn_on_a_terminal(cache_dir: Path) -> None:
+def _on_a_terminal(script: str, cache_dir: Path) -> str:
+    """Run `script` with `cache_dir` in a pseudo-terminal; return what it showed there."""
     main, child = os.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CI"):
         env.pop(name, None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SCRIPT, str(cache_dir)], stdout=child, stderr=child, cwd=REPO_ROOT, env=env
+        [sys.executable, "-c", script, str(cache_dir)], stdout=child, stderr=child, cwd=REPO_ROOT, env=env
     )
     os.close(child)
     try:
@@ -104,6 +104,12 @@ def test_progress_is_redrawn_on_a_terminal(cache_dir: Path) -> None:
         os.close(main)
         if proc.poll() is None:
             proc.kill()
+    return out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_is_redrawn_on_a_terminal(cache_dir: Path) -> None:
+    out = _on_a_terminal(_SCRIPT, cache_dir)
     assert str(fan_workflow(12, 0).expected(0, 12)) in out
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
     # One line per class with done/total, the last drawing showing all done.
@@ -189,25 +195,7 @@ class Chatty(Task):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_log_lines_go_above_the_live_lines(cache_dir: Path) -> None:
-    main, child = os.openpty()
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
-    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CI"):
-        env.pop(name, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _LOGGING_SCRIPT, str(cache_dir)],
-        stdout=child,
-        stderr=child,
-        cwd=REPO_ROOT,
-        env=env,
-    )
-    os.close(child)
-    try:
-        out = _read_all(main, proc, timeout=60).decode(errors="replace")
-        assert proc.wait(timeout=10) == 0, out
-    finally:
-        os.close(main)
-        if proc.poll() is None:
-            proc.kill()
+    out = _on_a_terminal(_LOGGING_SCRIPT, cache_dir)
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
     said = [line for line in re.split(r"[\r\n]+", plain) if "says hi" in line]
     assert len(said) == 12
