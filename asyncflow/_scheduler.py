@@ -123,8 +123,10 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
     async with open_session(
         settings.cache_dir, lease_ttl=settings.lease_ttl, keep_runs=settings.keep_runs
     ) as session:
-        session.begin_run(root.__af_key__, repr(root), started_at, _options_record(settings))
         scheduler = _Scheduler(prepared, settings, session)
+        session.begin_run(
+            root.__af_key__, repr(root), started_at, _options_record(settings), scheduler.counts
+        )
         outcome = "error"  # unless it gets further
         try:
             with scheduler.progress or nullcontext(), capturing():
@@ -139,7 +141,8 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
         finally:
             stats = scheduler.stats.freeze(time.perf_counter() - started)
             counts = {"run": stats.run, "reused": stats.reused, "failed": stats.failed,
-                      "retried": stats.retried, "skipped": stats.skipped}  # fmt: skip
+                      "retried": stats.retried, "skipped": stats.skipped,
+                      "total": len(scheduler.graph.order)}  # fmt: skip
             session.end_run(time.time(), outcome, json.dumps(counts))
     scheduler.raise_failures()
     return value, stats
@@ -211,6 +214,7 @@ class _Scheduler:
     async def run(self) -> Any:
         graph = self.graph
         stale = await self._plan()
+        self._note_graph(stale)
         shared = self._shared = _IN_FLIGHT.get(self._shared_key) or self._shared
         _IN_FLIGHT[self._shared_key] = shared
         shared.runs += 1
@@ -229,6 +233,10 @@ class _Scheduler:
                 del _IN_FLIGHT[self._shared_key]
             with anyio.CancelScope(shield=True):  # e.g. SSH connections, also on cancel
                 await self.runners.aclose()
+
+    def counts(self) -> dict[str, int]:
+        """Return the run's counts so far, for its history: those of `RunStats`, nodes in all, bodies running."""
+        return {**self.stats.totals(), "total": len(self.graph.order), "running": self._busy}
 
     async def _root_value(self) -> Any:
         """Return the root's result (None if it failed), computing it again while its cached one cannot be read."""
@@ -262,9 +270,12 @@ class _Scheduler:
         self._check_options(options)
         roots, new = build_more(tasks, self._known())
         self._check_cycle(parent, roots)
+        stale: list[Node] = []
         if new:
             self.graph.order.extend(new)
-            await self._take_leases(await self._plan_new(new))  # in one go, as before the run
+            stale = await self._plan_new(new)
+            await self._take_leases(stale)  # in one go, as before the run
+        self.session.note_graph(new, stale, [(parent, roots)])
         for root in roots:
             root.consumers += 1  # the body reads it
         self._settle([n for n in new if n.remaining == 0])
@@ -520,6 +531,17 @@ class _Scheduler:
             node.consumers = len(node.dependents)
         graph.root.consumers += 1  # the caller reads the root's result
         return stale
+
+    def _note_graph(self, stale: list[Node]) -> None:
+        """Give the run's history its graph as planned, with what the reused nodes' bodies awaited."""
+        awaited: list[tuple[Node, list[Node]]] = []
+        if self._awaited:
+            known = self._known()
+            for parent, last in self._awaited.items():
+                children = [n for n, _ in last.nodes if known.get(n.key) is n]
+                if children and known.get(parent.key) is parent:
+                    awaited.append((parent, children))
+        self.session.note_graph(list(self.graph.order), stale, awaited)
 
     async def _grow(self, nodes: list[Node], inputs: dict[str, tuple[File, list[Node]]]) -> list[Node]:
         """Read the records of `nodes` (hashing their `inputs` first), adding the tasks their bodies awaited.

@@ -184,6 +184,17 @@ class StatsBuilder:
         """A node was not run: an upstream failed, or the run was cancelled."""
         self._of(task_name).skipped += 1
 
+    def totals(self) -> dict[str, int]:
+        """Return the counts so far summed over the classes: run, reused, failed, retried, skipped."""
+        out: dict[str, int] = dict.fromkeys(("run", "reused", "failed", "retried", "skipped"), 0)
+        for c in self._counts.values():
+            out["run"] += c.run
+            out["reused"] += c.reused
+            out["failed"] += c.failed
+            out["retried"] += c.retried
+            out["skipped"] += c.skipped
+        return out
+
     def freeze(self, elapsed: float) -> RunStats:
         """Return the counts so far as `RunStats`, with the run's wall time."""
         return RunStats(

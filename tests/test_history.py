@@ -10,7 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asyncflow import RequiresList, Task, TaskFailedError
+import asyncflow
+from asyncflow import Requires, RequiresList, Task, TaskFailedError, WorkflowFailedError
+from asyncflow._cache.history import Reader, counts
 from asyncflow._cache.index import HOST
 from asyncflow._cache.store import Attempt, RunRow, attempts, history
 
@@ -71,7 +73,14 @@ async def test_a_run_and_each_attempt_of_its_bodies_are_kept(cache_dir: Path) ->
     assert (run.host, run.pid) == (HOST, os.getpid())
     assert run.ended is not None
     assert run.started <= run.ended
-    assert json.loads(run.counts) == {"run": 4, "reused": 0, "failed": 0, "retried": 0, "skipped": 0}
+    assert json.loads(run.counts) == {
+        "run": 4,
+        "reused": 0,
+        "failed": 0,
+        "retried": 0,
+        "skipped": 0,
+        "total": 4,
+    }
     options = json.loads(run.options)
     assert (options["max_workers"], options["rate_limits"], options["executor"]) == (2, {"x": 1}, "thread")
     places = {a.key: a.place for a in tried}
@@ -121,8 +130,128 @@ async def test_only_the_latest_runs_are_kept(cache_dir: Path, monkeypatch: pytes
     assert [r.entrypoint for r in runs] == ["Root(5)", "Root(4)", "Root(3)"]
     conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
     kept = {run for (run,) in conn.execute("SELECT DISTINCT run FROM attempts")}
+    graphs = {run for (run,) in conn.execute("SELECT DISTINCT run FROM graphs")}
     conn.close()
-    assert kept == {r.id for r in runs}  # the attempts of the runs forgotten are gone too
+    assert kept == graphs == {r.id for r in runs}  # the attempts and graphs of the runs forgotten go too
+
+
+class Gate(Task):
+    """Waits for `OPEN`, so that a test can look at the run while it goes on."""
+
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        await OPEN[0].wait()
+        return self.i
+
+
+class Waits(Task):
+    gates: RequiresList[int]
+
+    def build_task(self, n: int) -> None:
+        self.gates = [Gate(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.gates) + sum(await asyncflow.gather(Leaf(100), Leaf(101)))
+
+
+OPEN: list[anyio.Event] = []
+
+
+async def test_a_run_shows_as_running_with_its_counts_while_it_goes_on(cache_dir: Path) -> None:
+    OPEN[:] = [anyio.Event()]
+    reader = Reader(cache_dir)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: Waits(3).run(cache_dir=cache_dir))
+        with anyio.fail_after(10):  # polled: what is waited for is the index, as a reader sees it
+            while not (runs := reader.runs(1)) or counts(runs[0]).get("running") != 3:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        run = runs[0]
+        assert (run.outcome, run.ended, run.entrypoint) == ("running", None, "Waits(3)")
+        assert counts(run) == {
+            "run": 0,
+            "reused": 0,
+            "failed": 0,
+            "retried": 0,
+            "skipped": 0,
+            "total": 4,
+            "running": 3,
+        }
+        graph = reader.graph(run)
+        assert {n.label: n.state for n in graph.nodes.values()} == {
+            "Gate(0)": "pending", "Gate(1)": "pending", "Gate(2)": "pending", "Waits(3)": "pending"
+        }  # fmt: skip
+        OPEN[0].set()
+    run = reader.runs(1)[0]
+    assert run.outcome == "ok"
+    graph = reader.graph(run)
+    assert graph.complete
+    waits = graph.nodes[Waits(3).__af_key__]
+    assert waits.deps == tuple(Gate(i).__af_key__ for i in range(3))
+    assert waits.awaited == [Leaf(100).__af_key__, Leaf(101).__af_key__]  # joined as it ran
+    assert {n.state for n in graph.nodes.values()} == {"ran"}
+    assert len(graph.nodes) == counts(run)["total"] == 6
+    # The next run reuses all: the graph as planned has the tasks the body awaited last time.
+    await Waits(3).run(cache_dir=cache_dir)
+    graph = reader.graph(reader.runs(1)[0])
+    assert {n.state for n in graph.nodes.values()} == {"reused"}
+    assert graph.nodes[Waits(3).__af_key__].awaited == [Leaf(100).__af_key__, Leaf(101).__af_key__]
+    reader.close()
+
+
+async def test_a_failed_node_and_the_nodes_it_stopped(cache_dir: Path) -> None:
+    class_root = Fails(2)
+    with pytest.raises(WorkflowFailedError):
+        await class_root.run(cache_dir=cache_dir, on_error="continue")
+    reader = Reader(cache_dir)
+    graph = reader.graph(reader.runs(1)[0])
+    states = {n.label: (n.state, n.error) for n in graph.nodes.values()}
+    assert states == {
+        "Broken()": ("failed", "Broken() failed: RuntimeError: broken for good"),
+        "Leaf(0)": ("ran", None),
+        "Leaf(1)": ("ran", None),
+        "Fails(2)": ("skipped", None),
+    }
+    reader.close()
+
+
+class Fails(Task):
+    leaves: RequiresList[int]
+    broken: Requires[int]
+
+    def build_task(self, n: int) -> None:
+        self.leaves = [Leaf(i) for i in range(n)]
+        self.broken = Broken()
+
+    async def run_task(self) -> int:
+        return 0
+
+
+async def test_the_graph_of_a_run_too_big_to_keep(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("asyncflow._cache.session.GRAPH_MAX", 3)
+    await Root(5).run(cache_dir=cache_dir)
+    reader = Reader(cache_dir)
+    run = reader.runs(1)[0]
+    graph = reader.graph(run)
+    assert (graph.complete, graph.nodes, counts(run)["total"]) == (False, {}, 6)
+    reader.close()
+
+
+def test_the_history_reads_an_index_without_it(tmp_path: Path) -> None:
+    """A reader of an index that no run has written yet (or an older asyncflow's) finds nothing, and writes nothing."""
+    reader = Reader(tmp_path)
+    assert (reader.runs(5), reader.run("x"), reader.attempts("x")) == ([], None, [])
+    assert not (tmp_path / "asyncflow").exists()
+    index = tmp_path / "asyncflow" / "index.sqlite"
+    index.parent.mkdir()
+    conn = sqlite3.connect(index)
+    conn.execute("CREATE TABLE nodes (key TEXT PRIMARY KEY)")
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+    assert (reader.runs(5), reader.attempts_of_node("k", 5)) == ([], [])
+    reader.close()
 
 
 def test_a_bad_retention_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,8 +42,8 @@ T = TypeVar("T")
 # cache from asyncflow 0.1 re-runs once) and the digests of input files. 4: a digest of
 # every stored result (`blobs.digest`); older records have none and are read unchecked.
 # 5: the tasks a body awaited (`_recipes`), which take part in its staleness. 6: the
-# history of runs and of every attempt of every body.
-SCHEMA_VERSION = 6
+# history of runs and of every attempt of every body. 7: the graph of each run.
+SCHEMA_VERSION = 7
 _SCHEMA_PLAUSIBLE = 1000  # a schema number above this is damage, not a newer asyncflow
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
@@ -105,6 +105,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     run TEXT NOT NULL,             -- runs.id
     batch INTEGER NOT NULL,        -- one row per write of the run: a row per attempt costs 5 us each
     data BLOB NOT NULL,            -- zlib of marshal: [(key, attempt, started, ended, place, outcome, error, log)]
+    PRIMARY KEY (run, batch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS graphs (
+    run TEXT NOT NULL,             -- runs.id
+    batch INTEGER NOT NULL,        -- the planned graph, then what bodies awaited as they ran
+    data BLOB NOT NULL,            -- zlib of marshal, see `GraphPart`
     PRIMARY KEY (run, batch)
 ) WITHOUT ROWID;
 -- A class's nodes are a range of keys ("name(" up to "name)"), and leases are few.
@@ -563,11 +569,13 @@ def commit(
     run: RunRow | None = None,
     attempts: Sequence[AttemptRow] = (),
     keep_runs: int | None = None,
+    graph: Sequence[bytes] = (),
 ) -> tuple[list[str], list[str]]:
     """Record results, drop their leases and note failures, in one transaction.
 
-    Also the history: the `run`'s row as it stands, its `attempts`, and with `keep_runs`
-    (as the run ends) the removal of all but the latest `keep_runs` runs and their attempts.
+    Also the history: the `run`'s row as it stands, its `attempts`, parts of its `graph`
+    (`encode_graph`), and with `keep_runs` (as the run ends) the removal of all but the
+    latest `keep_runs` runs with their attempts and graphs.
 
     Returns:
         The result files to remove after (of the results these replace, and of those
@@ -616,6 +624,14 @@ def commit(
             ).fetchone()[0]
             data = zlib.compress(marshal.dumps(list(attempts)), 1)
             conn.execute("INSERT INTO attempts VALUES (?,?,?)", (owner, batch, data))
+        if graph:
+            batch = conn.execute(
+                "SELECT coalesce(max(batch), -1) + 1 FROM graphs WHERE run=?", (owner,)
+            ).fetchone()[0]
+            conn.executemany(
+                "INSERT INTO graphs VALUES (?,?,?)",
+                [(owner, batch + i, part) for i, part in enumerate(graph)],
+            )
         forgotten = [] if keep_runs is None else _forget_runs(conn, keep_runs)
     for s in dropped:
         log.warning("%s: another process computed it meanwhile; keeping its result", s.entry.key)
@@ -625,8 +641,9 @@ def commit(
 def _forget_runs(conn: sqlite3.Connection, keep: int) -> list[str]:
     """Remove all but the latest `keep` runs from the history, with their attempts; return their ids."""
     old = [r for (r,) in conn.execute("SELECT id FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?", (keep,))]
-    for run in old:  # an attempt's key starts with its run's id: a range of the table each
+    for run in old:  # a run's attempts and graph are a range of their tables each
         conn.execute("DELETE FROM attempts WHERE run=?", (run,))
+        conn.execute("DELETE FROM graphs WHERE run=?", (run,))
         conn.execute("DELETE FROM runs WHERE id=?", (run,))
     return old
 

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
@@ -25,6 +26,7 @@ import anyio
 
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
+from .history import GRAPH_MAX, GraphPart, encode_graph
 
 # The door to the cache for a run is this module: it passes on the index's types it uses.
 from .index import Attempt as Attempt
@@ -33,10 +35,19 @@ from .index import Entry as Entry
 from .index import Record as Record
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
+    from collections.abc import (
+        AsyncGenerator,
+        Awaitable,
+        Callable,
+        Collection,
+        Coroutine,
+        Iterable,
+        Sequence,
+    )
     from pathlib import Path
 
     from .._capture import Capture
+    from .._graph import Node
     from .._source import Fingerprint
     from .files import Inputs
 
@@ -48,6 +59,7 @@ _BATCH_MAX = 5000  # nodes per transaction
 _SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
 _COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)
 _NAMED = 5  # lost results a CacheError names before "and N more"
+_COUNT_EVERY = 1.0  # seconds between updates of a running run's counts in the history
 
 log = logging.getLogger("asyncflow")
 
@@ -164,11 +176,16 @@ class CacheSession:
         self._released: list[str] = []
         self._failures: list[tuple[str, str, str]] = []
         self._fingerprints: dict[str, tuple[str, str, str]] = {}  # digest -> its row, until written
-        # The history: this run's row (written with the first writes, again when it ends), its attempts.
+        # The history: this run's row (written as it starts, its counts every `_COUNT_EVERY`
+        # seconds while it goes on, again when it ends), its attempts and its graph.
         self.run: RunRow | None = None
         self._run_changed = False
         self._run_ended = False
+        self._counts: Callable[[], dict[str, int]] | None = None
+        self._counted = 0.0  # when the counts were last taken
         self._attempts: list[tuple[AttemptRow, Capture]] = []  # with what the attempt printed and logged
+        self._graph: list[GraphPart] = []
+        self._graph_size = 0  # nodes noted so far (up to `GRAPH_MAX`)
         self._wake = anyio.Event()
         self.write_error: Exception | None = None  # the first reason a result could not be written
         self.lost: list[str] = []  # the keys of the results that could not be written
@@ -249,12 +266,36 @@ class CacheSession:
         self._pending.append(entry)
         self._wake.set()
 
-    def begin_run(self, root: str, entrypoint: str, started: float, options: str) -> None:
-        """Note this run in the history (written with the run's first writes)."""
+    def begin_run(
+        self, root: str, entrypoint: str, started: float, options: str, counts: Callable[[], dict[str, int]]
+    ) -> None:
+        """Note this run in the history, as running, with `counts` taken as it goes on (written at once)."""
         self.run = RunRow(
             self.owner, root, entrypoint, started, None, "running", "{}", index.HOST, os.getpid(), options
         )
+        self._counts = counts
         self._run_changed = True
+        self._wake.set()
+
+    def note_graph(
+        self,
+        nodes: Sequence[Node],
+        stale: Collection[Node],
+        awaited: Sequence[tuple[Node, Sequence[Node]]] = (),
+    ) -> None:
+        """Queue part of this run's graph for its history (see `encode_graph`).
+
+        `nodes` are new to the run (`stale` among them are to run); `awaited` pairs a body
+        with tasks it awaited. Encoded on the writer's thread: nothing here may change them.
+        """
+        if self._graph_size > GRAPH_MAX:
+            return
+        self._graph_size += len(nodes)
+        if self._graph_size > GRAPH_MAX:  # too big to keep: the history has none of it
+            self._graph.clear()
+            return
+        self._graph.append((nodes, stale, awaited))
+        self._wake.set()
 
     def end_run(self, ended: float, outcome: str, counts: str) -> None:
         """Note how this run ended (written by the last flush, which also trims the history)."""
@@ -278,7 +319,8 @@ class CacheSession:
 
     async def _writer(self) -> None:
         while True:
-            await self._wake.wait()
+            with anyio.move_on_after(_COUNT_EVERY):  # a running run's counts, also when nothing ends
+                await self._wake.wait()
             if len(self._pending) < _BATCH_MAX:
                 # Gather what finishes in the next moment into the same transaction: a
                 # chain of quick tasks would otherwise commit every node on its own.
@@ -296,12 +338,16 @@ class CacheSession:
             drain: also write what is queued while writing; else only what is queued now.
         """
         rounds = -1 if drain else max(1, -(-len(self._pending) // _BATCH_MAX))
-        while (self._pending or self._released or self._failures or self._run_changed) and rounds != 0:
+        self._take_counts()
+        while (
+            self._pending or self._released or self._failures or self._run_changed or self._graph
+        ) and rounds != 0:
             rounds -= 1
             entries, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
             released, self._released = self._released, []
             failures, self._failures = self._failures, []
             attempts, self._attempts = self._attempts, []
+            graph, self._graph = self._graph, []
             run = self.run if self._run_changed else None
             keep = self.keep_runs if self._run_ended else None
             self._run_changed = False
@@ -315,7 +361,7 @@ class CacheSession:
                 try:
                     unwritten = await self.index.call(
                         _write, self.cache_dir, self.owner, entries, released, failures, made_by,
-                        (run, attempts, keep),
+                        (run, attempts, keep, graph),
                     )  # fmt: skip
                 except (OSError, sqlite3.Error) as exc:  # the commit failed: none of them is kept
                     unwritten = [(e.key, exc) for e in entries]
@@ -323,6 +369,19 @@ class CacheSession:
             for key, exc in unwritten:
                 self.lost.append(key)
                 self.write_error = self.write_error or exc
+
+    def _take_counts(self) -> None:
+        """Note the counts of a running run, at most every `_COUNT_EVERY` seconds, if they changed."""
+        if self.run is None or self._run_ended or self._counts is None:
+            return
+        now = time.monotonic()
+        if now - self._counted < _COUNT_EVERY:
+            return
+        self._counted = now
+        counts = json.dumps(self._counts())
+        if counts != self.run.counts:
+            self.run = self.run._replace(counts=counts)
+            self._run_changed = True
 
     async def release_all(self) -> None:
         """Drop every lease this run holds (say so when even that cannot be written)."""
@@ -388,13 +447,18 @@ def _write(
     released: Sequence[str],
     failures: Sequence[tuple[str, str, str]],
     fingerprints: Sequence[tuple[str, str, str]],
-    history: tuple[RunRow | None, Sequence[tuple[AttemptRow, Capture]], int | None] = (None, (), None),
+    history: tuple[RunRow | None, Sequence[tuple[AttemptRow, Capture]], int | None, Sequence[GraphPart]] = (
+        None,
+        (),
+        None,
+        (),
+    ),
 ) -> list[tuple[str, OSError]]:
     """Encode results and write the large ones to files, then commit all to the index.
 
     `history` is the run's row (if it changed), attempts with their output (written to
-    log files first; an attempt whose log cannot be written is kept without it) and how
-    many runs to keep (as the run ends), for `index.commit`.
+    log files first; an attempt whose log cannot be written is kept without it), how
+    many runs to keep (as the run ends) and parts of the run's graph, for `index.commit`.
 
     A result file is in place before the record that names it, and the file of a
     replaced result goes only once its record is gone: a crash between leaves an
@@ -420,10 +484,11 @@ def _write(
         digest = blobs.digest(data)
         encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
     try:
-        run, attempts, keep = history
+        run, attempts, keep, graph = history
         kept = [_log(cache_dir, owner, a, output.text()) for a, output in attempts]
+        parts = [encode_graph(graph)] if graph else []
         replaced, forgotten = index.commit(
-            conn, owner, encoded, released, failures, fingerprints, run, kept, keep
+            conn, owner, encoded, released, failures, fingerprints, run, kept, keep, parts
         )
     except BaseException:
         blobs.remove(cache_dir, [s.path for s in encoded if s.path is not None])  # no record names them
