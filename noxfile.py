@@ -26,7 +26,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """pyright strict on asyncflow/, then --verifytypes on the public API (100%)."""
     # exceptiongroup: pyright checks the Python 3.10 branch of _errors.py too.
-    session.install("-e", ".", "pyright>=1.1.390", "pytest>=8", "trio>=0.27", "nox", "exceptiongroup")
+    session.install("-e", ".[web]", "pyright>=1.1.390", "pytest>=8", "trio>=0.27", "nox", "exceptiongroup")
     session.run("pyright")
     session.run("pyright", "--verifytypes", "asyncflow", "--ignoreexternal")
 
@@ -36,12 +36,14 @@ def tests(session: nox.Session) -> None:
     """pytest on asyncio and trio; extra arguments go to pytest."""
     session.install(
         "-e",
-        ".",
+        ".[web]",
         "pytest>=8",
         "trio>=0.27",
         "fastapi",
         "uvicorn",
         "httpx",
+        # The web view's tests drive Debian's chromium (.ci/run installs it) with it.
+        "playwright",
         "nbclient",
         "nbformat",
         "ipykernel",

@@ -1,4 +1,4 @@
-"""The ``asyncflow`` command line: ``run``, ``graph``, ``status``, ``clear``, ``check``.
+"""The ``asyncflow`` command line: ``run``, ``graph``, ``status``, ``clear``, ``check``, history, ``serve``.
 
 Exit statuses: 0 success, 1 a task failed (or any other asyncflow error: the graph, the
 cache, a class's source, printed as ``Type: message``), 2 a usage error (missing
@@ -459,6 +459,27 @@ async def cmd_logs(taskfile: str, written: str, cache_dir: str | None, last: int
     return OK
 
 
+async def cmd_serve(cache_dir: str | None, host: str, port: int, poll: float) -> int:
+    """Serve the web view of a cache's history until interrupted."""
+    try:
+        import uvicorn
+
+        from .web import app
+    except ImportError as exc:
+        raise UsageError(
+            f"serve needs the web extra ({exc}); install it: pip install 'asyncflow[web]'"
+        ) from exc
+    where = _cache_dir(cache_dir, None)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach it sees the history and output of %s", host, where)
+    config = uvicorn.Config(app(where, poll=poll), host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    _write(f"{PROG}: the history of {where} on http://{shown}:{port}/ (Ctrl-C stops)")
+    await server.serve()  # on Ctrl-C it stops, then raises KeyboardInterrupt again: see `main`
+    return OK if server.started else FAILED
+
+
 def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
@@ -617,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         _logs_parser,
         _clear_parser,
         _check_parser,
+        _serve_parser,
     ):
         add(sub, common)
     return parser
@@ -779,6 +801,31 @@ def _logs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
     )
 
 
+def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="a live web view of the runs, their graphs, tasks and output",
+        description="Serve a read-only web view of a cache's history: the runs (live while they go "
+        "on), each run's graph and attempts, each task's attempts, output and traceback. It only "
+        "reads the cache. Needs the web extra: pip install 'asyncflow[web]'.",
+    )
+    _add_cache_dir(serve, "./.cache")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1: this machine only; the view has no login)",
+    )
+    serve.add_argument("-p", "--port", type=int, default=8765, help="the port to listen on (default 8765)")
+    serve.add_argument(
+        "--poll",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how often live pages look for changes (default 0.5)",
+    )
+
+
 def _clear_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
     clear = sub.add_parser(
         "clear",
@@ -850,6 +897,10 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
         return lambda: cmd_runs(a.cache_dir, a.last, a.json)
     if a.command == "check":
         return lambda: cmd_check(a.cache_dir, a.repair)
+    if a.command == "serve":
+        if not 0 <= a.port <= 65535 or a.poll <= 0:
+            raise UsageError(f"--port {a.port} / --poll {a.poll}: give a port 0-65535 and a positive poll")
+        return lambda: cmd_serve(a.cache_dir, a.host, a.port, a.poll)
     assert a.command == "clear", "asyncflow bug: a subcommand without an implementation"
     return lambda: cmd_clear(a.taskfile, a.entry, a.cache_dir, a.all_of)
 
@@ -874,6 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(f"{PROG} {ns.command}: {type(exc).__name__}: {exc}", err=True)
         return FAILED
     except KeyboardInterrupt:
+        if ns.command == "serve":  # the way to stop it
+            return OK
         _write(f"{PROG}: interrupted", err=True)
         return INTERRUPTED
     except BrokenPipeError:  # what reads the output went away (`| head`): stop quietly

@@ -28,7 +28,7 @@ FORMATS: tuple[Format, ...] = ("mermaid", "dot", "text")
 IMAGE_FORMATS = ("svg", "png", "pdf")
 
 # (fill, border, text) per state: green, amber, red; failed nodes also get a bold border.
-_COLORS: dict[State, tuple[str, str, str]] = {
+COLORS: dict[State, tuple[str, str, str]] = {
     "fresh": ("#d4edda", "#2e7d32", "#1b4d20"),
     "stale": ("#fff3cd", "#b8860b", "#5c4300"),
     "failed": ("#f8d7da", "#c62828", "#6d1212"),
@@ -152,7 +152,7 @@ def _mermaid_text(text: str) -> str:
 def _mermaid_header() -> list[str]:
     lines = ["flowchart TD"]
     for state in _STATES:
-        fill, border, color = _COLORS[state]
+        fill, border, color = COLORS[state]
         width = "3px" if state == "failed" else "1px"
         dash = ",stroke-dasharray:5 3" if state == "stale" else ""
         lines.append(
@@ -208,7 +208,7 @@ def _dot_header() -> list[str]:
 
 
 def _dot_node(node_id: str, label: str, state: State, tooltip: str) -> str:
-    fill, border, color = _COLORS[state]
+    fill, border, color = COLORS[state]
     style = {"fresh": "rounded,filled", "stale": "rounded,filled,dashed", "failed": "rounded,filled,bold"}[
         state
     ]
@@ -218,8 +218,8 @@ def _dot_node(node_id: str, label: str, state: State, tooltip: str) -> str:
     )
 
 
-_AWAITED_COLOR = "#1f5fbf"
-_AWAITED = f'[style=dashed, color="{_AWAITED_COLOR}", tooltip="awaited by its body"]'
+AWAITED_COLOR = "#1f5fbf"
+_AWAITED = f'[style=dashed, color="{AWAITED_COLOR}", tooltip="awaited by its body"]'
 
 
 def _dot(statuses: list[NodeStatus]) -> str:
@@ -252,7 +252,7 @@ def _grouped_dot(groups: dict[str, _Group], edges: Counter[_Edge]) -> str:
     for (a, b, awaited), n in edges.items():
         if awaited:
             lines.append(
-                f'    {ids[a]} -> {ids[b]} [label="{n} awaited", style=dashed, color="{_AWAITED_COLOR}"];'
+                f'    {ids[a]} -> {ids[b]} [label="{n} awaited", style=dashed, color="{AWAITED_COLOR}"];'
             )
         else:
             lines.append(f'    {ids[a]} -> {ids[b]} [label="{n}"];')

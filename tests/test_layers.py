@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"_runners"},
     {"_scheduler"},
     {"_task"},
-    {"_explain", "_render"},
+    {"_explain", "_render", "web"},
     {"_taskfile", "_cli", "__main__", "worker", "__init__", "examples"},
 ]
 
