@@ -196,6 +196,20 @@ def test_pages_show_runs_a_run_and_a_failed_task(served: Served) -> None:
     assert served.get("/tasks/flow.Nothing()").status_code == 404
 
 
+def test_a_run_killed_shows_as_died(served: Served) -> None:
+    run = served.run(gate=False)  # its bodies wait at the gate
+    deadline = time.monotonic() + 30
+    while "badge running" not in served.get("/").text:
+        assert time.monotonic() < deadline, "the run never showed as running"
+        time.sleep(0.1)
+    run.kill()  # kill -9: it writes nothing more
+    _ended(run, -signal.SIGKILL)
+    page = served.get("/").text
+    assert '<span class="badge died">died</span>' in page
+    runs = cli("runs", "--cache-dir", served.cache, cwd=served.cache.parent)
+    assert " died " in runs.stdout
+
+
 def test_the_view_only_reads(served: Served) -> None:
     proc = served.run()
     _ended(proc, 0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import math
 import sqlite3
 import zlib
 from dataclasses import dataclass, field
@@ -123,6 +124,13 @@ def decode_graph(parts: Sequence[bytes], attempts: Sequence[Attempt], ended: boo
     return RunGraph(nodes, complete)
 
 
+def settled(run: RunRow) -> RunRow:
+    """Return `run`, as ``died`` if it is ``running`` but its process (on this host) is gone: killed, or its machine restarted."""
+    if run.outcome == "running" and not index.owner_alive(run.id, math.inf, 0.0):
+        return run._replace(outcome="died")
+    return run
+
+
 class TaskRecord(NamedTuple):
     """What the index holds about one node, without its result."""
 
@@ -180,7 +188,7 @@ class Reader:
         conn = self._connect()
         if conn is None or "runs" not in self._tables(conn):
             return []
-        return index.runs(conn, limit)
+        return [settled(r) for r in index.runs(conn, limit)]
 
     def run(self, run: str) -> RunRow | None:
         """Return the run `run`, if the history still has it."""
@@ -188,7 +196,7 @@ class Reader:
         if conn is None or "runs" not in self._tables(conn):
             return None
         row = conn.execute("SELECT * FROM runs WHERE id=?", (run,)).fetchone()
-        return None if row is None else RunRow(*row)
+        return None if row is None else settled(RunRow(*row))
 
     def attempts(self, run: str) -> list[Attempt]:
         """Return every attempt of the run `run`, in the order they started."""

@@ -15,6 +15,7 @@ import anyio
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
 from . import check as _check
+from .history import settled
 from .index import Attempt as Attempt
 from .index import ClassSummary as ClassSummary
 from .index import Index, Record
@@ -136,7 +137,7 @@ async def check(cache_dir: Path, *, repair: bool = False) -> Report | None:
 async def history(cache_dir: Path, limit: int) -> list[RunRow] | None:
     """Return the latest `limit` runs of the history, the latest first; None when `cache_dir` has no index."""
     async with open_index(cache_dir) as idx:
-        return None if idx is None else await idx.call(index.runs, limit)
+        return None if idx is None else [settled(r) for r in await idx.call(index.runs, limit)]
 
 
 async def attempts(cache_dir: Path, run: str) -> list[Attempt]:

@@ -39,7 +39,7 @@ th { background: #eceff1; font-weight: 600; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .badge { border-radius: 10px; padding: 1px 8px; font-size: 12px; font-weight: 600; }
 .ok { background: #d4edda; color: #1b4d20; } .failed, .error { background: #f8d7da; color: #6d1212; }
-.running { background: #dbe9f9; color: #123a66; } .cancelled { background: #eee; color: #555; }
+.running { background: #dbe9f9; color: #123a66; } .cancelled, .died { background: #eee; color: #555; }
 .bar { width: 120px; height: 8px; background: #e0e0e0; border-radius: 4px; overflow: hidden; display: inline-block; }
 .bar span { display: block; height: 100%; background: #1f5fa8; }
 pre { background: #263238; color: #eceff1; padding: 10px; overflow: auto; max-height: 480px; font-size: 12px; }
