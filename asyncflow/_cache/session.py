@@ -13,6 +13,7 @@ in the run's `CacheError`, and every way out of a run releases its leases.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ _BATCH_MAX = 5000  # nodes per transaction
 _SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
 _COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)
 _NAMED = 5  # lost results a CacheError names before "and N more"
+_SQLITE_FULL = 13  # the error code (sqlite3.SQLITE_FULL from Python 3.11 on)
 _COUNT_EVERY = 1.0  # seconds between updates of a running run's counts in the history
 
 log = logging.getLogger("asyncflow")
@@ -483,13 +485,24 @@ def _write(
             continue
         digest = blobs.digest(data)
         encoded.append(Encoded(e, codec, None if path else data, path, len(data), digest))
+    run, attempts, keep, graph = history
     try:
-        run, attempts, keep, graph = history
         kept = [_log(cache_dir, owner, a, output.text()) for a, output in attempts]
         parts = [encode_graph(graph)] if graph else []
-        replaced, forgotten = index.commit(
-            conn, owner, encoded, released, failures, fingerprints, run, kept, keep, parts
-        )
+        while True:
+            try:
+                replaced, forgotten = index.commit(
+                    conn, owner, encoded, released, failures, fingerprints, run, kept, keep, parts
+                )
+                break
+            except sqlite3.OperationalError as exc:
+                if not encoded or not _disk_full(exc):
+                    raise
+                # The index's log needs room too: give up the later half of the results
+                # (their files make room) and commit the rest, so what fits is kept.
+                encoded, dropped = encoded[: len(encoded) // 2], encoded[len(encoded) // 2 :]
+                blobs.remove(cache_dir, [s.path for s in dropped if s.path is not None])
+                unwritten += [(s.entry.key, OSError(errno.ENOSPC, str(exc))) for s in dropped]
     except BaseException:
         blobs.remove(cache_dir, [s.path for s in encoded if s.path is not None])  # no record names them
         raise
@@ -497,6 +510,11 @@ def _write(
     for old in forgotten:
         shutil.rmtree(paths.logs_dir(cache_dir, old), ignore_errors=True)
     return unwritten
+
+
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    """Tell whether SQLite failed for want of disk space (SQLITE_FULL)."""
+    return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc)
 
 
 def _log(cache_dir: Path, run: str, attempt: AttemptRow, output: str) -> AttemptRow:
