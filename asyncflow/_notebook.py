@@ -23,7 +23,7 @@ Bundle = dict[str, str]  # MIME type -> content, e.g. {"text/plain": ..., "text/
 
 
 def in_kernel() -> bool:
-    """Tell whether this process is an IPython kernel (Jupyter, VS Code, Colab), cheaply."""
+    """Tell whether this process is an IPython kernel (behind any Jupyter front end), cheaply."""
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
