@@ -48,7 +48,7 @@ class RunOptions(TypedDict, total=False):
     on_error: OnError
     """``"cancel"`` (default) stops at the first failure; ``"continue"`` finishes the rest."""
     progress: bool
-    """Show live progress per task class on a terminal (log lines otherwise); default off."""
+    """Show live progress per task class on a terminal or in a notebook cell (log lines otherwise); default off."""
 
 
 class CacheOptions(TypedDict, total=False):

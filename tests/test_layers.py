@@ -16,7 +16,18 @@ PACKAGE = Path(__file__).parent.parent / "asyncflow"
 
 # Bottom up: a module may import from its own layer (without a cycle) and the ones below.
 LAYERS: list[set[str]] = [
-    {"_errors", "_keys", "_file", "_stats", "_limits", "_progress", "_sync", "_mainguard", "_capture"},
+    {
+        "_errors",
+        "_keys",
+        "_file",
+        "_stats",
+        "_limits",
+        "_progress",
+        "_notebook",
+        "_sync",
+        "_mainguard",
+        "_capture",
+    },
     {"_placements", "_options"},
     {"_requires", "_source", "_recipes"},
     {"_graph", "_plan"},

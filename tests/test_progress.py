@@ -201,3 +201,13 @@ def test_log_lines_go_above_the_live_lines(cache_dir: Path) -> None:
     assert len(said) == 12
     # Each on a line of its own, not written into a frame of the live lines.
     assert all(re.fullmatch(r"WARNING chatty: step \d+ says hi\s*", line) for line in said), said
+
+
+def test_progress_off_a_kernel_never_imports_ipython(cache_dir: Path) -> None:
+    script = (
+        "import sys, anyio\n"
+        "from asyncflow.examples.binomial import Choose\n"
+        "anyio.run(lambda: Choose(4, 2).run(cache_dir=sys.argv[1], progress=True))\n"
+        "assert 'IPython' not in sys.modules, 'progress imported IPython'\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(cache_dir)], cwd=REPO_ROOT, check=True, timeout=60)
