@@ -23,6 +23,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from asyncflow._cache.history import GraphNode, RunGraph
+from asyncflow._cache.store import Attempt, RunRow
+from asyncflow.web._pages import run_live
+from asyncflow.web._svg import render_svg
+
 from .service_env import REQUIRED
 from .test_cli import _env, cli
 from .test_fastapi_app import free_port
@@ -427,3 +432,37 @@ def test_browser_pages_work_without_javascript(served: Served, chromium: object)
         page.click("svg.graph g.node.failed")
     assert "ValueError: three is a bad number" in page.locator("details.output pre").first.inner_text()
     context.close()
+
+
+# The pages and the drawing, pure.
+
+
+def _graph(n: int) -> dict[str, GraphNode]:
+    leaves = {f"m.Leaf({i})": GraphNode(f"m.Leaf({i})", "m.Leaf", False, (), state="ran") for i in range(n)}
+    root = GraphNode("m.Root()", "m.Root", True, tuple(leaves), awaited=["m.Leaf(0)"], state="failed")
+    return {**leaves, "m.Root()": root}
+
+
+def test_a_big_graph_is_drawn_one_box_per_class() -> None:
+    svg = render_svg(_graph(60), lambda key: "/tasks/" + key)
+    assert svg.count('<g class="node') == 2
+    assert '<g class="node ran" data-key="m.Leaf">' in svg
+    assert '<g class="node failed" data-key="m.Root">' in svg
+    assert ">Leaf x60</text>" in svg
+    assert ">60</text>" in svg  # the edge: 60 node edges
+    assert ">1 awaited</text>" in svg
+    small = render_svg(_graph(3), lambda key: "/tasks/" + key)
+    assert small.count('<g class="node') == 4
+    assert '<a href="/tasks/m.Root()">' in small
+
+
+def test_a_run_page_lists_the_failed_attempts_and_the_latest_others() -> None:
+    run = RunRow("h:1:t", "m.Root()", "Root()", 0.0, 1.0, "failed", "{}", "h", 1, "{}")
+    attempts = [Attempt("h:1:t", f"m.Leaf({i})", 0, i, i + 0.5, "thread", "ok", None) for i in range(500)]
+    attempts[3] = attempts[3]._replace(outcome="failed", error="Leaf(3) failed: boom")
+    markup = run_live("", run, RunGraph({}, False), attempts)
+    assert markup.count('<tr class="attempt') == 101
+    assert "Leaf(3) failed: boom" in markup
+    assert ">Leaf(499)<" in markup
+    assert ">Leaf(398)<" not in markup
+    assert "399 more attempts that ended well are not shown" in markup

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .._cache.history import RunGraph, TaskRecord
     from .._cache.store import Attempt, RunRow
 
+_LISTED = 100  # attempts a run's page lists of each kind (failed, the latest that went well)
+
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
 header { background: #263238; color: #fff; padding: 10px 20px; display: flex; gap: 18px; align-items: baseline; }
@@ -164,7 +166,19 @@ def run_live(root: str, run: RunRow, graph: RunGraph, attempts: Sequence[Attempt
         drawing = f'<h2>Graph</h2>{_legend()}{note}<div class="graph-box">{svg}</div>'
     else:
         drawing = '<h2>Graph</h2><p class="muted">This run\'s graph is not recorded (too big, or an older asyncflow ran it).</p>'
-    return summary + drawing + "<h2>Attempts</h2>" + attempts_table(root, attempts, with_task=True)
+    shown = _some(attempts)
+    hidden = len(attempts) - len(shown)
+    more = f'<p class="muted">{hidden} more attempts that ended well are not shown.</p>' if hidden else ""
+    return summary + drawing + "<h2>Attempts</h2>" + attempts_table(root, shown, with_task=True) + more
+
+
+def _some(attempts: Sequence[Attempt]) -> Sequence[Attempt]:
+    """The attempts a run's page lists: all that did not end well (up to `_LISTED`) and the latest others."""
+    if len(attempts) <= 2 * _LISTED:
+        return attempts
+    bad = {id(a) for a in [a for a in attempts if a.outcome != "ok"][:_LISTED]}
+    good = {id(a) for a in [a for a in attempts if a.outcome == "ok"][-_LISTED:]}
+    return [a for a in attempts if id(a) in bad or id(a) in good]
 
 
 def run_page(root: str, cache_dir: str, run: RunRow, graph: RunGraph, attempts: Sequence[Attempt]) -> str:
