@@ -110,7 +110,7 @@ async def test_where_a_body_ran(cache_dir: Path) -> None:
     await Leaf(7).run(cache_dir=cache_dir, executor="process")
     assert (await _latest(cache_dir))[1][0].place == "process"
     await Leaf(8).run(cache_dir=cache_dir, prefixes={Leaf.task_name: ["env", "A=1"]})
-    assert (await _latest(cache_dir))[1][0].place == "prefix: env A=1"
+    assert (await _latest(cache_dir))[1][0].place.startswith("prefix: env A=1 (pid ")
 
 
 async def test_only_the_latest_runs_are_kept(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
