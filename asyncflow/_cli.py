@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -32,7 +33,7 @@ from ._options import resolve_cache_dir
 from ._taskfile import class_name, entry_class, entrypoint, load_taskfile, task_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
     from types import ModuleType
 
     from ._cache.store import Attempt
@@ -472,13 +473,15 @@ async def cmd_show(
 
 
 async def cmd_logs(
-    taskfile: str, written: str, arguments: Sequence[str], cache_dir: str | None, last: int
+    taskfile: str, written: str, arguments: Sequence[str], cache_dir: str | None, last: int, follow: bool
 ) -> int:
-    """Print what a task's latest attempts printed and logged."""
+    """Print what a task's latest attempts printed and logged (with `follow`, then each new one)."""
     from ._cache.store import attempts_of_node
 
     task = _named_task(taskfile, written, arguments)
     where = _cache_dir(cache_dir, taskfile)
+    if follow:
+        return await _follow_logs(task, where, last)
     tried = await attempts_of_node(where, task.__af_key__, last)
     if not tried:
         _write(
@@ -501,6 +504,42 @@ def _write_attempt(task: Task[Any, Any], where: Path, attempt: Attempt) -> None:
     text = read_log(where, attempt)
     if text:
         _write(text.rstrip("\n"))
+
+
+_FOLLOW_EVERY = 0.5  # seconds between looks at the history for `logs --follow`
+
+
+async def _follow_logs(task: Task[Any, Any], where: Path, last: int) -> int:
+    """Print the latest `last` attempts of `task`, then every new one as the history gets it, until Ctrl-C.
+
+    An attempt reaches the history, with its output, when it ends. Each look opens the
+    index, reads the batches of attempts it has not read yet, and closes it again.
+    """
+    from ._cache.store import new_attempts_of_node
+
+    seen: set[tuple[str, int]] = set()
+    with anyio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_first, interrupts, tg.cancel_scope)
+            found, batches = await new_attempts_of_node(where, task.__af_key__, frozenset())
+            for attempt in found[-last:]:
+                _write_attempt(task, where, attempt)
+            if not found:
+                _write(f"{task!r} has no attempt in the history of {where} yet; waiting for one "
+                       "(Ctrl-C to stop)", err=True)  # fmt: skip
+            while True:
+                seen.update(batches)
+                await anyio.sleep(_FOLLOW_EVERY)
+                found, batches = await new_attempts_of_node(where, task.__af_key__, frozenset(seen))
+                for attempt in found:
+                    _write_attempt(task, where, attempt)
+    return OK  # interrupted: that is how following ends
+
+
+async def _cancel_on_first(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
+    async for _ in signals:
+        scope.cancel()
+        return
 
 
 def _when(at: float) -> str:
@@ -849,6 +888,13 @@ def _logs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
     logs.add_argument(
         "-n", "--last", type=int, default=1, metavar="N", help="the latest N attempts (default 1)"
     )
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then keep printing each new attempt, as runs (in any process) go on, until Ctrl-C; an "
+        "attempt shows, with its output, when it ends",
+    )
 
 
 def _clear_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
@@ -921,7 +967,7 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
     if a.command == "logs":
         if a.last < 1:
             raise UsageError(f"-n/--last {a.last}: give a positive number of attempts")
-        return lambda: cmd_logs(a.taskfile, a.task, a.arguments, a.cache_dir, a.last)
+        return lambda: cmd_logs(a.taskfile, a.task, a.arguments, a.cache_dir, a.last, a.follow)
     if a.command == "runs":
         if a.last < 1:
             raise UsageError(f"-n/--last {a.last}: give a positive number of runs")

@@ -12,7 +12,7 @@ import pytest
 
 from asyncflow import RequiresList, Task, TaskFailedError
 from asyncflow._cache.index import HOST
-from asyncflow._cache.store import Attempt, RunRow, attempts, history
+from asyncflow._cache.store import Attempt, RunRow, attempts, history, new_attempts_of_node
 
 from .test_cli import cli
 
@@ -82,6 +82,19 @@ async def test_a_run_and_each_attempt_of_its_bodies_are_kept(cache_dir: Path) ->
     await Root(3).run(cache_dir=cache_dir)
     run, tried = await _latest(cache_dir)
     assert (json.loads(run.counts)["reused"], tried) == (4, [])
+
+
+async def test_the_attempts_of_a_node_since_the_last_look(cache_dir: Path) -> None:
+    key = Leaf(1).__af_key__
+    assert await new_attempts_of_node(cache_dir, key, frozenset()) == ([], [])  # no index yet
+    await Root(2).run(cache_dir=cache_dir)
+    found, seen = await new_attempts_of_node(cache_dir, key, frozenset())
+    assert [a.key for a in found] == [key]
+    assert await new_attempts_of_node(cache_dir, key, frozenset(seen)) == ([], [])  # nothing new
+    await Leaf(1).clear(cache_dir=cache_dir)
+    await Root(2).run(cache_dir=cache_dir)
+    found, more = await new_attempts_of_node(cache_dir, key, frozenset(seen))
+    assert ([a.key for a in found], set(more) & set(seen)) == ([key], set())  # the new run's only
 
 
 async def test_retries_are_attempts_with_their_errors(cache_dir: Path) -> None:
