@@ -6,7 +6,8 @@ more handler: each writes what it is given where it always went, and also into t
 scheduler; worker threads inherit it). Bodies in worker processes capture there and send
 their output back with their answer; a job's output is relayed line by line into it.
 Output written below Python (a C library, a subprocess writing to the inherited file
-descriptors) is not seen. Each capture keeps its last `LIMIT` characters.
+descriptors) is not seen. Each capture keeps its last `LIMIT` characters, and the job
+that ran the attempt when its runner names one (`note_job`), for the history's place.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Capture:
     _chunks: list[str] | None = None
     _size = 0
     dropped = 0  # characters dropped from the front
+    job = ""  # the job that ran the attempt ("job 1234", "pid 4321"), if its runner named it
 
     def write(self, text: str) -> None:
         if not text:
@@ -148,3 +150,10 @@ def add(text: str) -> None:
     capture = CAPTURE.get()
     if capture is not None:
         capture.write(text)
+
+
+def note_job(job: str) -> None:
+    """Name the job that runs the current attempt (``job 1234``, ``pid 4321``): its history says where it ran."""
+    capture = CAPTURE.get()
+    if capture is not None:
+        capture.job = job

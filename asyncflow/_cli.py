@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -32,11 +33,14 @@ from ._options import resolve_cache_dir
 from ._taskfile import class_name, entry_class, entrypoint, load_taskfile, task_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+    from types import ModuleType
 
+    from ._cache.store import Attempt
     from ._explain import NodeStatus
     from ._options import RunOptions
     from ._render import Format
+    from ._task import Task
 
 log = logging.getLogger("asyncflow")
 
@@ -138,19 +142,11 @@ class RunArgs:
     on_error: str | None
     progress: bool = True
     arguments: tuple[str, ...] = ()  # after the taskfile: the entrypoint's build_task arguments
-    help: str = ""  # the command's help, when asked for (then the entrypoint's arguments are added)
 
 
 async def cmd_run(args: RunArgs) -> int:
     """Run the taskfile's entrypoint; report its result, or which tasks failed."""
-    module = load_taskfile(args.taskfile)
-    if args.help:
-        _write(
-            args.help + _arguments_parser(entry_class(module, args.taskfile, args.entry), args).format_help()
-        )
-        return OK
-    arguments = _arguments_parser(entry_class(module, args.taskfile, args.entry), args).parse(args.arguments)
-    root = entrypoint(module, args.taskfile, args.entry, arguments)
+    root = _entry_task(load_taskfile(args.taskfile), args.taskfile, args.entry, args.arguments)
     cache_dir = _cache_dir(args.cache_dir, args.taskfile)
     options: RunOptions = {"cache_dir": cache_dir}
     if args.max_workers is not None:
@@ -199,13 +195,20 @@ def _last_line(error: TaskFailedError) -> str:
     return str(error).splitlines()[0]
 
 
-async def cmd_graph(taskfile: str, entry: str, cache_dir: str | None, fmt: Format, output: str | None) -> int:
+async def cmd_graph(
+    taskfile: str,
+    entry: str,
+    arguments: Sequence[str],
+    cache_dir: str | None,
+    fmt: Format,
+    output: str | None,
+) -> int:
     """Print (or write) the graph with each node's fresh/stale state and reason."""
     from ._errors import GraphvizError
     from ._explain import explain
     from ._render import IMAGE_FORMATS, render, write_image
 
-    root = entrypoint(load_taskfile(taskfile), taskfile, entry)
+    root = _entry_task(load_taskfile(taskfile), taskfile, entry, arguments)
     statuses: list[NodeStatus] = await explain(root, cache_dir=_cache_dir(cache_dir, taskfile))
     image = output is not None and Path(output).suffix.lower().lstrip(".") in IMAGE_FORMATS
     text = render(statuses, "dot" if image else fmt)
@@ -289,7 +292,19 @@ _UNSET: Any = object()  # an argument not given: build_task's default applies
 _SCALARS: dict[object, Callable[[str], object]] = {int: int, float: float, str: str, Path: Path}
 
 
-def _arguments_parser(cls: type[Any], args: RunArgs) -> _ArgumentsParser:
+def _entry_task(module: ModuleType, taskfile: str, name: str, arguments: Sequence[str]) -> Task[Any, Any]:
+    """Make the taskfile's task class `name` from `arguments`, the options after the taskfile.
+
+    What `run`, `graph`, `clear` (its entrypoint), `show` and `logs` (a class named as TASK) share.
+
+    Raises:
+        UsageError: no such class, or arguments its build_task does not take.
+    """
+    parsed = _arguments_parser(entry_class(module, taskfile, name)).parse(arguments)
+    return entrypoint(module, taskfile, name, parsed)
+
+
+def _arguments_parser(cls: type[Any]) -> _ArgumentsParser:
     """Parse the arguments of `cls.build_task` from ``--name VALUE`` options, converted by its annotations.
 
     ``int``, ``float``, ``str``, ``Path`` (and ``X | None`` of those), ``bool`` (``--name`` /
@@ -297,7 +312,6 @@ def _arguments_parser(cls: type[Any], args: RunArgs) -> _ArgumentsParser:
     (its choices); any other annotation takes JSON (``--rows '[1, 2]'``).
     """
     parser = _ArgumentsParser(
-        prog=f"{PROG} run {args.taskfile}",
         add_help=False,
         usage=argparse.SUPPRESS,
         argument_default=_UNSET,
@@ -394,13 +408,35 @@ async def cmd_runs(cache_dir: str | None, last: int, as_json: bool) -> int:
     return OK
 
 
-async def cmd_show(taskfile: str, written: str, cache_dir: str | None, whole: bool) -> int:
+def _named_task(taskfile: str, written: str, arguments: Sequence[str]) -> Task[Any, Any]:
+    """Return the task TASK names: written as in Python (``Square(3)``), or a class and its arguments.
+
+    ``Main --n 5`` (a class's name, then options after TASK) makes the task ``run`` makes
+    of ``--n 5``, with the same conversions.
+
+    Raises:
+        UsageError: it names no task, or options follow a task that is not a class's name.
+    """
+    module = load_taskfile(taskfile)
+    if written.isidentifier() and (arguments or isinstance(getattr(module, written, None), type)):
+        return _entry_task(module, taskfile, written, arguments)
+    if arguments:
+        raise UsageError(
+            f"unrecognized arguments: {shlex.join(arguments)}; options after TASK are build_task "
+            f"arguments, given after a task class's name: {written.partition('(')[0]} --name VALUE"
+        )
+    return task_of(module, taskfile, written)
+
+
+async def cmd_show(
+    taskfile: str, written: str, arguments: Sequence[str], cache_dir: str | None, whole: bool
+) -> int:
     """Show one task: its state and why, its result, its edges, its latest attempts and output."""
     from ._cache.store import attempts_of_node, load_result, read_log
     from ._errors import CacheError
     from ._explain import explain
 
-    task = task_of(load_taskfile(taskfile), taskfile, written)
+    task = _named_task(taskfile, written, arguments)
     where = _cache_dir(cache_dir, taskfile)
     statuses = await explain(task, cache_dir=where)
     names = {s.key: repr(s.task) for s in statuses}
@@ -436,12 +472,16 @@ async def cmd_show(taskfile: str, written: str, cache_dir: str | None, whole: bo
     return OK
 
 
-async def cmd_logs(taskfile: str, written: str, cache_dir: str | None, last: int) -> int:
-    """Print what a task's latest attempts printed and logged."""
-    from ._cache.store import attempts_of_node, read_log
+async def cmd_logs(
+    taskfile: str, written: str, arguments: Sequence[str], cache_dir: str | None, last: int, follow: bool
+) -> int:
+    """Print what a task's latest attempts printed and logged (with `follow`, then each new one)."""
+    from ._cache.store import attempts_of_node
 
-    task = task_of(load_taskfile(taskfile), taskfile, written)
+    task = _named_task(taskfile, written, arguments)
     where = _cache_dir(cache_dir, taskfile)
+    if follow:
+        return await _follow_logs(task, where, last)
     tried = await attempts_of_node(where, task.__af_key__, last)
     if not tried:
         _write(
@@ -449,14 +489,57 @@ async def cmd_logs(taskfile: str, written: str, cache_dir: str | None, last: int
         )
         return OK
     for attempt in reversed(tried):
-        took = attempt.ended - attempt.started
-        error = f": {attempt.error}" if attempt.error else ""
-        _write(f"== {task!r} attempt {attempt.attempt} of run {attempt.run}, {_when(attempt.started)}, "
-               f"{took:.2f} s on {attempt.place}: {attempt.outcome}{error}")  # fmt: skip
-        text = read_log(where, attempt)
-        if text:
-            _write(text.rstrip("\n"))
+        _write_attempt(task, where, attempt)
     return OK
+
+
+def _write_attempt(task: Task[Any, Any], where: Path, attempt: Attempt) -> None:
+    """Print one attempt: a line saying when, how long, where and how it ended, then its output."""
+    from ._cache.store import read_log
+
+    took = attempt.ended - attempt.started
+    error = f": {attempt.error}" if attempt.error else ""
+    _write(f"== {task!r} attempt {attempt.attempt} of run {attempt.run}, {_when(attempt.started)}, "
+           f"{took:.2f} s on {attempt.place}: {attempt.outcome}{error}")  # fmt: skip
+    text = read_log(where, attempt)
+    if text:
+        _write(text.rstrip("\n"))
+
+
+_FOLLOW_EVERY = 0.5  # seconds between looks at the history for `logs --follow`
+
+
+async def _follow_logs(task: Task[Any, Any], where: Path, last: int) -> int:
+    """Print the latest `last` attempts of `task`, then every new one as the history gets it, until Ctrl-C.
+
+    An attempt reaches the history, with its output, when it ends. Each look opens the
+    index, reads the batches of attempts it has not read yet, and closes it again.
+    """
+    from ._cache.store import new_attempts_of_node
+
+    seen: set[tuple[str, int]] = set()
+    with anyio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_first, interrupts, tg.cancel_scope)
+            found, batches = await new_attempts_of_node(where, task.__af_key__, frozenset())
+            for attempt in found[-last:]:
+                _write_attempt(task, where, attempt)
+            if not found:
+                _write(f"{task!r} has no attempt in the history of {where} yet; waiting for one "
+                       "(Ctrl-C to stop)", err=True)  # fmt: skip
+            while True:
+                seen.update(batches)
+                await anyio.sleep(_FOLLOW_EVERY)
+                found, batches = await new_attempts_of_node(where, task.__af_key__, frozenset(seen))
+                for attempt in found:
+                    _write_attempt(task, where, attempt)
+    return OK  # interrupted: that is how following ends
+
+
+async def _cancel_on_first(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
+    async for _ in signals:
+        scope.cancel()
+        return
 
 
 async def cmd_serve(cache_dir: str | None, host: str, port: int, poll: float) -> int:
@@ -493,13 +576,15 @@ def _size(n: int) -> str:
     raise AssertionError("asyncflow bug: unreachable")
 
 
-async def cmd_clear(taskfile: str, entry: str, cache_dir: str | None, all_of: list[str]) -> int:
+async def cmd_clear(
+    taskfile: str, entry: str, arguments: Sequence[str], cache_dir: str | None, all_of: list[str]
+) -> int:
     """Remove cached results; report what was removed and what became stale."""
     from ._cache.store import clear_class, clear_nodes
     from ._explain import explain
 
     module = load_taskfile(taskfile)
-    root = entrypoint(module, taskfile, entry)
+    root = _entry_task(module, taskfile, entry, arguments)
     where = _cache_dir(cache_dir, taskfile)
     names = [class_name(module, taskfile, c) for c in all_of]
     before = {s.key: s for s in await explain(root, cache_dir=where)}
@@ -600,7 +685,12 @@ def _add_taskfile(parser: argparse.ArgumentParser, *, optional: bool = False) ->
 def _add_task(parser: argparse.ArgumentParser) -> None:
     """Add TASKFILE, TASK (written as in Python) and --cache-dir, for commands about one task."""
     _add_taskfile(parser)
-    parser.add_argument("task", metavar="TASK", help="the task, as in Python: 'Square(3)'")
+    parser.add_argument(
+        "task",
+        metavar="TASK",
+        help="the task, as in Python: 'Square(3)'; or a task class's name, then its build_task "
+        "arguments as `run` takes them: Main --n 5",
+    )
     _add_cache_dir(parser, ".cache next to TASKFILE")
 
 
@@ -644,13 +734,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argparse's private subparsers type
-    run = sub.add_parser(
-        "run",
+def _entry_parser(
+    sub: Any, common: argparse.ArgumentParser, name: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Add a command of TASKFILE's entrypoint, whose other options after TASKFILE are its build_task arguments.
+
+    Its -h/--help, given a TASKFILE, lists them too (`cmd_help`).
+    """
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
         parents=[common],
         add_help=False,  # its own -h: with a TASKFILE, the help also lists its entrypoint's arguments
-        allow_abbrev=False,  # --n is the entrypoint's n, not the start of --no-progress
-        usage=f"{PROG} run [options] TASKFILE [--ARGUMENT VALUE ...]",
+        allow_abbrev=False,  # --n is the entrypoint's n, not the start of a longer option of the command
+        usage=f"{PROG} {name} [options] TASKFILE [--ARGUMENT VALUE ...]",
+        **kwargs,
+    )
+    parser.add_argument(
+        "-h", "--help", action="store_true", help="show this help (and the entrypoint's arguments) and exit"
+    )
+    parser.set_defaults(command_parser=parser)
+    _add_taskfile(parser, optional=True)  # not for --help alone
+    _add_cache_dir(parser, ".cache next to TASKFILE")
+    return parser
+
+
+def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argparse's private subparsers type
+    run = _entry_parser(
+        sub,
+        common,
+        "run",
         help="run a taskfile's Main task (only what is stale)",
         description="Run the Main task of TASKFILE (or -e NAME): everything stale upstream of it, "
         "in parallel, then print its result. Options after TASKFILE that are not the command's own are "
@@ -658,11 +770,6 @@ def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argp
         "(`asyncflow run flow.py --help` lists them).",
         epilog="exit status: 0 success, 1 a task failed (a summary follows the log), 2 usage error",
     )
-    run.add_argument(
-        "-h", "--help", action="store_true", help="show this help (and the entrypoint's arguments) and exit"
-    )
-    _add_taskfile(run, optional=True)  # not for --help alone
-    _add_cache_dir(run, ".cache next to TASKFILE")
     run.add_argument(
         "-w",
         "--max-workers",
@@ -721,19 +828,19 @@ def _run_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: argp
         default=True,
         help="show progress per task class: live lines on a terminal, log lines otherwise (default: on)",
     )
-    run.set_defaults(run_help=run.format_help())
 
 
 def _graph_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
-    graph = sub.add_parser(
+    graph = _entry_parser(
+        sub,
+        common,
         "graph",
-        parents=[common],
         help="draw the task graph, each node marked fresh or stale (and why)",
         description="Print the graph of TASKFILE's Main task (or -e NAME), each node fresh, stale "
-        "or failed, with why it is stale.",
+        "or failed, with why it is stale. Options after TASKFILE that are not the command's own are "
+        "the arguments of the entrypoint's build_task, as for run (`asyncflow graph flow.py --help` "
+        "lists them).",
     )
-    _add_taskfile(graph)
-    _add_cache_dir(graph, ".cache next to TASKFILE")
     graph.add_argument(
         "--format", choices=["mermaid", "dot", "text"], default="text", help="output format (default: text)"
     )
@@ -780,7 +887,9 @@ def _show_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
         description="Show TASK (written as in Python, e.g. 'Square(3)', with the names of TASKFILE): whether "
         "the next run would reuse it and why not, its cached result (cut at 200 characters unless "
         "--result), its requirements and the tasks its body awaited, its latest attempts over the runs "
-        "the cache keeps, and what the latest one printed and logged.",
+        "the cache keeps, and what the latest one printed and logged. TASK may also be a task class's name "
+        "followed by its build_task arguments, as run takes them: `Main --n 5` is what `asyncflow run "
+        "TASKFILE --n 5` ran (`asyncflow run TASKFILE -e CLASS --help` lists a class's arguments).",
     )
     _add_task(show)
     show.add_argument("--result", action="store_true", help="print the cached result whole")
@@ -793,11 +902,20 @@ def _logs_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see
         help="what a task printed and logged, attempt by attempt",
         description="Print what the body of TASK (written as in Python, e.g. 'Square(3)', with the names "
         "of TASKFILE) printed to stdout and stderr and logged, in its latest attempts over the runs the "
-        "cache keeps, the latest last; a failed attempt ends with its traceback.",
+        "cache keeps, the latest last; a failed attempt ends with its traceback. TASK may also be a task "
+        "class's name followed by its build_task arguments, as run takes them: `Main --n 5` is what "
+        "`asyncflow run TASKFILE --n 5` ran.",
     )
     _add_task(logs)
     logs.add_argument(
         "-n", "--last", type=int, default=1, metavar="N", help="the latest N attempts (default 1)"
+    )
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then keep printing each new attempt, as runs (in any process) go on, until Ctrl-C; an "
+        "attempt shows, with its output, when it ends",
     )
 
 
@@ -827,15 +945,16 @@ def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: se
 
 
 def _clear_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: see _run_parser
-    clear = sub.add_parser(
+    clear = _entry_parser(
+        sub,
+        common,
         "clear",
-        parents=[common],
         help="remove cached results",
         description="Remove the cached results of the graph of TASKFILE's Main task (or -e NAME), or with "
-        "--all-of every result of a class; report what was removed and what became stale.",
+        "--all-of every result of a class; report what was removed and what became stale. Options after "
+        "TASKFILE that are not the command's own are the arguments of the entrypoint's build_task, as for "
+        "run (`asyncflow clear flow.py --help` lists them).",
     )
-    _add_taskfile(clear)
-    _add_cache_dir(clear, ".cache next to TASKFILE")
     clear.add_argument(
         "--all-of",
         action="append",
@@ -863,34 +982,39 @@ def _check_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: se
     )
 
 
-async def _done() -> int:
+async def cmd_help(parser: argparse.ArgumentParser, taskfile: str | None, entry: str) -> int:
+    """Print a command's help; given a taskfile, with the build_task arguments of its entrypoint."""
+    text = parser.format_help()
+    if taskfile is not None:
+        text += _arguments_parser(entry_class(load_taskfile(taskfile), taskfile, entry)).format_help()
+    _write(text.rstrip("\n"))
     return OK
 
 
 def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
     """Bind the parsed namespace (untyped: argparse) to its command's coroutine function."""
     a: Any = ns  # argparse gives Any attributes; each is checked by its parser above
-    if a.command == "run" and a.taskfile is None:
+    if a.command in ("run", "graph", "clear"):  # made by `_entry_parser`
         if a.help:
-            _write(a.run_help.rstrip("\n"))
-            return _done
-        raise UsageError("the following arguments are required: TASKFILE")
+            return lambda: cmd_help(a.command_parser, a.taskfile, a.entry)
+        if a.taskfile is None:
+            raise UsageError("the following arguments are required: TASKFILE")
     if a.command == "run":
         if a.max_workers is not None and a.max_workers < 1:
             raise UsageError(f"-w/--max-workers {a.max_workers}: give a positive number of workers")
-        given = {f.name: getattr(a, f.name) for f in fields(RunArgs) if f.name not in ("arguments", "help")}
-        run_args = RunArgs(**given, arguments=tuple(a.arguments), help=a.run_help if a.help else "")
+        given = {f.name: getattr(a, f.name) for f in fields(RunArgs) if f.name != "arguments"}
+        run_args = RunArgs(**given, arguments=tuple(a.arguments))
         return lambda: cmd_run(run_args)
     if a.command == "graph":
-        return lambda: cmd_graph(a.taskfile, a.entry, a.cache_dir, a.format, a.output)
+        return lambda: cmd_graph(a.taskfile, a.entry, a.arguments, a.cache_dir, a.format, a.output)
     if a.command == "status":
         return lambda: cmd_status(a.cache_dir, a.json)
     if a.command == "show":
-        return lambda: cmd_show(a.taskfile, a.task, a.cache_dir, a.result)
+        return lambda: cmd_show(a.taskfile, a.task, a.arguments, a.cache_dir, a.result)
     if a.command == "logs":
         if a.last < 1:
             raise UsageError(f"-n/--last {a.last}: give a positive number of attempts")
-        return lambda: cmd_logs(a.taskfile, a.task, a.cache_dir, a.last)
+        return lambda: cmd_logs(a.taskfile, a.task, a.arguments, a.cache_dir, a.last, a.follow)
     if a.command == "runs":
         if a.last < 1:
             raise UsageError(f"-n/--last {a.last}: give a positive number of runs")
@@ -902,17 +1026,16 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
             raise UsageError(f"--port {a.port} / --poll {a.poll}: give a port 0-65535 and a positive poll")
         return lambda: cmd_serve(a.cache_dir, a.host, a.port, a.poll)
     assert a.command == "clear", "asyncflow bug: a subcommand without an implementation"
-    return lambda: cmd_clear(a.taskfile, a.entry, a.cache_dir, a.all_of)
+    return lambda: cmd_clear(a.taskfile, a.entry, a.arguments, a.cache_dir, a.all_of)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit status (the console script exits with it)."""
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
-    if extra and ns.command != "run":
+    if extra and ns.command not in ("run", "graph", "clear", "show", "logs"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if ns.command == "run":
-        ns.arguments = extra  # the entrypoint's, parsed once its taskfile is loaded (see cmd_run)
+    ns.arguments = extra  # build_task's, parsed once the taskfile is loaded (see `_entry_task`)
     level: int = ns.loglevel
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     warnings.showwarning = _log_warning

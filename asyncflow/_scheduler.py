@@ -975,7 +975,7 @@ class _Scheduler:
                     exc if isinstance(exc, TaskFailedError) else _failure(task, exc, options.timeout, attempt)
                 )
                 self._note_attempt(
-                    node, attempt, started, runner.place, capture, str(failure).split("\n", 1)[0]
+                    node, attempt, started, _place(runner, capture), capture, str(failure).split("\n", 1)[0]
                 )
                 if isinstance(exc, UnstorableResultError):  # the same value again: no retry
                     raise TaskFailedError(f"{task!r} {exc}", task=repr(task)) from exc.__cause__
@@ -992,14 +992,16 @@ class _Scheduler:
                 continue
             except BaseException:  # cancelled: the run is stopping
                 self._end_attempt(token, work, begun)
-                self._note_attempt(node, attempt, started, runner.place, capture, None, outcome="cancelled")
+                self._note_attempt(
+                    node, attempt, started, _place(runner, capture), capture, None, outcome="cancelled"
+                )
                 raise
             self._end_attempt(token, work, begun)
             self.stats.ran(cls.task_name, time.perf_counter() - t0)
             ended = time.time()
             # `_note_attempt`, inline: every body that runs passes here.
             self.session.note_attempt(
-                (node.key, attempt, started, ended, runner.place, "ok", None, None), capture
+                (node.key, attempt, started, ended, _place(runner, capture), "ok", None, None), capture
             )
             return outcome, started, ended
 
@@ -1069,6 +1071,11 @@ class _SlotWaiter:
 
     def __init__(self) -> None:
         self.event = anyio.Event()
+
+
+def _place(runner: Runner, capture: Capture) -> str:
+    """Say where an attempt ran, for the history: its runner's place, and the job it named (if it did)."""
+    return f"{runner.place} ({capture.job})" if capture.job else runner.place
 
 
 def _failure(task: Task[Any, Any], exc: Exception, timeout: float | None, attempt: int) -> TaskFailedError:

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -70,10 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         pickled = pickle_result(value)
     except BaseException as exc:  # reported to the parent, whatever it is
         traceback.print_exc()
-        payload.write_answer(job, payload.failure(exc))
+        payload.write_answer(job, replace(payload.failure(exc), job=whoami()))
         return 1
-    payload.write_answer(job, payload.Answer(pickled))
+    payload.write_answer(job, payload.Answer(pickled, job=whoami()))
     return 0
+
+
+def whoami() -> str:
+    """Name this job for the parent's history: its Slurm job id under Slurm, else this process's pid."""
+    slurm = os.environ.get("SLURM_JOB_ID")
+    return f"job {slurm}" if slurm else f"pid {os.getpid()}"
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import queue
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import pytest
@@ -15,7 +19,7 @@ from asyncflow import RequiresList, Task, TaskFailedError
 from asyncflow._cache.store import attempts_of_node, read_log
 from asyncflow._capture import LIMIT
 
-from .test_cli import cli
+from .test_cli import _env, cli
 
 log = logging.getLogger("tests.talker")
 
@@ -184,7 +188,81 @@ def test_the_logs_command(tmp_path: Path) -> None:
     assert wrong.returncode == 2
     assert "NameError" in wrong.stderr
     helped = cli("logs", "--help", cwd=tmp_path)
-    assert all(word in helped.stdout for word in ("TASKFILE", "TASK", "--cache-dir", "--last"))
+    assert all(word in helped.stdout for word in ("TASKFILE", "TASK", "--cache-dir", "--last", "--follow"))
+
+
+GATED = """
+import anyio
+from asyncflow import Requires, Task
+
+
+class Early(Task):
+    def run_task(self) -> int:
+        print("early speaking")
+        return 1
+
+
+class Main(Task):
+    early: Requires[int]
+
+    def build_task(self, gate: str) -> None:
+        self.early = Early()
+        self.gate = gate
+
+    async def run_task(self) -> int:
+        while not await anyio.Path(self.gate).exists():  # the test opens it
+            await anyio.sleep(0.05)
+        return self.early
+"""
+
+
+def _lines(stream: IO[str]) -> queue.Queue[str]:
+    """Read `stream` line by line in a thread of its own: the lines, as they come."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    return lines
+
+
+def _read_until(lines: queue.Queue[str], count: int, text: str, timeout: float = 60) -> list[str]:
+    """Read lines until `count` of them hold `text`; return all read."""
+    read: list[str] = []
+    deadline = time.monotonic() + timeout
+    while sum(text in line for line in read) < count:
+        read.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+    return read
+
+
+def test_logs_follow_a_task_while_runs_go_on(tmp_path: Path) -> None:
+    flow = tmp_path / "gated.py"
+    flow.write_text(GATED)
+    gate = tmp_path / "gate"
+    asyncflow = [sys.executable, "-m", "asyncflow"]
+    with subprocess.Popen(
+        [*asyncflow, "logs", flow, "Early()", "--follow"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as follower:  # fmt: skip
+        try:
+            assert follower.stdout is not None
+            lines = _lines(follower.stdout)
+            with subprocess.Popen([*asyncflow, "run", flow, "--gate", gate], cwd=tmp_path, env=_env()) as run:
+                # Early's attempt shows as it ends, while the run still waits at the gate.
+                read = _read_until(lines, 1, "early speaking")
+                assert read[0].startswith("== Early() attempt 0 of run ")
+                assert run.poll() is None
+                gate.touch()
+                assert run.wait(timeout=60) == 0
+            # A later run's attempt shows too.
+            assert cli("clear", flow, "--all-of", "Early", "--gate", gate, cwd=tmp_path).returncode == 0
+            assert cli("run", flow, "--gate", gate, cwd=tmp_path).returncode == 0
+            read += _read_until(lines, 1, "early speaking")
+            headers = [line for line in read if line.startswith("== Early() attempt 0 of run ")]
+            assert len({h.split()[6] for h in headers}) == 2  # two runs
+            follower.send_signal(signal.SIGINT)  # Ctrl-C ends it, quietly
+            _, err = follower.communicate(timeout=30)
+        finally:
+            follower.kill()
+    assert (follower.returncode, "Traceback" in err, "interrupted" in err) == (0, False, False), err
+    assert err.startswith("Early() has no attempt in the history of ")  # and waited for one
 
 
 def test_the_show_command(tmp_path: Path) -> None:

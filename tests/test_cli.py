@@ -438,3 +438,51 @@ def test_output_cut_short_by_its_reader_is_no_error(tmp_path: Path) -> None:
         proc.stdout.close()  # as `| head -1` does, long before the result is all written
         _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (0, b"")
+
+
+def test_graph_clear_show_and_logs_take_the_entrypoints_arguments(taskfile: Path, tmp_path: Path) -> None:
+    ran = cli("run", taskfile, "-e", "Takes", "--x", "3", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "Takes(3) = 3" in ran.stdout
+    graph = cli("graph", taskfile, "-e", "Takes", "--x", "3", cwd=tmp_path)
+    assert (graph.returncode, graph.stdout.splitlines()) == (
+        0,
+        ["1 node: 1 fresh, 0 stale, 0 failed (deps first)", "[fresh]  Takes(3)"],
+    ), graph.stderr
+    assert (
+        "[stale]  Takes(4): no result"
+        in cli("graph", taskfile, "-e", "Takes", "--x", "4", cwd=tmp_path).stdout
+    )
+    # show and logs: a class's name as TASK, then its arguments.
+    shown = cli("show", taskfile, "Takes", "--x", "3", cwd=tmp_path)
+    assert shown.stdout.splitlines()[:3] == [
+        "Takes(3)  (flow.Takes(3))",
+        "state: fresh (the next run reuses it)",
+        "result: 3",
+    ], shown.stderr
+    logs = cli("logs", taskfile, "Takes", "--x", "3", cwd=tmp_path)
+    assert logs.stdout.startswith("== Takes(3) attempt 0 of run "), logs.stderr
+    cleared = cli("clear", taskfile, "-e", "Takes", "--x", "3", cwd=tmp_path)
+    assert cleared.stdout.splitlines() == [
+        "removed 1 result(s) of the graph of Takes(3): Takes(3)",
+        "nothing else became stale",
+    ], cleared.stderr
+    # Their --help after the taskfile lists the arguments, as run's does.
+    for command in ("graph", "clear"):
+        helped = cli(command, taskfile, "-e", "Takes", "--help", cwd=tmp_path)
+        assert helped.returncode == 0, helped.stderr
+        assert helped.stdout.startswith(f"usage: asyncflow {command} [options] TASKFILE")
+        assert "arguments of Takes.build_task (after the taskfile):\n  --x INT  required" in helped.stdout
+        alone = cli(command, "--help", cwd=tmp_path)
+        assert (alone.returncode, "(after the taskfile):" in alone.stdout) == (0, False), alone.stderr
+        assert "--cache-dir" in alone.stdout
+    for wrong, says in [
+        (["graph", taskfile, "-e", "Takes"], "the following arguments are required: --x"),
+        (["clear", taskfile, "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+        (["graph"], "the following arguments are required: TASKFILE"),
+        (["show", taskfile, "Takes(3)", "--x", "3"], "options after TASK are build_task arguments"),
+        (["logs", taskfile, "NOT_A_TASK", "--x", "3"], "NOT_A_TASK in"),
+        (["status", "--x", "3"], "unrecognized arguments: --x 3"),
+    ]:
+        failed = cli(*wrong, cwd=tmp_path)
+        assert (failed.returncode, says in failed.stderr) == (2, True), failed.stderr

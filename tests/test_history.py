@@ -14,7 +14,7 @@ import asyncflow
 from asyncflow import Requires, RequiresList, Task, TaskFailedError, WorkflowFailedError
 from asyncflow._cache.history import Reader, counts
 from asyncflow._cache.index import HOST
-from asyncflow._cache.store import Attempt, RunRow, attempts, history
+from asyncflow._cache.store import Attempt, RunRow, attempts, history, new_attempts_of_node
 
 from .test_cli import cli
 
@@ -93,6 +93,19 @@ async def test_a_run_and_each_attempt_of_its_bodies_are_kept(cache_dir: Path) ->
     assert (json.loads(run.counts)["reused"], tried) == (4, [])
 
 
+async def test_the_attempts_of_a_node_since_the_last_look(cache_dir: Path) -> None:
+    key = Leaf(1).__af_key__
+    assert await new_attempts_of_node(cache_dir, key, frozenset()) == ([], [])  # no index yet
+    await Root(2).run(cache_dir=cache_dir)
+    found, seen = await new_attempts_of_node(cache_dir, key, frozenset())
+    assert [a.key for a in found] == [key]
+    assert await new_attempts_of_node(cache_dir, key, frozenset(seen)) == ([], [])  # nothing new
+    await Leaf(1).clear(cache_dir=cache_dir)
+    await Root(2).run(cache_dir=cache_dir)
+    found, more = await new_attempts_of_node(cache_dir, key, frozenset(seen))
+    assert ([a.key for a in found], set(more) & set(seen)) == ([key], set())  # the new run's only
+
+
 async def test_retries_are_attempts_with_their_errors(cache_dir: Path) -> None:
     tag = f"retry-{anyio.current_time()}"
     assert await Flaky(tag).run(cache_dir=cache_dir) == "ok"
@@ -119,7 +132,7 @@ async def test_where_a_body_ran(cache_dir: Path) -> None:
     await Leaf(7).run(cache_dir=cache_dir, executor="process")
     assert (await _latest(cache_dir))[1][0].place == "process"
     await Leaf(8).run(cache_dir=cache_dir, prefixes={Leaf.task_name: ["env", "A=1"]})
-    assert (await _latest(cache_dir))[1][0].place == "prefix: env A=1"
+    assert (await _latest(cache_dir))[1][0].place.startswith("prefix: env A=1 (pid ")
 
 
 async def test_only_the_latest_runs_are_kept(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,6 +210,26 @@ async def test_a_run_shows_as_running_with_its_counts_while_it_goes_on(cache_dir
     graph = reader.graph(reader.runs(1)[0])
     assert {n.state for n in graph.nodes.values()} == {"reused"}
     assert graph.nodes[Waits(3).__af_key__].awaited == [Leaf(100).__af_key__, Leaf(101).__af_key__]
+    reader.close()
+
+
+class SlowRetry(Task, retries=1, retry_delay=30):
+    async def run_task(self) -> int:
+        raise ValueError("not yet")
+
+
+async def test_an_attempt_to_be_retried_is_in_the_history_before_the_retry(cache_dir: Path) -> None:
+    reader = Reader(cache_dir)
+    with anyio.move_on_after(10) as scope:  # the retry waits 30 s: the history must not
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: SlowRetry().run(cache_dir=cache_dir))
+            while not (runs := reader.runs(1)) or not reader.attempts(runs[0].id):  # noqa: ASYNC110 - the index, as a reader sees it
+                await anyio.sleep(0.05)
+            tried = reader.attempts(runs[0].id)
+            assert [(a.attempt, a.outcome) for a in tried] == [(0, "failed")]
+            assert runs[0].outcome == "running"
+            tg.cancel_scope.cancel()
+    assert not scope.cancelled_caught
     reader.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import anyio
 import pytest
 
 from asyncflow import RequiresList, Task, TaskFailedError
+from asyncflow._cache.store import attempts_of_node
 
 ENV_PREFIX = ["env", "AF_TEST_MARK=class"]
 
@@ -79,6 +81,9 @@ async def test_prefix_for_a_class_without_one(cache_dir: Path) -> None:
     with anyio.fail_after(60):
         value = await Printer().run(cache_dir=cache_dir, prefixes={Printer.task_name: ["env"]})
     assert value != os.getpid()
+    # The history names the job: the pid of the command launched (env execs the worker).
+    (attempt,) = await attempts_of_node(cache_dir, Printer().__af_key__, 5)
+    assert (attempt.place, attempt.outcome) == (f"prefix: env (pid {value})", "ok")
 
 
 class Printer(Task):
@@ -133,6 +138,10 @@ async def test_a_worker_that_dies(cache_dir: Path) -> None:
     assert info.value.returncode == 7
     assert info.value.stderr_tail is not None
     assert "dying" in info.value.stderr_tail
+    # A job that never answers is still named by the pid it was launched as.
+    (attempt,) = await attempts_of_node(cache_dir, Crash().__af_key__, 5)
+    assert attempt.outcome == "failed"
+    assert re.fullmatch(r"prefix: env \(pid \d+\)", attempt.place), attempt.place
 
 
 class BadPrefix(Task, job_prefix=["/nonexistent/srun"]):

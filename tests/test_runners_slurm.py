@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ async def test_bodies_run_as_slurm_jobs(
     assert "[OnNode(1)] job 1 says hello" in out
     # The run's history says where each body ran and keeps what it printed.
     (attempt,) = await attempts_of_node(cache_dir, OnNode(1).__af_key__, 5)
-    assert (attempt.place, attempt.outcome) == (f"slurm: {slurm.style}", "ok")
+    assert (attempt.place, attempt.outcome) == (f"slurm: {slurm.style} (job {jobs[1]})", "ok")
     assert read_log(cache_dir, attempt) == "job 1 says hello\n"
     _, stats = await Many(3).run_with_stats(cache_dir=cache_dir, prefixes={"cluster": slurm})
     assert stats.run == 0
@@ -79,6 +80,8 @@ async def test_a_failing_job(cache_dir: Path) -> None:
     assert error.command[0] == "srun"
     assert error.returncode != 0
     assert isinstance(error.__cause__, KeyError)
+    (attempt,) = await attempts_of_node(cache_dir, Fails().__af_key__, 5)
+    assert re.fullmatch(r"slurm: srun \(job \d+\)", attempt.place), attempt.place  # the worker said which
 
 
 class Long(Task):
@@ -107,6 +110,14 @@ async def test_cancellation_cancels_the_job(cache_dir: Path, tmp_path: Path, slu
         pid = int(pidfile.read_text())
         while _alive(pid):  # noqa: ASYNC110 - another process
             await anyio.sleep(0.2)
+    # A cancelled job never answers: sbatch's job is named by the id it printed, srun's
+    # step by the pid of the srun launched here.
+    (attempt,) = await attempts_of_node(cache_dir, Long(str(pidfile)).__af_key__, 5)
+    named = r"\(job \d+\)" if slurm.style == "sbatch" else r"\(pid \d+\)"
+    assert (attempt.outcome, re.fullmatch(f"slurm: {slurm.style} {named}", attempt.place) is not None) == (
+        "cancelled",
+        True,
+    ), attempt.place
 
 
 def _alive(pid: int) -> bool:

@@ -156,7 +156,7 @@ class Printer(Task, channel=CHANNEL):
     def run_task(self) -> int:
         print("hello from the host")  # no flush: the worker runs unbuffered (-u)
         print("a warning", file=sys.stderr)
-        return 1
+        return os.getpid()  # the worker's pid on the host
 
 
 @pytest.mark.ssh
@@ -165,13 +165,16 @@ async def test_output_streams_back_labelled(
     cache_dir: Path, host: Host, capfd: pytest.CaptureFixture[str]
 ) -> None:
     with anyio.fail_after(30):
-        await Printer().run(cache_dir=cache_dir, hosts={CHANNEL: host})
+        pid = await Printer().run(cache_dir=cache_dir, hosts={CHANNEL: host})
     out, err = capfd.readouterr()
     assert "[Printer()] hello from the host\n" in out
     assert "[Printer()] a warning\n" in err
     # The run's history says where the body ran and keeps what it printed.
     (attempt,) = await attempts_of_node(cache_dir, Printer().__af_key__, 5)
-    assert (attempt.place, attempt.outcome) == (f"ssh://{host.user}@{host.host}:{host.port}", "ok")
+    assert (attempt.place, attempt.outcome) == (
+        f"ssh://{host.user}@{host.host}:{host.port} (pid {pid})",
+        "ok",
+    )
     assert sorted(read_log(cache_dir, attempt).splitlines()) == ["a warning", "hello from the host"]
 
 

@@ -684,6 +684,21 @@ def attempts_of_node(conn: sqlite3.Connection, key: str, limit: int) -> list[Att
     return sorted(found, key=lambda a: a.started, reverse=True)[:limit]
 
 
+def new_attempts_of_node(
+    conn: sqlite3.Connection, key: str, seen: frozenset[tuple[str, int]]
+) -> tuple[list[Attempt], list[tuple[str, int]]]:
+    """Return the attempts of the node `key` in the batches not in `seen`, in the order they started, and those batches.
+
+    For following a node: only the batches written since the last look are read and decoded.
+    """
+    batches = [b for b in conn.execute("SELECT run, batch FROM attempts").fetchall() if b not in seen]
+    found: list[Attempt] = []
+    for run, batch in batches:
+        for (data,) in conn.execute("SELECT data FROM attempts WHERE run=? AND batch=?", (run, batch)):
+            found.extend(a for a in _attempts(run, data) if a.key == key)
+    return sorted(found, key=lambda a: a.started), [(run, batch) for run, batch in batches]
+
+
 def release_all(conn: sqlite3.Connection, owner: str) -> None:
     """Drop every lease `owner` holds."""
     conn.execute("DELETE FROM leases WHERE owner=?", (owner,))

@@ -311,6 +311,7 @@ class CacheSession:
         `attempt` is an `Attempt` without its run (this one) and its log (found by the writer).
         """
         self._attempts.append((attempt, output))
+        self._wake.set()  # a retried attempt too: the history shows it without waiting for a result
 
     def release_nowait(self, key: str, failure: tuple[str, str] | None = None) -> None:
         """Queue the release of a lease, noting ``(task_name, error)`` if the node failed."""
@@ -342,7 +343,12 @@ class CacheSession:
         rounds = -1 if drain else max(1, -(-len(self._pending) // _BATCH_MAX))
         self._take_counts()
         while (
-            self._pending or self._released or self._failures or self._run_changed or self._graph
+            self._pending
+            or self._released
+            or self._failures
+            or self._run_changed
+            or self._graph
+            or self._attempts
         ) and rounds != 0:
             rounds -= 1
             entries, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]

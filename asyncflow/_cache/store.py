@@ -152,6 +152,17 @@ async def attempts_of_node(cache_dir: Path, key: str, limit: int) -> list[Attemp
         return [] if idx is None else await idx.call(index.attempts_of_node, key, limit)
 
 
+async def new_attempts_of_node(
+    cache_dir: Path, key: str, seen: frozenset[tuple[str, int]]
+) -> tuple[list[Attempt], list[tuple[str, int]]]:
+    """Return the attempts of the node `key` written since the batches `seen`, and the batches read.
+
+    See `index.new_attempts_of_node`; nothing when `cache_dir` has no index (yet).
+    """
+    async with open_index(cache_dir) as idx:
+        return ([], []) if idx is None else await idx.call(index.new_attempts_of_node, key, seen)
+
+
 def read_log(cache_dir: Path, attempt: Attempt) -> str:
     """Return what `attempt` printed and logged ("" if nothing, or if its file is gone)."""
     if attempt.log is None:

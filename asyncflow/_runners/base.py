@@ -62,7 +62,9 @@ class Runner(Protocol):
 
     Attributes:
         place: where its bodies run, in a few words, for the run history (``"thread"``,
-            ``"process"``, ``"prefix: srun -p gpu"``, ``"ssh://me@node7:22"``...).
+            ``"process"``, ``"prefix: srun -p gpu"``, ``"ssh://me@node7:22"``...); a runner
+            that knows each attempt's job names it with `_capture.note_job`, and the
+            history adds it: ``"ssh://me@node7:22 (pid 4321)"``.
     """
 
     place: str

@@ -5,6 +5,8 @@ launches the job somewhere (a job prefix, Slurm, an SSH host), relays its output
 labelled with the task, then reads the answer and removes the directory, whatever
 happened. `run_job` is that skeleton; `execute` runs one local command to its end
 (relaying its output, stopping it when cancelled); `job_failure` says how a job failed.
+The history names each attempt's job: the pid of the command launched here, or what the
+worker answers (its Slurm job id, its pid on a remote host).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import anyio
 from anyio.streams.text import TextReceiveStream
 
 from .._cache import blobs
-from .._capture import add, original
+from .._capture import add, note_job, original
 from .._errors import TaskFailedError, UnstorableResultError
 from .._stats import working
 from . import payload
@@ -58,6 +60,7 @@ async def run_job(
     launch: Callable[[deque[str]], Awaitable[JobEnd]],
     *,
     unanswered: Callable[[JobEnd, str], None] | None = None,
+    named_by_worker: bool = False,
 ) -> Outcome:
     """Launch the job whose payload is in `job` (under `limiter`), then read its answer.
 
@@ -69,6 +72,8 @@ async def run_job(
             deque it is given.
         unanswered: called when the job ended without an answer, before the failure is
             built; it may raise a more telling error (e.g. no remote Python).
+        named_by_worker: the history names the job as its worker does (a Slurm job id, a
+            remote pid) rather than by the pid of the command launched here.
 
     Raises:
         TaskFailedError: the job failed; the message says how, with the command line.
@@ -83,6 +88,8 @@ async def run_job(
                 working()
                 end = await launch(tail)
         answer = await anyio.to_thread.run_sync(payload.read_answer, job)
+        if named_by_worker and answer is not None and answer.job:
+            note_job(answer.job)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(payload.remove, job)
@@ -120,6 +127,7 @@ async def execute(
         raise TaskFailedError(
             f"{label} could not start its job command {command[0]!r}: {exc}", task=label, command=command
         ) from exc
+    note_job(f"pid {process.pid}")
     try:
         async with anyio.create_task_group() as tg:
             assert process.stdout is not None

@@ -54,6 +54,7 @@ class Answer:
     traceback: str = ""
     lost: str = ""
     output: str = ""  # what the body printed and logged, from a worker process (a job's is relayed live)
+    job: str = ""  # which job ran it, as the worker sees itself: "job SLURM_JOB_ID", else "pid PID"
 
 
 def _importable_elsewhere(module_name: str) -> bool:

@@ -4,7 +4,8 @@ Facts seen on a real cluster shape this module: SIGTERM to ``srun`` ends its job
 (SIGKILL only after a few seconds), and killing ``sbatch --wait`` leaves the job
 running. So every job gets a unique ``--job-name``; on cancellation the runner stops the
 client and also ``scancel``s the job, by id when it knows it (``sbatch --parsable``
-prints it), else by name. The settings (`Slurm`) are in `_placements.py`.
+prints it), else by name. The history names each attempt's job by its id (the worker's
+``SLURM_JOB_ID``). The settings (`Slurm`) are in `_placements.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._capture import note_job
 from . import payload
 from .jobs import GRACE, emit, execute, run_job, write_job
 
@@ -71,7 +73,7 @@ class SlurmRunner:
                     on_cancel=lambda: scancel(job_ids[:1] or ["--name", name]),
                 )
 
-        return await run_job(job, label, self._limiter, launch)
+        return await run_job(job, label, self._limiter, launch, named_by_worker=True)
 
 
 async def scancel(args: list[str]) -> None:
@@ -87,6 +89,7 @@ async def _job_id(stream: ByteReceiveStream, job_ids: list[str]) -> None:
         text += chunk
         if b"\n" in text and not job_ids:
             job_ids.append(text.split(b"\n", 1)[0].decode().split(";")[0].strip())
+            note_job(f"job {job_ids[0]}")  # also when it never answers
 
 
 async def _follow(exited: anyio.Event, job: Path, label: str, tail: deque[str]) -> None:

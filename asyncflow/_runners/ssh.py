@@ -77,6 +77,7 @@ class SSHRunner:
             self._limiter,
             launch,
             unanswered=lambda end, tail: _check_python(self.host, end, tail),
+            named_by_worker=True,  # the history shows the worker's pid on the host
         )
 
     async def aclose(self) -> None:
