@@ -130,11 +130,18 @@ def entry_class(module: ModuleType, file: str, name: str) -> type[Task[Any, Any]
 def task_of(module: ModuleType, taskfile: str, written: str) -> Task[Any, Any]:
     """Return the task `written` as in Python (``Square(3)``), made with the taskfile's names.
 
+    A task's key (``pipeline.Square(3)``, as the history and the web view show it) is
+    taken too, when it names a class of the taskfile and its arguments read as Python.
+
     Raises:
         UsageError: it is not a task, or making it failed.
     """
+    expression = written
+    for cls in task_classes(module).values():
+        if written.startswith(cls.task_name + "(") and written.endswith(")"):
+            expression = cls.__qualname__ + written[len(cls.task_name) :]  # a key: the class as named here
     try:
-        value = eval(written, vars(module))  # the user's own expression, as a Python prompt would take it
+        value = eval(expression, vars(module))  # the user's own expression, as a Python prompt would take it
     except Exception as exc:
         raise UsageError(f"{written!r} in {taskfile}: {type(exc).__name__}: {exc}; write a task as in "
                          "Python, e.g. 'Square(3)'") from exc  # fmt: skip
@@ -142,6 +149,9 @@ def task_of(module: ModuleType, taskfile: str, written: str) -> Task[Any, Any]:
         raise UsageError(f"{written!r} in {taskfile} is {type(value).__name__} {value!r}, not a task; write "
                          "one as in Python, e.g. 'Square(3)'")  # fmt: skip
     task: Task[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]  # any task
+    if expression != written and task.__af_key__ != written:
+        raise UsageError(f"{written!r} in {taskfile} reads as {task!r}, whose key is {task.__af_key__!r}; "
+                         "write the task as in Python, e.g. 'Square(3)'")  # fmt: skip
     return task
 
 

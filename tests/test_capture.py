@@ -283,5 +283,10 @@ def test_the_show_command(tmp_path: Path) -> None:
     assert part.endswith("output of the latest attempt:\npart 2 speaking\n")
     whole = cli("show", flow, "Part(2)", "--result", cwd=tmp_path).stdout
     assert "y" * 300 in whole
+    assert cli("show", flow, "flow.Part(2)", cwd=tmp_path).stdout == part  # its key, as the history shows it
+    assert cli("logs", flow, "flow.Part(2)", cwd=tmp_path).stdout.endswith("part 2 speaking\n")
+    wrong = cli("show", flow, "elsewhere.Part(2)", cwd=tmp_path)  # the key of another module's class
+    assert wrong.returncode == 2
+    assert "NameError: name 'elsewhere' is not defined" in wrong.stderr
     helped = cli("show", "--help", cwd=tmp_path)
     assert all(word in helped.stdout for word in ("TASKFILE", "TASK", "--cache-dir", "--result"))
