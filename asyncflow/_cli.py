@@ -10,6 +10,7 @@ only parses and reports (`_taskfile.py` loads the taskfile).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -33,7 +34,7 @@ from ._options import resolve_cache_dir
 from ._taskfile import class_name, entry_class, entrypoint, load_taskfile, task_of
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
     from types import ModuleType
 
     from ._cache.store import Attempt
@@ -555,11 +556,27 @@ async def cmd_serve(cache_dir: str | None, host: str, port: int, poll: float) ->
     where = _cache_dir(cache_dir, None)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach it sees the history and output of %s", host, where)
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            yield  # Ctrl-C and SIGTERM are ours (below): uvicorn would raise them again once stopped
+
     config = uvicorn.Config(app(where, poll=poll), host=host, port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    server = Server(config)
     shown = f"[{host}]" if ":" in host else host
     _write(f"{PROG}: the history of {where} on http://{shown}:{port}/ (Ctrl-C stops)")
-    await server.serve()  # on Ctrl-C it stops, then raises KeyboardInterrupt again: see `main`
+
+    async def stop_on_signal() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                server.should_exit = True  # it finishes the requests under way, then returns
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal)
+        await server.serve()
+        tg.cancel_scope.cancel()
     return OK if server.started else FAILED
 
 
@@ -1048,8 +1065,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(f"{PROG} {ns.command}: {type(exc).__name__}: {exc}", err=True)
         return FAILED
     except KeyboardInterrupt:
-        if ns.command == "serve":  # the way to stop it
-            return OK
         _write(f"{PROG}: interrupted", err=True)
         return INTERRUPTED
     except BrokenPipeError:  # what reads the output went away (`| head`): stop quietly

@@ -205,13 +205,14 @@ class Reader:
             return []
         return index.attempts_of(conn, run)
 
-    def graph(self, run: RunRow) -> RunGraph:
-        """Return the graph of `run` with the state of each node."""
+    def graph(self, run: RunRow, attempts: Sequence[Attempt] | None = None) -> RunGraph:
+        """Return the graph of `run` with the state of each node, as its `attempts` left it (read if not given)."""
         conn = self._connect()
         if conn is None or "graphs" not in self._tables(conn):
             return RunGraph({}, False)
         parts = [d for (d,) in conn.execute("SELECT data FROM graphs WHERE run=? ORDER BY batch", (run.id,))]
-        graph = decode_graph(parts, self.attempts(run.id), run.ended is not None or run.outcome != "running")
+        tried = self.attempts(run.id) if attempts is None else attempts
+        graph = decode_graph(parts, tried, run.ended is not None or run.outcome != "running")
         complete = graph.complete and bool(parts) and len(graph.nodes) >= counts(run).get("total", 0)
         return RunGraph(graph.nodes, complete)
 

@@ -93,7 +93,10 @@ def _routes(where: Path, poll: float) -> list[Route]:
 
         def get(r: Reader) -> Any:
             row = r.run(run_id)
-            return None if row is None else (row, r.graph(row), r.attempts(row.id))
+            if row is None:
+                return None
+            tried = r.attempts(row.id)
+            return row, r.graph(row, tried), tried
 
         found = await read(get)
         if found is None:
@@ -143,7 +146,8 @@ def _routes(where: Path, poll: float) -> list[Route]:
             row = r.run(run_id)
             if row is None:
                 return None
-            markup = _pages.run_live(root, row, r.graph(row), r.attempts(row.id))
+            tried = r.attempts(row.id)
+            markup = _pages.run_live(root, row, r.graph(row, tried), tried)
             return markup if row.outcome == "running" else markup + _END
 
         return _stream(where, poll, live)
