@@ -266,6 +266,11 @@ def set_values(task: object, values: dict[str, Any]) -> None:
     task.__dict__[_VALUES] = values
 
 
+def values_of(task: object) -> dict[str, Any]:
+    """Return the values `set_values` gave (by attribute name), none outside a body's attempt."""
+    return task.__dict__.get(_VALUES) or {}
+
+
 def clear_values(task: object) -> None:
     """Forget the values `set_values` gave (they may be large): the body has ended."""
     task.__dict__.pop(_VALUES, None)

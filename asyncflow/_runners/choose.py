@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .._placements import Where
     from .._task import Task
     from .base import Runner
+    from .values import ValueFiles
 
 
 class Runners:
@@ -36,6 +37,7 @@ class Runners:
         self._elsewhere: dict[Where, Runner] = {}
         # max_workers also bounds jobs run elsewhere, all prefixes and hosts together.
         self._jobs = None if settings.max_workers is None else anyio.CapacityLimiter(settings.max_workers)
+        self._values: ValueFiles | None = None  # big values for bodies elsewhere, made on first use
         executor = settings.executor
         self._sync: Runner
         if executor == "thread":
@@ -44,9 +46,9 @@ class Runners:
             from .process import ExecutorRunner, ProcessRunner
 
             if executor == "process":
-                self._sync = ProcessRunner(settings.max_workers)
+                self._sync = ProcessRunner(settings.max_workers, self.values())
             else:
-                self._sync = ExecutorRunner(executor)
+                self._sync = ExecutorRunner(executor, self.values())
 
     def pick(self, cls: type[Task[Any, Any]]) -> Runner:
         """Return the runner for the bodies of `cls`."""
@@ -69,11 +71,23 @@ class Runners:
                 return host
         return cls.__af_options__.job_prefix
 
+    def values(self) -> ValueFiles:
+        """Return the files of the run's big values, for the runners of bodies elsewhere."""
+        if self._values is None:
+            from .values import ValueFiles
+
+            self._values = ValueFiles(self._cache_dir)
+        return self._values
+
     async def aclose(self) -> None:
         """Let the runners that hold connections or processes close them: the run has ended."""
-        for runner in (self._sync, *self._elsewhere.values()):
-            if isinstance(runner, Closing):
-                await runner.aclose()
+        try:
+            for runner in (self._sync, *self._elsewhere.values()):
+                if isinstance(runner, Closing):
+                    await runner.aclose()
+        finally:
+            if self._values is not None:  # after the bodies that may read them
+                await anyio.to_thread.run_sync(self._values.close)
 
     def _make(self, where: Where) -> Runner:
         # Each imported only when a run uses it (asyncssh alone takes 0.3 s).
@@ -87,4 +101,4 @@ class Runners:
             return SSHRunner(where, self._cache_dir, self._jobs)
         from .prefix import PrefixRunner
 
-        return PrefixRunner(where, self._cache_dir, self._jobs)
+        return PrefixRunner(where, self._cache_dir, self._jobs, self.values())

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from anyio.abc import ByteReceiveStream, Process
 
     from .._task import Task
+    from .values import ValueFiles
 
 TAIL_LINES = 20  # lines of stderr kept for the error message
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a job is cancelled
@@ -48,9 +49,13 @@ class JobEnd:
     returncode: int
 
 
-async def write_job(cache_dir: Path, task: Task[Any, Any]) -> Path:
-    """Write the payload of a new job for `task`; return its directory (named by a fresh id)."""
-    return await anyio.to_thread.run_sync(payload.write_payload, cache_dir, secrets.token_hex(8), task)
+async def write_job(cache_dir: Path, task: Task[Any, Any], values: ValueFiles | None = None) -> Path:
+    """Write the payload of a new job for `task`; return its directory (named by a fresh id).
+
+    With `values`, its big requirement values go by reference (the job shares the cache's filesystem).
+    """
+    dumps = blobs.dumps if values is None else values.dumps_task
+    return await anyio.to_thread.run_sync(payload.write_payload, cache_dir, secrets.token_hex(8), task, dumps)
 
 
 async def run_job(

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .._cache import blobs, paths
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from .._task import Task
@@ -76,8 +77,10 @@ def _importable_elsewhere(module_name: str) -> bool:
     return spec is not None and (origin is None or spec.origin == origin)
 
 
-def write_payload(cache_dir: Path, job_id: str, task: Task[Any, Any]) -> Path:
-    """Write a job's payload; return its directory."""
+def write_payload(
+    cache_dir: Path, job_id: str, task: Task[Any, Any], dumps: Callable[[Task[Any, Any]], bytes] = blobs.dumps
+) -> Path:
+    """Write a job's payload, the task pickled by `dumps`; return its directory."""
     module_name = type(task).__module__
     if not _importable_elsewhere(module_name):
         blobs.register_by_value(sys.modules[module_name])
@@ -85,7 +88,7 @@ def write_payload(cache_dir: Path, job_id: str, task: Task[Any, Any]) -> Path:
     job = paths.root(cache_dir) / "jobs" / job_id
     paths.make_dirs(job, paths.PRIVATE_DIR)
     write_file(job, SYS_PATH, json.dumps(sys.path).encode())
-    write_file(job, PAYLOAD, blobs.dumps(task))
+    write_file(job, PAYLOAD, dumps(task))
     return job
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .._task import Task
     from .base import Outcome
     from .jobs import JobEnd
+    from .values import ValueFiles
 
 
 class PrefixRunner:
@@ -34,10 +35,12 @@ class PrefixRunner:
         prefix: Sequence[str],
         cache_dir: Path,
         limiter: anyio.CapacityLimiter | None = None,
+        values: ValueFiles | None = None,
         *,
         python: str = sys.executable,
     ) -> None:
         self.prefix = tuple(prefix)
+        self._values = values  # the job reads big values from the cache's filesystem, as its payload
         self.place = "prefix: " + shlex.join(self.prefix)
         self.cache_dir = cache_dir
         self.python = python
@@ -48,7 +51,7 @@ class PrefixRunner:
         return [*self.prefix, self.python, "-m", "asyncflow.worker", str(job)]
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
-        job = await write_job(self.cache_dir, task)
+        job = await write_job(self.cache_dir, task, self._values)
         command = self.command(job)
         label = repr(task)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from .._task import Task
+    from .values import ValueFiles
 
 
 def call_pickled(request: bytes, parent: int = 0) -> bytes:
@@ -64,12 +66,14 @@ class ProcessRunner:
 
     place = "process"
 
-    def __init__(self, max_workers: int | None) -> None:
+    def __init__(self, max_workers: int | None, values: ValueFiles) -> None:
         self._workers = WorkerPool(call_pickled, max_workers or os.cpu_count() or 1)
+        self._values = values
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         label = repr(task)
-        return _outcome(label, await self._workers.call(blobs.dumps(task), label))
+        request = await anyio.to_thread.run_sync(self._values.dumps_task, task)
+        return _outcome(label, await self._workers.call(request, label))
 
     async def aclose(self) -> None:
         """End the worker processes: the run is over."""
@@ -79,13 +83,16 @@ class ProcessRunner:
 class ExecutorRunner:
     """Runs plain ``def`` bodies in an executor the user passed (not shut down here)."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, values: ValueFiles) -> None:
         self._executor = executor
         self.place = f"executor: {type(executor).__name__}"
+        # Threads share this process's values: nothing to gain from files.
+        self._dumps = blobs.dumps if isinstance(executor, ThreadPoolExecutor) else values.dumps_task
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         label = repr(task)
-        future = self._executor.submit(call_pickled, blobs.dumps(task), os.getpid())
+        request = await anyio.to_thread.run_sync(self._dumps, task)
+        future = self._executor.submit(call_pickled, request, os.getpid())
         working()  # as far as this process can tell: the executor may queue it
         try:
             answer = await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)

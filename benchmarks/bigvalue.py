@@ -1,0 +1,132 @@
+"""The big-value case: one large result read by several tasks, per place bodies run in.
+
+    python benchmarks/bigvalue.py [--mb 200] [--readers 4] [--repeat 3] [--places thread process dask]
+
+Each measurement is a fresh process on a fresh cache directory: `Top(mb, readers)` cold,
+where `Big(mb)` returns `mb` MB of bytes and each `Reader(mb, i)` reads it. Prints a
+markdown table of medians and their ratio to threads. Places: ``thread`` (the default
+executor), ``process`` (``executor="process"``), ``dask`` (a ``LocalCluster`` of 2
+worker processes, as ``executor=asyncflow.Dask(client)`` when asyncflow has it, else the
+client's ``get_executor()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CHILD = r"""
+import json, sys, tempfile, time, gc
+import anyio
+import asyncflow
+from asyncflow import Requires, RequiresList, Task
+
+
+class Big(Task, compress_level=1):
+    def build_task(self, mb: int) -> None:
+        self.mb = mb
+
+    def run_task(self) -> bytes:
+        return bytes(range(256)) * (self.mb * 4096)
+
+
+class Reader(Task):
+    big: Requires[bytes]
+
+    def build_task(self, mb: int, i: int) -> None:
+        self.big = Big(mb)
+        self.i = i
+
+    def run_task(self) -> int:
+        return len(self.big) + self.i
+
+
+class Top(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, mb: int, n: int) -> None:
+        self.parts = [Reader(mb, i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.parts)
+
+
+def main() -> None:
+    place, mb, n, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    options = {"cache_dir": cache}
+    closing = []
+    if place == "process":
+        options["executor"] = "process"
+    elif place == "dask":
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+        closing = [client, cluster]
+        dask = getattr(asyncflow, "Dask", None)
+        options["executor"] = dask(client) if dask is not None else client.get_executor()
+    gc.collect()
+    t0 = time.perf_counter()
+    value = anyio.run(lambda: Top(mb, n).run(**options))
+    took = time.perf_counter() - t0
+    assert value == n * mb * 2**20 + n * (n - 1) // 2, value
+    for c in closing:
+        c.close()
+    print(json.dumps({"took": took}))
+
+
+main()
+"""
+
+
+def measure(place: str, mb: int, readers: int) -> float:
+    with tempfile.TemporaryDirectory() as cache:
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, place, str(mb), str(readers), cache],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"{place}: {done.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["took"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--readers", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--places", nargs="+", default=["thread", "process", "dask"])
+    args = parser.parse_args()
+    rows: dict[str, list[float]] = {}
+    for place in args.places:
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            try:
+                rows.setdefault(place, []).append(measure(place, args.mb, args.readers))
+            except RuntimeError as exc:
+                print(f"{place}: failed: {exc}", file=sys.stderr)
+                break
+            print(
+                f"{place}: {rows[place][-1]:.2f} s (child {time.perf_counter() - t0:.1f} s)", file=sys.stderr
+            )
+    base = statistics.median(rows["thread"]) if rows.get("thread") else None
+    print(f"| place | {args.mb} MB read by {args.readers}, cold (median of {args.repeat}) | vs threads |")
+    print("| --- | ---: | ---: |")
+    for place, times in rows.items():
+        if not times:
+            continue
+        median = statistics.median(times)
+        ratio = f"{median / base:.1f}x" if base else "-"
+        print(f"| {place} | {median:.2f} s | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Big values by reference: large upstream results reach bodies elsewhere as files, written once per run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncflow import Requires, RequiresDict, RequiresList, Task
+from asyncflow._cache import blobs, paths
+from asyncflow._requires import set_values
+from asyncflow._runners.values import THRESHOLD, ValueFiles, ValueRef
+
+BIG = THRESHOLD + 1000
+
+
+class Big(Task):
+    def build_task(self, tag: str) -> None:
+        self.tag = tag
+
+    def run_task(self) -> bytes:
+        return _payload(self.tag)
+
+
+def _payload(tag: str) -> bytes:
+    return tag.encode() * BIG
+
+
+class Small(Task):
+    def run_task(self) -> str:
+        return "small"
+
+
+class Reader(Task):
+    big: Requires[bytes]
+    small: Requires[str]
+    many: RequiresList[bytes]
+    named: RequiresDict[str, bytes]
+
+    def build_task(self, i: int) -> None:
+        self.big = Big("a")
+        self.small = Small()
+        self.many = [Big("b"), Big("c")]
+        self.named = {"d": Big("d")}
+        self.i = i
+
+    def run_task(self) -> tuple[int, str, list[int], dict[str, int], int]:
+        return (
+            len(self.big),
+            self.small,
+            [len(m) for m in self.many],
+            {k: len(v) for k, v in self.named.items()},
+            self.i,
+        )
+
+
+class Top(Task):
+    readers: RequiresList[tuple[int, str, list[int], dict[str, int], int]]
+
+    def build_task(self, n: int) -> None:
+        self.readers = [Reader(i) for i in range(n)]
+
+    async def run_task(self) -> list[int]:
+        return [r[0] + sum(r[2]) + sum(r[3].values()) for r in self.readers]
+
+
+def _lengths() -> int:
+    return sum(len(_payload(t)) for t in "abcd")
+
+
+def test_a_payload_holds_big_values_by_reference(tmp_path: Path) -> None:
+    files = ValueFiles(tmp_path)
+    task = Reader(0)
+    big = _payload("a")
+    values = {"big": big, "small": "small", "many": [_payload("b"), b"tiny"], "named": {"d": big}}
+    set_values(task, values)
+    data = files.dumps_task(task)
+    assert len(data) < THRESHOLD // 10  # not the values themselves
+    again = files.dumps_task(task)  # the second reader: the same files, nothing written again
+    written = sorted(os.listdir(paths.tmp_dir(tmp_path) / os.listdir(paths.tmp_dir(tmp_path))[0]))
+    assert written == ["0.pkl", "1.pkl"]  # `big` once (it appears twice), many[0]
+    assert len(again) == len(data)
+    loaded = blobs.loads(data)
+    assert loaded.big == big
+    assert loaded.small == "small"
+    assert loaded.many == values["many"]
+    assert loaded.named == {"d": big}
+    assert task.big is big  # the task itself still reads its own values
+    files.close()
+    assert os.listdir(paths.tmp_dir(tmp_path)) == []
+
+
+def test_small_values_stay_inline(tmp_path: Path) -> None:
+    files = ValueFiles(tmp_path)
+    task = Reader(0)
+    set_values(task, {"big": b"x" * 100, "small": "s", "many": [], "named": {}})
+    assert blobs.loads(files.dumps_task(task)).big == b"x" * 100
+    assert not paths.tmp_dir(tmp_path).exists() or os.listdir(paths.tmp_dir(tmp_path)) == []
+
+
+def test_a_value_ref_unpickles_as_its_value(tmp_path: Path) -> None:
+    path = tmp_path / "v.pkl"
+    path.write_bytes(blobs.dumps({"k": [1, 2]}))
+    assert blobs.loads(blobs.dumps(ValueRef(str(path)))) == {"k": [1, 2]}
+
+
+@pytest.mark.parametrize("executor", ["process", "prefix"])
+async def test_bodies_elsewhere_read_big_values_from_files(cache_dir: Path, executor: str) -> None:
+    options: dict[str, object] = {"cache_dir": cache_dir}
+    if executor == "process":
+        options["executor"] = "process"
+    else:
+        options["prefixes"] = {Reader.task_name: ["env", f"PYTHONPATH={os.pathsep.join(sys.path)}"]}
+    value = await Top(3).run(**options)  # type: ignore[arg-type]
+    assert value == [_lengths()] * 3
+    assert os.listdir(paths.tmp_dir(cache_dir)) == []  # the run removed its value files
