@@ -56,6 +56,7 @@ class Answer:
     lost: str = ""
     output: str = ""  # what the body printed and logged, from a worker process (a job's is relayed live)
     job: str = ""  # which job ran it, as the worker sees itself: "job SLURM_JOB_ID", else "pid PID"
+    spilled: str = ""  # the file holding the pickled result instead of `pickled`, when it is big (values.py)
 
 
 def _importable_elsewhere(module_name: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from .._capture import CAPTURE, Capture, add, capturing
 from .._errors import TaskFailedError, WorkerTracebackError
 from .._stats import working
 from .._sync import BODY, ELSEWHERE
-from . import payload
+from . import payload, values
 from .base import Outcome
 from .local import call_and_pickle
 from .workers import WorkerPool
@@ -38,11 +38,12 @@ if TYPE_CHECKING:
     from .values import ValueFiles
 
 
-def call_pickled(request: bytes, parent: int = 0) -> bytes:
+def call_pickled(request: bytes, parent: int = 0, spill: str = "") -> bytes:
     """Worker side: unpickle a task, run its body; return the pickled `payload.Answer`.
 
     In the process whose id is `parent` (an executor of threads), what the body raised
-    is raised as it is instead: it needs no pickling, and keeps its cause.
+    is raised as it is instead: it needs no pickling, and keeps its cause. With `spill`,
+    a big result goes to a file in that directory, and the answer names it (`values.spill`).
     """
     elsewhere = BODY.set(ELSEWHERE)  # a task it runs cannot join the run (see `Task.run`)
     capture = Capture()
@@ -58,7 +59,7 @@ def call_pickled(request: bytes, parent: int = 0) -> bytes:
     finally:
         CAPTURE.reset(captured)
         BODY.reset(elsewhere)
-    return payload.encode_answer(dataclasses.replace(answer, output=capture.text()))
+    return payload.encode_answer(values.spill(dataclasses.replace(answer, output=capture.text()), spill))
 
 
 class ProcessRunner:
@@ -66,14 +67,16 @@ class ProcessRunner:
 
     place = "process"
 
-    def __init__(self, max_workers: int | None, values: ValueFiles) -> None:
-        self._workers = WorkerPool(call_pickled, max_workers or os.cpu_count() or 1)
-        self._values = values
+    def __init__(self, max_workers: int | None, files: ValueFiles) -> None:
+        self._files = files
+        spill = {"spill": files.spill_dir()}
+        self._workers = WorkerPool(call_pickled, max_workers or os.cpu_count() or 1, spill)
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         label = repr(task)
-        request = await anyio.to_thread.run_sync(self._values.dumps_task, task)
-        return _outcome(label, await self._workers.call(request, label))
+        request = await anyio.to_thread.run_sync(self._files.dumps_task, task)
+        answer = await self._workers.call(request, label)
+        return await anyio.to_thread.run_sync(_outcome, label, answer)  # a big result takes a while
 
     async def aclose(self) -> None:
         """End the worker processes: the run is over."""
@@ -83,16 +86,19 @@ class ProcessRunner:
 class ExecutorRunner:
     """Runs plain ``def`` bodies in an executor the user passed (not shut down here)."""
 
-    def __init__(self, executor: Executor, values: ValueFiles) -> None:
+    def __init__(self, executor: Executor, files: ValueFiles) -> None:
         self._executor = executor
         self.place = f"executor: {type(executor).__name__}"
-        # Threads share this process's values: nothing to gain from files.
-        self._dumps = blobs.dumps if isinstance(executor, ThreadPoolExecutor) else values.dumps_task
+        # Big values go by file to the processes of this machine; other executors (threads
+        # share them already, a cluster's may not see this filesystem) get them inline.
+        local = isinstance(executor, ProcessPoolExecutor)
+        self._dumps = files.dumps_task if local else blobs.dumps
+        self._spill = files.spill_dir() if local else ""
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         label = repr(task)
         request = await anyio.to_thread.run_sync(self._dumps, task)
-        future = self._executor.submit(call_pickled, request, os.getpid())
+        future = self._executor.submit(call_pickled, request, os.getpid(), self._spill)
         working()  # as far as this process can tell: the executor may queue it
         try:
             answer = await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
@@ -101,7 +107,7 @@ class ExecutorRunner:
             raise
         except BrokenProcessPool as exc:
             raise TaskFailedError(_broken_pool(label), task=label) from exc
-        return _outcome(label, answer)
+        return await anyio.to_thread.run_sync(_outcome, label, answer)
 
 
 def _outcome(label: str, data: bytes) -> Outcome:
@@ -116,8 +122,9 @@ def _outcome(label: str, data: bytes) -> Outcome:
         ) from exc
     assert isinstance(answer, payload.Answer), "asyncflow bug: a worker answered something else"
     add(answer.output)  # to this attempt's output
-    if answer.pickled is not None:
-        return Outcome(blobs.loads(answer.pickled), answer.pickled)
+    pickled = values.take_spilled(answer.spilled) if answer.spilled else answer.pickled
+    if pickled is not None:
+        return Outcome(blobs.loads(pickled), pickled)
     name = answer.error_type.rpartition(".")[2]
     where = WorkerTracebackError(f"{name} was raised in the worker:\n{answer.traceback.rstrip()}")
     error = answer.error

@@ -7,13 +7,16 @@ a file under the cache directory (owner-only, removed when the run ends), and pa
 hold a `ValueRef` to it instead: four readers of a 200 MB result no longer pickle, send
 and unpickle it four times, and the parent pickles it once. The worker reads the file
 when it unpickles the payload, and keeps the last values it read for the next body that
-reads them. It never opens the index; SSH hosts, which do not share the cache, get
-values inline as before.
+reads them. A big result comes back the same way (`spill`): the worker writes its pickle
+to a file of the run's directory and answers with the file's name. Workers never open
+the index; SSH hosts, which do not share the cache, get values inline as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import os
 import secrets
 import shutil
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .._task import Task
+    from .payload import Answer
 
 THRESHOLD = 1 << 20  # bytes of pickle above which a value goes by reference
 _KEPT = 2  # values a worker keeps after reading them (the next body often reads the same)
@@ -60,6 +64,27 @@ def load_value(path: str) -> Any:
         while len(_loaded) > _KEPT:
             del _loaded[next(iter(_loaded))]
     return value
+
+
+def spill(answer: Answer, directory: str) -> Answer:
+    """Worker side: put a big pickled result in a file of `directory` (if given) instead of the answer."""
+    if not directory or answer.pickled is None or len(answer.pickled) <= THRESHOLD:
+        return answer
+    path = os.path.join(directory, f"answer-{secrets.token_hex(8)}.pkl")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, paths.PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(answer.pickled)
+    return dataclasses.replace(answer, pickled=None, spilled=path)
+
+
+def take_spilled(path: str) -> bytes:
+    """Parent side: read a result a worker spilled (`spill`), and remove its file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 class ValueFiles:
@@ -120,6 +145,11 @@ class ValueFiles:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return str(path)
+
+    def spill_dir(self) -> str:
+        """Return the directory where workers put big results (`spill`), made if needed."""
+        paths.make_dirs(self._dir, paths.PRIVATE_DIR)
+        return str(self._dir)
 
     def close(self) -> None:
         """Remove the files and forget the values: the run has ended."""

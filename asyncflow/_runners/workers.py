@@ -39,17 +39,19 @@ GRACE = 5.0  # seconds a worker has to exit once its stdin is closed, before it 
 
 
 class WorkerPool:
-    """Worker processes serving `handler`, at most `max_workers` at once, for one run."""
+    """Worker processes serving `handler` (called with a request and `options`), at most `max_workers` at once, for one run."""
 
-    def __init__(self, handler: Callable[[bytes], bytes], max_workers: int) -> None:
+    def __init__(
+        self, handler: Callable[..., bytes], max_workers: int, options: dict[str, str] | None = None
+    ) -> None:
         boot = (
-            "import json, sys\n"
+            "import functools, json, sys\n"
             "sys.path[:] = json.loads(sys.argv[1])\n"
             f"from {handler.__module__} import {handler.__qualname__} as handler\n"
             f"from {__name__} import serve\n"
-            "serve(handler)\n"
+            "serve(functools.partial(handler, **json.loads(sys.argv[2])))\n"
         )
-        self._command = [sys.executable, "-c", boot, json.dumps(sys.path)]
+        self._command = [sys.executable, "-c", boot, json.dumps(sys.path), json.dumps(options or {})]
         self._limiter = anyio.CapacityLimiter(max_workers)
         self._idle: list[_Worker] = []
 
