@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asyncflow import Requires, RequiresDict, RequiresList, Task
 from asyncflow._cache import blobs, paths
 from asyncflow._requires import set_values
+from asyncflow._runners.process import _outcome, call_pickled
 from asyncflow._runners.values import THRESHOLD, ValueFiles, ValueRef
 
 BIG = THRESHOLD + 1000
@@ -116,3 +118,29 @@ async def test_bodies_elsewhere_read_big_values_from_files(cache_dir: Path, exec
     value = await Top(3).run(**options)  # type: ignore[arg-type]
     assert value == [_lengths()] * 3
     assert os.listdir(paths.tmp_dir(cache_dir)) == []  # the run removed its value files
+
+
+def test_a_big_result_comes_back_as_a_file_its_readers_share(tmp_path: Path) -> None:
+    files = ValueFiles(tmp_path)
+    big = _payload("e")
+    data = call_pickled(blobs.dumps(_built(Big("e"))), 0, files.spill_dir())
+    assert len(data) < THRESHOLD // 10  # the answer names a file
+    outcome = _outcome("Big('e')", data, files)
+    assert outcome.value == big
+    (spilled,) = os.listdir(files.spill_dir())
+    reader = Reader(0)
+    set_values(reader, {"big": outcome.value, "small": "s", "many": [], "named": {}})
+    files.dumps_task(reader)  # the reader's payload names the same file: nothing written again
+    assert os.listdir(files.spill_dir()) == [spilled]
+    files.close()
+    # Without the run's files (an executor elsewhere), the file goes once read.
+    other = ValueFiles(tmp_path)
+    data = call_pickled(blobs.dumps(_built(Big("e"))), 0, other.spill_dir())
+    assert _outcome("Big('e')", data).value == big
+    assert os.listdir(other.spill_dir()) == []
+    other.close()
+
+
+def _built(task: Task[Any, Any]) -> Task[Any, Any]:
+    task.__af_build__()
+    return task

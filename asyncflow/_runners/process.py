@@ -76,7 +76,7 @@ class ProcessRunner:
         label = repr(task)
         request = await anyio.to_thread.run_sync(self._files.dumps_task, task)
         answer = await self._workers.call(request, label)
-        return await anyio.to_thread.run_sync(_outcome, label, answer)  # a big result takes a while
+        return await anyio.to_thread.run_sync(_outcome, label, answer, self._files)  # a big one takes a while
 
     async def aclose(self) -> None:
         """End the worker processes: the run is over."""
@@ -94,6 +94,7 @@ class ExecutorRunner:
         local = isinstance(executor, ProcessPoolExecutor)
         self._dumps = files.dumps_task if local else blobs.dumps
         self._spill = files.spill_dir() if local else ""
+        self._files = files if local else None
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
         label = repr(task)
@@ -107,11 +108,14 @@ class ExecutorRunner:
             raise
         except BrokenProcessPool as exc:
             raise TaskFailedError(_broken_pool(label), task=label) from exc
-        return await anyio.to_thread.run_sync(_outcome, label, answer)
+        return await anyio.to_thread.run_sync(_outcome, label, answer, self._files)
 
 
-def _outcome(label: str, data: bytes) -> Outcome:
-    """The result in a worker's answer; raise what the body raised, if it did."""
+def _outcome(label: str, data: bytes, files: values.ValueFiles | None = None) -> Outcome:
+    """The result in a worker's answer; raise what the body raised, if it did.
+
+    A result the worker spilled to a file stays there for its readers elsewhere (`files`).
+    """
     try:
         answer = blobs.loads(data)
     except Exception as exc:  # the worker read it back, so this process lacks something
@@ -122,9 +126,13 @@ def _outcome(label: str, data: bytes) -> Outcome:
         ) from exc
     assert isinstance(answer, payload.Answer), "asyncflow bug: a worker answered something else"
     add(answer.output)  # to this attempt's output
-    pickled = values.take_spilled(answer.spilled) if answer.spilled else answer.pickled
-    if pickled is not None:
-        return Outcome(blobs.loads(pickled), pickled)
+    if answer.spilled:
+        pickled, adopt = values.take_spilled(answer.spilled, files)
+        value = blobs.loads(pickled)
+        adopt(value)
+        return Outcome(value, pickled)
+    if answer.pickled is not None:
+        return Outcome(blobs.loads(answer.pickled), answer.pickled)
     name = answer.error_type.rpartition(".")[2]
     where = WorkerTracebackError(f"{name} was raised in the worker:\n{answer.traceback.rstrip()}")
     error = answer.error

@@ -27,6 +27,7 @@ from .._cache import blobs, paths
 from .._requires import set_values, values_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from .._task import Task
@@ -77,14 +78,28 @@ def spill(answer: Answer, directory: str) -> Answer:
     return dataclasses.replace(answer, pickled=None, spilled=path)
 
 
-def take_spilled(path: str) -> bytes:
-    """Parent side: read a result a worker spilled (`spill`), and remove its file."""
+def take_spilled(path: str, files: ValueFiles | None) -> tuple[bytes, Callable[[object], None]]:
+    """Parent side: read a result a worker spilled (`spill`).
+
+    Returns:
+        Its pickle, and what to call with the result: the run's `files` keep the file for
+        the result's readers elsewhere (`ValueFiles.adopt`); without them it is removed.
+    """
     try:
         with open(path, "rb") as f:
-            return f.read()
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+            data = f.read()
+    except BaseException:
+        _remove(path)
+        raise
+    if files is None:
+        _remove(path)
+        return data, lambda value: None
+    return data, lambda value: files.adopt(value, path)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 class ValueFiles:
@@ -145,6 +160,12 @@ class ValueFiles:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return str(path)
+
+    def adopt(self, value: object, path: str) -> None:
+        """Take a result a worker spilled to `path` (in `spill_dir`) as the file of `value`: its readers elsewhere get it as it is."""
+        with self._lock:
+            self._files[id(value)] = (value, path)
+            self._small.discard(id(value))
 
     def spill_dir(self) -> str:
         """Return the directory where workers put big results (`spill`), made if needed."""
