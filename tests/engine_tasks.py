@@ -7,6 +7,7 @@ as a user's project's would.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,9 @@ class Sleeper(Task):
         self.seconds = seconds
 
     def run_task(self) -> int:
-        Path(self.folder, f"start-{self.i}").write_text(f"{time.monotonic()} {os.getpid()}")
+        Path(self.folder, f"start-{self.i}").write_text(
+            f"{time.monotonic()} {os.getpid()} {engine_task_name()}"
+        )
         time.sleep(self.seconds)
         Path(self.folder, f"end-{self.i}").write_text(f"{time.monotonic()}")
         return self.i
@@ -80,6 +83,23 @@ class Sleepers(Task):
 
     async def run_task(self) -> int:
         return sum(self.parts)
+
+
+def engine_task_name() -> str:
+    """The name of the engine's task that runs this body, as the engine knows it."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.get_runtime_context().get_task_name())
+    import distributed
+
+    return str(distributed.get_worker().get_current_task())
+
+
+def names(folder: Path) -> set[str]:
+    """The engine's names of the sleepers that started in `folder`."""
+    return {p.read_text().split(" ", 2)[2] for p in folder.glob("start-*")}
 
 
 async def check_results_and_cached_rerun(cache_dir: Path, executor: Any) -> None:

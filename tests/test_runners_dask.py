@@ -108,6 +108,7 @@ async def test_cancellation_leaves_nothing_queued_or_processing(
     # queued ones never start.
     await anyio.sleep(2.5)
     assert engine_tasks.started(tmp_path) == 2
+    assert all(name.startswith("Sleeper(") for name in engine_tasks.names(tmp_path))
 
 
 def test_placement_checks() -> None:
