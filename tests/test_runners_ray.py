@@ -8,6 +8,7 @@ ray unless ASYNCFLOW_REQUIRE_SERVICES=1 (then they fail).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from asyncflow import OptionError, Ray
+from asyncflow import OptionError, Ray, Task, TaskFailedError
 from tests import engine_tasks
 from tests.service_env import REQUIRED
 
@@ -70,6 +71,18 @@ async def test_cancellation_kills_running_and_queued_bodies(cache_dir: Path, tmp
     assert engine_tasks.started(tmp_path) == 2
 
 
+class Crash(Task):
+    def run_task(self) -> int:
+        os._exit(3)
+
+
+async def test_a_crashed_worker_is_named(cache_dir: Path) -> None:
+    with anyio.fail_after(60), pytest.raises(TaskFailedError) as info:
+        await Crash().run(cache_dir=cache_dir, executor=Ray())
+    assert str(info.value).startswith("Crash() failed: ray: local gave no answer: "), str(info.value)
+    assert info.value.task == "Crash()"
+
+
 def test_placement_checks() -> None:
     with pytest.raises(OptionError, match=r"Ray\(num_cpus=-1\): expected a number >= 0"):
         Ray(num_cpus=-1)
@@ -87,6 +100,7 @@ async def test_missing_ray_names_the_extra(cache_dir: Path, monkeypatch: pytest.
 
 
 RAY_SCRIPT = """
+import os
 import subprocess
 import sys
 

@@ -6,8 +6,9 @@ into the result or the body's exception by `process._outcome`. An engine's worke
 ``sys.path`` of its own, so the modules a task class comes from travel by value unless
 they are installed (site-packages, the standard library) or asyncflow's own.
 
-A future of the engine is awaited through its done-callback, which wakes the run's loop
-(asyncio or trio) by its token: no thread waits per body. Cancelling the run cancels the
+A future of the engine is awaited through its done-callback, which must not block the
+engine's thread: it queues the wakeup for one thread that wakes each run's loop (asyncio
+or trio) by its token. No thread waits per body. Cancelling the run cancels the
 engine's task (shielded, bounded in time) before the cancellation goes on.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
 import site
 import sys
 import sysconfig
@@ -56,7 +58,7 @@ class _Done(Protocol):
 
 
 async def wait_done(future: _Done) -> None:
-    """Wait, without blocking the loop or holding a thread, until `future` is done."""
+    """Wait, without blocking the loop or holding a thread per body, until `future` is done."""
     if future.done():
         return
     done = anyio.Event()
@@ -66,12 +68,35 @@ async def wait_done(future: _Done) -> None:
     def on_done(_: object) -> None:
         if threading.get_ident() == loop_thread:  # done by the time the callback was added
             done.set()
-            return
-        with contextlib.suppress(anyio.RunFinishedError):  # the run is over: nobody waits any more
-            anyio.from_thread.run_sync(done.set, token=token)
+        else:  # an engine's thread, which must not block (Ray's runs its I/O)
+            _wakeups().put((token, done))
 
     future.add_done_callback(on_done)
     await done.wait()
+
+
+_queue: queue.SimpleQueue[tuple[anyio.lowlevel.EventLoopToken, anyio.Event]] | None = None
+_queue_lock = threading.Lock()
+
+
+def _wakeups() -> queue.SimpleQueue[tuple[anyio.lowlevel.EventLoopToken, anyio.Event]]:
+    """The queue of events to set in their loops, and the one thread that sets them."""
+    global _queue
+    with _queue_lock:
+        if _queue is None:
+            _queue = queue.SimpleQueue()
+            # A daemon: it holds nothing, and waits for the next wakeup for as long as the process lives.
+            threading.Thread(
+                target=_wake, args=(_queue,), name="asyncflow-engine-wakeups", daemon=True
+            ).start()
+        return _queue
+
+
+def _wake(wakeups: queue.SimpleQueue[tuple[anyio.lowlevel.EventLoopToken, anyio.Event]]) -> None:
+    while True:
+        token, event = wakeups.get()
+        with contextlib.suppress(anyio.RunFinishedError):  # that run is over: nobody waits any more
+            anyio.from_thread.run_sync(event.set, token=token)
 
 
 _INSTALLED = tuple(
@@ -142,7 +167,7 @@ class EngineRunner(Generic[H]):
                 raise
             except Exception as exc:  # the engine lost it: a killed worker, a lost connection
                 raise TaskFailedError(
-                    f"{label} failed on {self.place}: {type(exc).__name__}: {exc}", task=label
+                    f"{label} failed: {self.place} gave no answer: {type(exc).__name__}: {exc}", task=label
                 ) from exc
         return _outcome(label, data)
 
