@@ -7,6 +7,7 @@ ASYNCFLOW_REQUIRE_SERVICES=1 (then it fails).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -24,16 +25,19 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-if REQUIRED:
-    import distributed
-else:
-    distributed = pytest.importorskip(
-        "distributed", reason="needs dask.distributed: pip install 'asyncflow[dask]'"
-    )
+# Imported by the fixture, not here: distributed installs tblib's pickling for every
+# exception class defined when it is imported, which changes how asyncflow's errors pickle
+# for the rest of the session (test_errors.py checks the default).
+pytestmark = pytest.mark.skipif(
+    not REQUIRED and importlib.util.find_spec("distributed") is None,
+    reason="needs dask.distributed: pip install 'asyncflow[dask]'",
+)
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
+    import distributed
+
     with (
         distributed.LocalCluster(
             n_workers=2,
