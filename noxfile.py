@@ -26,7 +26,10 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """pyright strict on asyncflow/, then --verifytypes on the public API (100%)."""
     # exceptiongroup: pyright checks the Python 3.10 branch of _errors.py too.
-    session.install("-e", ".[web]", "pyright>=1.1.390", "pytest>=8", "trio>=0.27", "nox", "exceptiongroup")
+    # dask and ray: their runners import them (pyright reads their types).
+    session.install(
+        "-e", ".[web,dask,ray]", "pyright>=1.1.390", "pytest>=8", "trio>=0.27", "nox", "exceptiongroup"
+    )  # fmt: skip
     session.run("pyright")
     session.run("pyright", "--verifytypes", "asyncflow", "--ignoreexternal")
 
@@ -50,7 +53,11 @@ def tests(session: nox.Session) -> None:
         # Optional: keys of numpy and pandas values (tests skip without them).
         "numpy",
         "pandas",
+        # The engines the Dask runner's tests start (a LocalCluster).
+        "dask[distributed]",
     )
+    if session.python == PYTHON:  # Ray is heavy: its tests run on one Python (they skip on others)
+        session.install("ray")
     session.run("pytest", *session.posargs)
 
 

@@ -27,7 +27,9 @@ from ._errors import WorkflowFailedError as WorkflowFailedError
 from ._file import File as File
 from ._options import CacheOptions as CacheOptions
 from ._options import RunOptions as RunOptions
+from ._placements import Dask as Dask
 from ._placements import Host as Host
+from ._placements import Ray as Ray
 from ._placements import Slurm as Slurm
 from ._requires import Const as Const
 from ._requires import Req as Req
@@ -54,6 +56,7 @@ __all__ = [
     "ClassStats",
     "Const",
     "CycleError",
+    "Dask",
     "EventLoopRunningError",
     "File",
     "GraphError",
@@ -62,6 +65,7 @@ __all__ = [
     "InputFileError",
     "MissingRequirementError",
     "OptionError",
+    "Ray",
     "Req",
     "Requires",
     "RequiresDict",

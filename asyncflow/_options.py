@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypedDict, Union
 
 from ._errors import OptionError, TaskDefinitionError
-from ._placements import Host, Placement, Slurm, Where, parse_host_url
+from ._placements import Dask, Host, Placement, Ray, Slurm, Where, as_engine, parse_host_url
 
 # Seconds a lease binds without renewal (a holder renews thrice as often): how long a
 # holder that hangs or is paused blocks others before they compute its nodes.
 LEASE_TTL = 15.0
 KEEP_RUNS = 100  # runs the history keeps, with their attempts (the oldest go first)
 
-ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor]  # noqa: UP007 - evaluated at run time on 3.10
+ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor, Dask, Ray]  # noqa: UP007 - evaluated at run time on 3.10
 OnError = Literal["cancel", "continue"]
 
 
@@ -36,9 +36,9 @@ class RunOptions(TypedDict, total=False):
     max_workers: int
     """Plain ``def`` bodies working at once, in threads (or processes)."""
     executor: ExecutorOption
-    """Where plain ``def`` bodies run: ``"thread"`` (default), ``"process"`` or an Executor."""
+    """Where plain ``def`` bodies run: ``"thread"`` (default), ``"process"``, an Executor, `Dask` (or a bare ``distributed.Client``) or `Ray`."""
     prefixes: Mapping[str, Sequence[str] | Placement]
-    """Job prefix (or a placement such as `Slurm`) per channel; wins over ``job_prefix``."""
+    """Job prefix (or a placement: `Slurm`, `Host`, `Dask`, `Ray`) per channel; wins over ``job_prefix``."""
     hosts: Mapping[str, str | Placement]
     """SSH host per channel: ``"ssh://user@host:port"`` or a `Host`."""
     cache_dir: str | os.PathLike[str]
@@ -135,6 +135,9 @@ def as_where(value: object) -> Where | None:
     """Return a job prefix as a tuple of strings, or a placement as is; None if neither."""
     if isinstance(value, (Slurm, Host)):
         return value
+    engine = as_engine(value)
+    if engine is not None:
+        return engine
     if isinstance(value, (list, tuple)):
         items: list[object] = list(value)  # pyright: ignore[reportUnknownArgumentType]  # user input
         if items and all(isinstance(a, str) for a in items):
@@ -180,9 +183,15 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
         raise _fail("max_workers", max_workers, "a positive int")
     executor = options.get("executor", "thread")
     if executor not in ("thread", "process") and not isinstance(executor, Executor):
-        raise _fail("executor", executor, '"thread", "process" or a concurrent.futures.Executor')
+        executor = as_engine(executor)
+        if executor is None:
+            raise _fail(
+                "executor",
+                options["executor"],
+                '"thread", "process", a concurrent.futures.Executor, Dask(client) or Ray()',
+            )
     prefixes: dict[str, Where] = {}
-    expected = 'a dict {channel: [command, args...] or Slurm(...)}, e.g. {"gpu": ["srun", "-p", "gpu"]}'
+    expected = 'a dict {channel: [command, args...], Slurm(...), Dask(client) or Ray(...)}, e.g. {"gpu": ["srun", "-p", "gpu"]}'
     for channel, prefix in _channel_map(options, "prefixes", expected):
         where = as_where(prefix)
         if where is None:
@@ -195,6 +204,8 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
             hosts[channel] = parse_host_url(host)
         elif isinstance(host, (Slurm, Host)):
             hosts[channel] = host
+        elif (engine := as_engine(host)) is not None:
+            hosts[channel] = engine
         else:
             raise _fail("hosts", options["hosts"], expected)
     detect = options.get("detect_source_change")

@@ -1,8 +1,9 @@
-"""Where bodies run besides this process: `Slurm` and `Host` settings, validated. No I/O here.
+"""Where bodies run besides this process: `Slurm`, `Host`, `Dask` and `Ray` settings, validated. No I/O here.
 
 These are values, as run options are: frozen, hashable (a run makes one runner per
 distinct placement), checked when made. Which runner serves a placement is decided in
-`_runners/choose.py`; how a host is parsed from ``ssh://`` text is decided here.
+`_runners/choose.py`; how a host is parsed from ``ssh://`` text is decided here. Neither
+dask nor ray is imported here: a Dask client is recognised by its class's module.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shlex
 import sys
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
@@ -17,6 +19,8 @@ from ._errors import OptionError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from distributed import Client
 
 
 @dataclass(frozen=True)
@@ -231,8 +235,111 @@ def parse_host_url(url: str) -> Host:
     return Host(**values)
 
 
-Placement: TypeAlias = Union[Slurm, Host]  # noqa: UP007 - evaluated at run time on 3.10
+def is_dask_client(value: object) -> bool:
+    """Tell whether `value` is a ``distributed.Client`` (without importing distributed)."""
+    return any(
+        c.__module__.split(".")[0] == "distributed" and c.__name__ == "Client" for c in type(value).__mro__
+    )
+
+
+@dataclass(frozen=True)
+class Dask:
+    """Run bodies as tasks of a Dask cluster: ``executor=Dask(client)`` or ``prefixes={"big": Dask(client)}``.
+
+    Needs ``pip install 'asyncflow[dask]'``. Each body is one Dask task, named after the
+    task (``Square(3)-<token>``) in the dashboard.
+
+    Attributes:
+        client: a ``distributed.Client`` (yours: the run neither closes it nor shuts its
+            cluster down), or a scheduler address (``"tcp://10.0.0.5:8786"``) that each run
+            connects to and disconnects from.
+
+    Raises:
+        OptionError: `client` is neither.
+    """
+
+    client: Client | str
+
+    def __post_init__(self) -> None:
+        if not (_text(self.client) or is_dask_client(self.client)):
+            raise OptionError(
+                f"Dask({self.client!r}): expected a distributed.Client or a scheduler address "
+                'such as "tcp://127.0.0.1:8786"'
+            )
+
+    @property
+    def address(self) -> str:
+        """The scheduler's address, for the history."""
+        if isinstance(self.client, str):
+            return self.client
+        return str(getattr(self.client, "scheduler_address", None) or self.client)
+
+
+def _resources_ok(value: object) -> bool:
+    if not isinstance(value, Mapping):
+        return False
+    items: list[tuple[object, object]] = list(value.items())  # pyright: ignore[reportUnknownArgumentType]  # user input
+    return all(_text(k) and _amount(v) for k, v in items)
+
+
+def _amount(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True)
+class Ray:
+    """Run bodies as Ray tasks: ``executor=Ray()`` or ``prefixes={"gpu": Ray(num_gpus=1)}``.
+
+    Needs ``pip install 'asyncflow[ray]'``. Each body is one Ray task named after the task
+    (``Square(3)``) in the dashboard. When Ray is already initialised in this process
+    (``ray.init(...)``), that connection is used as it is; otherwise the run calls
+    ``ray.init(address=address)`` and ``ray.shutdown()`` at its end.
+
+    Attributes:
+        address: what ``ray.init`` is given: None starts a local Ray (or joins one started
+            with ``ray start``), ``"auto"`` joins the local node's cluster,
+            ``"ray://host:10001"`` connects through Ray Client.
+        num_cpus: CPUs each body reserves.
+        num_gpus: GPUs each body reserves.
+        resources: custom resources each body reserves, e.g. ``{"big_memory": 1}``.
+
+    Raises:
+        OptionError: an argument is not of the accepted kind.
+    """
+
+    address: str | None = None
+    num_cpus: float = 1
+    num_gpus: float = 0
+    resources: Mapping[str, float] = field(default_factory=dict[str, float], hash=False)
+
+    def __post_init__(self) -> None:
+        checks: tuple[tuple[str, bool, str], ...] = (
+            ("address", self.address is None or _text(self.address), 'None, "auto" or an address'),
+            ("num_cpus", _amount(self.num_cpus), "a number >= 0"),
+            ("num_gpus", _amount(self.num_gpus), "a number >= 0"),
+            ("resources", _resources_ok(self.resources), "a dict {resource name: amount >= 0}"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise OptionError(f"Ray({name}={getattr(self, name)!r}): expected {expected}")
+        object.__setattr__(self, "resources", dict(self.resources))  # a copy: frozen means frozen
+
+
+Engine: TypeAlias = Union[Dask, Ray]  # noqa: UP007 - evaluated at run time on 3.10
+"""A cluster engine that takes bodies as tasks of its own."""
+
+
+def as_engine(value: object) -> Engine | None:
+    """Return `value` as an `Engine` (a bare Dask client wrapped in `Dask`); None if it is none."""
+    if isinstance(value, (Dask, Ray)):
+        return value
+    if is_dask_client(value):
+        return Dask(value)  # pyright: ignore[reportArgumentType]  # a Client, told by its class
+    return None
+
+
+Placement: TypeAlias = Union[Slurm, Host, Dask, Ray]  # noqa: UP007 - evaluated at run time on 3.10
 """Somewhere other than this process that bodies run, chosen per channel."""
 
-Where: TypeAlias = Union[tuple[str, ...], Slurm, Host]  # noqa: UP007 - evaluated at run time on 3.10
+Where: TypeAlias = Union[tuple[str, ...], Slurm, Host, Dask, Ray]  # noqa: UP007 - evaluated at run time on 3.10
 """A job prefix (argv) or a placement."""

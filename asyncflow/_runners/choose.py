@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._placements import Host, Slurm
+from .._placements import Dask, Host, Ray, Slurm
 from .base import Closing
 from .local import LoopRunner, ThreadRunner
 
@@ -39,8 +39,11 @@ class Runners:
         self._jobs = None if settings.max_workers is None else anyio.CapacityLimiter(settings.max_workers)
         self._values: ValueFiles | None = None  # big values for bodies elsewhere, made on first use
         executor = settings.executor
-        self._sync: Runner
-        if executor == "thread":
+        self._sync: Runner | None = None  # None: the executor is an engine, placed on first use
+        self._engine: Dask | Ray | None = None
+        if isinstance(executor, (Dask, Ray)):
+            self._engine = executor
+        elif executor == "thread":
             self._sync = ThreadRunner(settings.max_workers)
         else:  # imported only when used: concurrent.futures and its kin take milliseconds
             from .process import ExecutorRunner, ProcessRunner
@@ -54,7 +57,12 @@ class Runners:
         """Return the runner for the bodies of `cls`."""
         where = self.where(cls)
         if where is None:
-            return self._loop if inspect.iscoroutinefunction(cls.run_task) else self._sync
+            if inspect.iscoroutinefunction(cls.run_task):
+                return self._loop
+            if self._sync is not None:
+                return self._sync
+            where = self._engine
+            assert where is not None, "asyncflow bug: no runner for plain def bodies"
         runner = self._elsewhere.get(where)
         if runner is None:
             runner = self._elsewhere[where] = self._make(where)
@@ -80,7 +88,7 @@ class Runners:
         return self._values
 
     async def aclose(self) -> None:
-        """Let the runners that hold connections or processes close them: the run has ended."""
+        """Let the runners that hold connections, processes or engines close them: the run has ended."""
         try:
             for runner in (self._sync, *self._elsewhere.values()):
                 if isinstance(runner, Closing):
@@ -99,6 +107,14 @@ class Runners:
             from .ssh import SSHRunner
 
             return SSHRunner(where, self._cache_dir, self._jobs)
+        if isinstance(where, Dask):
+            from .dask_cluster import DaskRunner
+
+            return DaskRunner(where, self._jobs, self.values())
+        if isinstance(where, Ray):
+            from .ray_cluster import RayRunner
+
+            return RayRunner(where, self._jobs)
         from .prefix import PrefixRunner
 
         return PrefixRunner(where, self._cache_dir, self._jobs, self.values())

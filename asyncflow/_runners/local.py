@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,12 @@ class LoopRunner:
 
 
 def call_and_pickle(task: Task[Any, Any]) -> Outcome:
-    """Run a plain ``def`` body and pickle its result on the same thread."""
-    value = task.run_task()
+    """Run a body and pickle its result on the same thread.
+
+    An ``async def`` body gets an event loop of its own: it comes here only on a worker
+    of an engine placed per channel (Dask, Ray), as it runs in a job's worker.
+    """
+    value = anyio.run(task.run_task) if inspect.iscoroutinefunction(task.run_task) else task.run_task()
     return Outcome(value, pickle_result(value))
 
 

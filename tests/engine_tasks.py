@@ -1,0 +1,197 @@
+"""Task classes and checks shared by the Dask and Ray runners' tests (test_runners_dask/ray.py).
+
+This module is not installed, so its classes travel to the engines' workers by value,
+as a user's project's would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from asyncflow import RequiresList, Task, TaskFailedError
+from tests.workflows import load_taskfile
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from asyncflow._placements import Engine
+
+
+class Square(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        return self.i * self.i
+
+
+class SquareAsync(Task, channel="engine"):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        await anyio.lowlevel.checkpoint()
+        return self.i * self.i
+
+
+class Sum(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, n: int, on_loop: bool = False) -> None:
+        self.parts = [SquareAsync(i) if on_loop else Square(i) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.parts)
+
+
+class Fails(Task):
+    def run_task(self) -> int:
+        print("about to fail")
+        raise ValueError("no good")
+
+
+class Sleeper(Task):
+    """Marks its start and end in `folder`; sleeps `seconds` between."""
+
+    def build_task(self, i: int, folder: str, seconds: float) -> None:
+        self.i = i
+        self.folder = folder
+        self.seconds = seconds
+
+    def run_task(self) -> int:
+        Path(self.folder, f"start-{self.i}").write_text(
+            f"{time.monotonic()} {os.getpid()} {engine_task_name()}"
+        )
+        time.sleep(self.seconds)
+        Path(self.folder, f"end-{self.i}").write_text(f"{time.monotonic()}")
+        return self.i
+
+
+class Sleepers(Task):
+    parts: RequiresList[int]
+
+    def build_task(self, n: int, folder: str, seconds: float) -> None:
+        self.parts = [Sleeper(i, folder, seconds) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.parts)
+
+
+def engine_task_name() -> str:
+    """The name of the engine's task that runs this body, as the engine knows it."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.get_runtime_context().get_task_name())
+    import distributed
+
+    return str(distributed.get_worker().get_current_task())
+
+
+def names(folder: Path) -> set[str]:
+    """The engine's names of the sleepers that started in `folder`."""
+    return {p.read_text().split(" ", 2)[2] for p in folder.glob("start-*")}
+
+
+async def check_results_and_cached_rerun(cache_dir: Path, executor: Any) -> None:
+    """Right results through `executor`, and a rerun that runs nothing."""
+    with anyio.fail_after(120):
+        value, stats = await Sum(6).run_with_stats(cache_dir=cache_dir, executor=executor)
+        assert value == sum(i * i for i in range(6))
+        assert stats.run == 7  # the squares and the sum
+        value, stats = await Sum(6).run_with_stats(cache_dir=cache_dir, executor=executor)
+    assert value == sum(i * i for i in range(6))
+    assert stats.run == 0
+
+
+async def check_per_channel(cache_dir: Path, engine: Engine) -> None:
+    """A placement per channel, for async bodies too (they get a loop on the worker)."""
+    with anyio.fail_after(120):
+        assert await Sum(4, on_loop=True).run(cache_dir=cache_dir, prefixes={"engine": engine}) == 14
+        assert await SquareAsync(5).run(cache_dir=cache_dir / "b", hosts={"engine": engine}) == 25
+
+
+async def check_failure_named(cache_dir: Path, engine: Engine) -> None:
+    """A failing body is named, with its exception and the worker's traceback."""
+    with anyio.fail_after(120), pytest.raises(TaskFailedError) as info:
+        await Fails().run(cache_dir=cache_dir, executor=engine)
+    assert str(info.value).splitlines()[0] == "Fails() failed: ValueError: no good"
+    assert info.value.task == "Fails()"
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError)
+    assert "in run_task\n" in str(cause.__cause__), str(cause.__cause__)  # the worker's traceback
+
+
+async def check_max_workers(cache_dir: Path, tmp_path: Path, engine: Engine) -> None:
+    """At most max_workers bodies at once, measured by the bodies' own timestamps."""
+    with anyio.fail_after(120):
+        await Sleepers(3, str(tmp_path), 0.5).run(cache_dir=cache_dir, executor=engine, max_workers=1)
+    events = timeline(tmp_path)
+    assert len(events) == 6
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 1
+
+
+TASKFILE = """
+from asyncflow import Task
+
+class FromFile(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> str:
+        return f"{type(self).__module__} {self.i}"
+"""
+
+
+async def check_taskfile_travels(cache_dir: Path, tmp_path: Path, engine: Engine) -> None:
+    """A class from a file imported by path (not importable by name) reaches the engine's workers."""
+    module = load_taskfile(tmp_path / "engine_taskfile.py", TASKFILE)
+    with anyio.fail_after(120):
+        assert await module.FromFile(2).run(cache_dir=cache_dir, executor=engine) == f"{module.__name__} 2"
+
+
+async def cancel_while_sleeping(
+    cache_dir: Path, folder: Path, engine: Engine, n: int, seconds: float, while_running: Callable[[], None]
+) -> None:
+    """Run `n` sleepers (more than the engine's 2 slots), and cancel the run once 2 are running.
+
+    `while_running` looks at the engine before the cancel.
+    """
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+
+            async def go() -> None:
+                await Sleepers(n, str(folder), seconds).run(cache_dir=cache_dir, executor=engine)
+
+            tg.start_soon(go)
+            while started(folder) < 2:  # noqa: ASYNC110 - the engine's workers write them
+                await anyio.sleep(0.05)
+            await anyio.to_thread.run_sync(while_running)
+            tg.cancel_scope.cancel()
+
+
+def started(folder: Path) -> int:
+    return len(list(folder.glob("start-*")))
+
+
+def ended(folder: Path) -> int:
+    return len(list(folder.glob("end-*")))
+
+
+def timeline(folder: Path) -> list[tuple[float, int]]:
+    """The sleepers' starts (+1) and ends (-1) in `folder`, in time order."""
+    starts = [(float(p.read_text().split()[0]), +1) for p in folder.glob("start-*")]
+    return sorted(starts + [(float(p.read_text()), -1) for p in folder.glob("end-*")])
