@@ -24,6 +24,9 @@ Ending a remote job: closing an SSH channel does not stop a command that runs wi
 a pty, and sshd refuses signals for root logins. The worker therefore runs with
 ``--exit-on-stdin-eof``: a cancelled job gets an EOF on its stdin, then its channel is
 closed, and the worker exits at once.
+
+With ``Host(workers=N)`` bodies go to warm workers on the host instead, started once per
+run (`sshconn.Pool.run_warm`, `warm.py`); they end the same way.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class SSHRunner:
 
         async def launch(tail: deque[str]) -> JobEnd:
             portal, pool = await self._start()
+            if self.host.workers is not None:
+                return await portal.call_async(pool.run_warm, job, label, tail)
             return await portal.call_async(pool.run_job, job, label, tail)
 
         return await run_job(
