@@ -346,7 +346,16 @@ class _RemoteWorker(Worker):
         # The job's files travel with the call and its answer: SFTP would take a few round trips more.
         remote = posixpath.join(self._pool._jobs_dir, job.name)  # pyright: ignore[reportPrivateUsage]  # its pool's
         files = [await anyio.Path(job / name).read_bytes() for name in (payload.SYS_PATH, payload.PAYLOAD)]
-        status, answer = await self.exchange(remote, label, tail, files)
+        try:
+            status, answer = await self.exchange(remote, label, tail, files)
+        except BaseException:
+            # The worker removes the job directory after the body; a body it never finished leaves it.
+            connection = self._connection
+            if connection is not None and not connection.ssh.is_closed():
+                with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
+                    await self.stop()  # first: it may still write there
+                    await connection.sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
+            raise
         if answer:
             await anyio.to_thread.run_sync(payload.write_file, job, payload.RESULT, answer)
         return status
