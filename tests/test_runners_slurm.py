@@ -209,10 +209,8 @@ async def test_cancelling_a_warm_pool_ends_its_jobs(cache_dir: Path, tmp_path: P
             tg.start_soon(
                 lambda: WarmLong(str(pidfile)).run(cache_dir=cache_dir, prefixes={WarmLong.task_name: POOL})
             )
-            while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110 - a job writes it
-                await anyio.sleep(0.1)
+            pid, job = await _running(pidfile)
             tg.cancel_scope.cancel()
-    pid, job = pidfile.read_text().split()
     await _wait_gone({job}, {int(pid)})
     (attempt,) = await attempts_of_node(cache_dir, WarmLong(str(pidfile)).__af_key__, 5)
     assert attempt.outcome == "cancelled"
@@ -236,11 +234,17 @@ class KilledOnce(Killed, retries=0):
     pass
 
 
-async def _kill_when_running(pidfile: Path) -> tuple[int, str]:
+async def _running(pidfile: Path) -> tuple[str, str]:
+    """Wait until a body wrote its pid and job id into `pidfile`; return them."""
     path = anyio.Path(pidfile)
     while not await path.exists() or not await path.read_text():  # noqa: ASYNC110 - a job writes it
         await anyio.sleep(0.05)
     pid, job = (await path.read_text()).split()
+    return pid, job
+
+
+async def _kill_when_running(pidfile: Path) -> tuple[int, str]:
+    pid, job = await _running(pidfile)
     os.kill(int(pid), 9)
     return int(pid), job
 

@@ -589,11 +589,29 @@ class KilledHereOnce(KilledHere, retries=0):
     pass
 
 
-async def _kill_when_running(pidfile: Path) -> None:
+async def _run_and_kill(
+    task: KilledHere, pidfile: Path, cache_dir: Path, pool: Host
+) -> tuple[int | TaskFailedError, int]:
+    """Run `task` on `pool`, killing its worker (kill -9) once its first attempt wrote `pidfile`.
+
+    Returns what the run returned or raised, and the pid killed.
+    """
     path = anyio.Path(pidfile)
-    while not await path.exists() or not await path.read_text():  # noqa: ASYNC110 - the remote body writes it
-        await anyio.sleep(0.05)
-    os.kill(int(await path.read_text()), 9)
+    outcome: int | TaskFailedError
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def kill() -> None:
+                while not await path.exists() or not await path.read_text():  # noqa: ASYNC110 - the remote body writes it
+                    await anyio.sleep(0.05)
+                os.kill(int(await path.read_text()), 9)
+
+            tg.start_soon(kill)
+            try:
+                outcome = await task.run(cache_dir=cache_dir, hosts={CHANNEL: pool})
+            except TaskFailedError as exc:
+                outcome = exc
+    return outcome, int(await path.read_text())
 
 
 @pytest.mark.ssh
@@ -601,20 +619,15 @@ async def _kill_when_running(pidfile: Path) -> None:
 async def test_a_lost_remote_worker_is_retried_and_replaced(
     cache_dir: Path, host: Host, tmp_path: Path
 ) -> None:
-    pidfile = tmp_path / "pid"
     pool = replace(host, workers=1)
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_kill_when_running, pidfile)
-            pid = await KilledHere(str(pidfile)).run(cache_dir=cache_dir, hosts={CHANNEL: pool})
-    lost = int(pidfile.read_text())
+    task = KilledHere(str(tmp_path / "pid"))
+    pid, lost = await _run_and_kill(task, tmp_path / "pid", cache_dir, pool)
     assert pid != lost  # a new worker
-    second, first = await attempts_of_node(cache_dir, KilledHere(str(pidfile)).__af_key__, 5)  # latest first
+    second, first = await attempts_of_node(cache_dir, task.__af_key__, 5)  # latest first
     assert (first.outcome, first.place) == ("failed", f"{pool.url} (pid {lost}, worker 1)")
     assert (
         first.error
-        == f"{KilledHere(str(pidfile))!r} failed: its worker (pid {lost}, worker 1) was lost: "
-        + ("it was killed by SIGKILL")
+        == f"{task!r} failed: its worker (pid {lost}, worker 1) was lost: it was killed by SIGKILL"
     )
     assert (second.outcome, second.place) == ("ok", f"{pool.url} (pid {pid}, worker 2)")
 
@@ -624,19 +637,14 @@ async def test_a_lost_remote_worker_is_retried_and_replaced(
 async def test_a_lost_remote_worker_without_retries_is_named(
     cache_dir: Path, host: Host, tmp_path: Path
 ) -> None:
-    pidfile = tmp_path / "pid"
-    pool = replace(host, workers=1)
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_kill_when_running, pidfile)
-            with pytest.raises(TaskFailedError) as info:
-                await KilledHereOnce(str(pidfile)).run(cache_dir=cache_dir, hosts={CHANNEL: pool})
-    lost = int(pidfile.read_text())
-    assert str(info.value).startswith(
-        f"{KilledHereOnce(str(pidfile))!r} failed: its worker (pid {lost}, worker 1) was lost: it was killed by SIGKILL\n"
+    task = KilledHereOnce(str(tmp_path / "pid"))
+    error, lost = await _run_and_kill(task, tmp_path / "pid", cache_dir, replace(host, workers=1))
+    assert isinstance(error, TaskFailedError)
+    assert str(error).startswith(
+        f"{task!r} failed: its worker (pid {lost}, worker 1) was lost: it was killed by SIGKILL\n"
     )
-    assert info.value.command is not None
-    assert info.value.command[0] == "ssh"
+    assert error.command is not None
+    assert error.command[0] == "ssh"
 
 
 @pytest.mark.ssh
