@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the job whose directory `argv` names (default: this process's arguments)."""
     args = list(sys.argv if argv is None else argv)[1:]
     if len(args) == 2 and args[0] == "--serve" and args[1].isdigit():
-        return serve(int(args[1]))
+        return _serve(int(args[1]))
     watch_stdin = "--exit-on-stdin-eof" in args
     if watch_stdin:
         args.remove("--exit-on-stdin-eof")
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if watch_stdin:
         exit_on_stdin_eof()
-    return run_job(Path(args[0]), whoami())
+    return _run_job(Path(args[0]), whoami())
 
 
-def run_job(job: Path, who: str, capture: Capture | None = None) -> int:
+def _run_job(job: Path, who: str, capture: Capture | None = None) -> int:
     """Run the job in directory `job` and write its answer; return the job's exit status.
 
     `who` names this worker in the answer; `capture`, if given, holds what the body
@@ -101,7 +101,7 @@ def run_job(job: Path, who: str, capture: Capture | None = None) -> int:
     return 0
 
 
-def serve(index: int) -> int:
+def _serve(index: int) -> int:
     """Serve jobs named on stdin, one at a time, as worker `index` of a warm pool (see the module doc)."""
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     calls = os.dup(0)
@@ -128,7 +128,7 @@ def serve(index: int) -> int:
         token = CAPTURE.set(capture)
         try:
             with capturing():
-                status = run_job(Path(job), f"{whoami()}, worker {index}", capture)
+                status = _run_job(Path(job), f"{whoami()}, worker {index}", capture)
         finally:
             CAPTURE.reset(token)
         sys.stdout.flush()

@@ -345,7 +345,9 @@ class _RemoteWorker(Worker):
     async def run(self, job: Path, label: str, tail: deque[str]) -> int:
         # The job's files travel with the call and its answer: SFTP would take a few round trips more.
         remote = posixpath.join(self._pool._jobs_dir, job.name)  # pyright: ignore[reportPrivateUsage]  # its pool's
-        files = [await anyio.Path(job / name).read_bytes() for name in (payload.SYS_PATH, payload.PAYLOAD)]
+        files = await anyio.to_thread.run_sync(
+            lambda: [(job / name).read_bytes() for name in (payload.SYS_PATH, payload.PAYLOAD)]
+        )
         try:
             status, answer = await self.exchange(remote, label, tail, files)
         except BaseException:
