@@ -372,19 +372,23 @@ async def test_a_refused_client_key(cache_dir: Path, host: Host, tmp_path: Path)
 
 @pytest.mark.ssh
 @requires_sshd
-async def test_a_missing_remote_python(cache_dir: Path, host: Host) -> None:
-    error = await _host_error(cache_dir, replace(host, python="/nonexistent/python"))
+@pytest.mark.parametrize("workers", [None, 1], ids=["per-job", "warm"])
+async def test_a_missing_remote_python(cache_dir: Path, host: Host, workers: int | None) -> None:
+    error = await _host_error(cache_dir, replace(host, python="/nonexistent/python", workers=workers))
     assert error.reason == "python"
     assert "the remote python '/nonexistent/python' cannot be started (exit status 127" in str(error)
 
 
 @pytest.mark.ssh
 @requires_sshd
-async def test_a_remote_python_without_asyncflow(cache_dir: Path, host: Host, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [None, 1], ids=["per-job", "warm"])
+async def test_a_remote_python_without_asyncflow(
+    cache_dir: Path, host: Host, tmp_path: Path, workers: int | None
+) -> None:
     python = tmp_path / "python"  # runs this interpreter with -I: no venv site-packages, no asyncflow
     python.write_text(f'#!/bin/sh\nexec {sys.base_prefix}/bin/python3 -I -S "$@"\n')
     python.chmod(0o755)
-    error = await _host_error(cache_dir, replace(host, python=str(python)))
+    error = await _host_error(cache_dir, replace(host, python=str(python), workers=workers))
     assert error.reason == "python"
     assert "asyncflow is not installed for the remote python" in str(error)
 

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.from_thread import BlockingPortalProvider
 
-from .._errors import HostError
-from .jobs import run_job, write_job
+from .._errors import HostError, TaskFailedError
+from .jobs import JobEnd, run_job, write_job
 
 if TYPE_CHECKING:
     from collections import deque
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from .._placements import Host
     from .._task import Task
     from .base import Outcome
-    from .jobs import JobEnd
     from .sshconn import Pool
 
 # The SSH thread: started by the first run that uses a host, stopped when the last ends.
@@ -72,9 +71,14 @@ class SSHRunner:
 
         async def launch(tail: deque[str]) -> JobEnd:
             portal, pool = await self._start()
-            if self.host.workers is not None:
+            if self.host.workers is None:
+                return await portal.call_async(pool.run_job, job, label, tail)
+            try:
                 return await portal.call_async(pool.run_warm, job, label, tail)
-            return await portal.call_async(pool.run_job, job, label, tail)
+            except TaskFailedError as exc:  # a worker that never started may lack its python
+                if exc.command is not None and exc.returncode is not None:
+                    _check_python(self.host, JobEnd(exc.command, exc.returncode), exc.stderr_tail or "")
+                raise
 
         return await run_job(
             job,
