@@ -166,7 +166,10 @@ class _SrunWorker(Worker):
             await self._process.stdin.aclose()
         with anyio.move_on_after(GRACE):
             await self._process.wait()
-        await self.stop()
+        if self._process.returncode is None:
+            await self.stop()
+        else:  # its job ended with it: nothing to scancel
+            await self._process.aclose()
 
 
 async def scancel(args: list[str]) -> None:
