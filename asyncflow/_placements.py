@@ -35,6 +35,10 @@ class Slurm:
             ``"sbatch"`` (a batch job per body, waited for with ``sbatch --wait``).
         python: the interpreter on the compute nodes (default: this one, which works
             when the nodes share this filesystem, as on most clusters).
+        workers: None (default) runs each body as a job of its own; N starts up to N
+            long-lived workers for the run (one ``srun`` job each, as bodies need them)
+            that take many bodies each, so a short body costs milliseconds instead of a
+            job start. ``style="srun"`` only.
 
     Raises:
         OptionError: an argument is not of the accepted kind.
@@ -45,8 +49,15 @@ class Slurm:
     extra: Sequence[str] = field(default=())
     style: Literal["srun", "sbatch"] = "srun"
     python: str = sys.executable
+    workers: int | None = None
 
     def __post_init__(self) -> None:
+        _check_workers("Slurm", self.workers)
+        if self.workers is not None and self.style != "srun":
+            raise OptionError(
+                f"Slurm(style={self.style!r}, workers={self.workers}): warm workers are srun steps; "
+                'pass style="srun", or workers=None for one sbatch job per body'
+            )
         for name in ("partition", "time"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value):
@@ -72,6 +83,13 @@ class Slurm:
         return [*out, *self.extra]
 
 
+def _check_workers(cls: str, workers: object) -> None:
+    if workers is not None and not (type(workers) is int and workers >= 1):
+        raise OptionError(
+            f"{cls}(workers={workers!r}): expected None (one job per body) or an int >= 1 (a warm pool)"
+        )
+
+
 def _text(value: object) -> bool:
     return isinstance(value, str) and bool(value)
 
@@ -89,6 +107,7 @@ _CHECKS: tuple[tuple[str, Callable[[object], bool], str], ...] = (
     ("key_file", lambda v: v is None or _text(v), "None or a private key file"),
     ("known_hosts", lambda v: v is None or _text(v), "None or a known_hosts file"),
     ("connections", _count(1), "an int >= 1"),
+    ("workers", lambda v: v is None or _count(1)(v), "None (one job per body) or an int >= 1 (a warm pool)"),
     ("sessions_per_connection", _count(2), "an int >= 2 (one session for SFTP, one per job)"),
     (
         "connect_timeout",
@@ -102,6 +121,7 @@ _URL_PARAMS: dict[str, Callable[[str], object]] = {
     "key_file": str,
     "known_hosts": str,
     "connections": int,
+    "workers": int,
     "sessions_per_connection": int,
     "connect_timeout": float,
 }
@@ -142,6 +162,11 @@ class Host:
         sessions_per_connection: the server's ``MaxSessions`` (OpenSSH's default is
             10): one goes to SFTP, the others run one job each.
         connect_timeout: seconds to wait for a connection and its login.
+        workers: None (default) runs each body as a remote command of its own; N
+            starts up to N long-lived remote workers for the run (as bodies need
+            them), each holding one session, that take many bodies each, so a short
+            body costs milliseconds instead of a command's start. At most
+            ``connections * (sessions_per_connection - 1)``.
     """
 
     host: str
@@ -154,6 +179,7 @@ class Host:
     connections: int = 4
     sessions_per_connection: int = 10
     connect_timeout: float = 30.0
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         # Checked at run time too: hosts often come from configuration files.
@@ -161,6 +187,13 @@ class Host:
         if problem is not None:
             field, expected = problem
             raise OptionError(f"Host({self.host!r}, ...): {field} is invalid: expected {expected}")
+        sessions = self.connections * (self.sessions_per_connection - 1)
+        if self.workers is not None and self.workers > sessions:
+            raise OptionError(
+                f"Host({self.host!r}, ...): workers={self.workers} is more than its connections can "
+                f"hold ({self.connections} connections x {self.sessions_per_connection - 1} sessions "
+                "each, one per worker); raise connections=, or lower workers="
+            )
 
     @property
     def url(self) -> str:
@@ -172,6 +205,11 @@ class Host:
     def worker_command(self, job: str) -> str:
         """Return the remote command (a shell string, every word quoted) that runs `job`."""
         argv = [self.python, "-u", "-m", "asyncflow.worker", "--exit-on-stdin-eof", job]
+        return "exec " + shlex.join(argv)
+
+    def serve_command(self, index: int) -> str:
+        """Return the remote command (a shell string) that starts warm worker number `index`."""
+        argv = [self.python, "-u", "-m", "asyncflow.worker", "--serve", str(index)]
         return "exec " + shlex.join(argv)
 
     def ssh_command(self, command: str) -> tuple[str, ...]:

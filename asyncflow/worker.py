@@ -11,12 +11,22 @@ reaches its end. Closing an SSH channel does not stop a command that runs withou
 pty, and sshd refuses signals for root logins; but it does close the command's stdin,
 so this is how cancelling a remote job ends the worker. A daemon thread waits on stdin;
 the body still runs in the main thread.
+
+``--serve N`` (what warm pools start, `_runners/warm.py`): stay up as worker N of a pool,
+taking many jobs one after another. The protocol is lines on stdin and stdout: the
+worker first says ``ready <who>`` (``job 1234, worker 2``; ``pid 4321, worker 2``), then
+for each job directory it reads it runs that job, writes its answer there and replies
+``done <status>`` (the exit status the job would have had). What a body prints and logs
+goes into its answer (stdout carries the protocol, so the body's stdout goes to stderr
+as well). When stdin ends, the worker exits: at once, with status 129, if a body runs
+(the run was cancelled), else with 0 (the run is over).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import queue
 import sys
 import threading
 import traceback
@@ -25,11 +35,13 @@ from pathlib import Path
 
 import anyio
 
+from ._capture import CAPTURE, Capture, capturing
 from ._runners import payload
 from ._runners.base import pickle_result
+from ._runners.warm import MARK
 from ._sync import BODY, ELSEWHERE
 
-USAGE = "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR"
+USAGE = "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR | --serve N"
 HANGUP = 129  # exit status when stdin ends first (128 + SIGHUP, as a hung-up terminal gives)
 
 
@@ -50,6 +62,8 @@ def exit_on_stdin_eof() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the job whose directory `argv` names (default: this process's arguments)."""
     args = list(sys.argv if argv is None else argv)[1:]
+    if len(args) == 2 and args[0] == "--serve" and args[1].isdigit():
+        return _serve(int(args[1]))
     watch_stdin = "--exit-on-stdin-eof" in args
     if watch_stdin:
         args.remove("--exit-on-stdin-eof")
@@ -58,7 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if watch_stdin:
         exit_on_stdin_eof()
-    job = Path(args[0])
+    return _run_job(Path(args[0]), whoami())
+
+
+def _run_job(job: Path, who: str, capture: Capture | None = None) -> int:
+    """Run the job in directory `job` and write its answer; return the job's exit status.
+
+    `who` names this worker in the answer; `capture`, if given, holds what the body
+    printed and logged, and goes into the answer too.
+    """
     try:
         task = payload.read_payload(job)
     except Exception:
@@ -71,10 +93,90 @@ def main(argv: list[str] | None = None) -> int:
         pickled = pickle_result(value)
     except BaseException as exc:  # reported to the parent, whatever it is
         traceback.print_exc()
-        payload.write_answer(job, replace(payload.failure(exc), job=whoami()))
+        output = "" if capture is None else capture.text()
+        payload.write_answer(job, replace(payload.failure(exc), job=who, output=output))
         return 1
-    payload.write_answer(job, payload.Answer(pickled, job=whoami()))
+    output = "" if capture is None else capture.text()
+    payload.write_answer(job, payload.Answer(pickled, job=who, output=output))
     return 0
+
+
+def _serve(index: int) -> int:
+    """Serve jobs named on stdin, one at a time, as worker `index` of a warm pool (see the module doc)."""
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
+    calls = os.dup(0)
+    # Only the protocol reads stdin: the body reads an empty one. What the body prints
+    # (from Python or C) and this worker's stderr share stdout with the protocol's
+    # lines, in order; each of those starts with MARK.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(1, 2)
+    jobs: queue.SimpleQueue[tuple[str, list[bytes] | None]] = queue.SimpleQueue()
+    busy = threading.Event()
+    threading.Thread(
+        target=_read_calls, args=(calls, jobs, busy), name="asyncflow-serve", daemon=True
+    ).start()
+    replies.write(f"{MARK}ready {whoami()}, worker {index}\n".encode())
+    while True:
+        job, files = jobs.get()
+        if files is not None:  # inline: the files came with the call, and the answer goes back with the reply
+            Path(job).mkdir(mode=0o700, parents=True, exist_ok=True)
+            payload.write_file(Path(job), payload.SYS_PATH, files[0])
+            payload.write_file(Path(job), payload.PAYLOAD, files[1])
+        capture = Capture()
+        token = CAPTURE.set(capture)
+        try:
+            with capturing():
+                status = _run_job(Path(job), f"{whoami()}, worker {index}", capture)
+        finally:
+            CAPTURE.reset(token)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if files is None:
+            reply = f"{MARK}done {status}\n".encode()
+        else:
+            try:
+                answer = (Path(job) / payload.RESULT).read_bytes()
+            except FileNotFoundError:
+                answer = b""
+            payload.remove(Path(job))
+            reply = f"{MARK}done {status} {len(answer)}\n".encode() + answer
+        busy.clear()
+        replies.write(reply)
+
+
+def _read_calls(
+    calls: int, jobs: queue.SimpleQueue[tuple[str, list[bytes] | None]], busy: threading.Event
+) -> None:
+    """Read calls from fd `calls` into `jobs` (a warm worker's stdin reader); exit at its end.
+
+    A call is a job directory on a line, or ``inline DIR SIZE SIZE`` and then the
+    contents of its ``sys_path.json`` and ``payload.pkl``.
+    """
+    pending = b""
+    try:
+        while data := os.read(calls, 65536):
+            pending += data
+            while b"\n" in pending:
+                line, _, rest = pending.partition(b"\n")
+                rest = bytes(rest)
+                text = line.decode()
+                files: list[bytes] | None = None
+                if text.startswith("inline "):
+                    text, first, second = text.removeprefix("inline ").rsplit(" ", 2)
+                    ends = [int(first), int(first) + int(second)]
+                    if len(rest) < ends[1]:
+                        break  # the rest of its files has yet to come
+                    files = [rest[: ends[0]], rest[ends[0] : ends[1]]]
+                    rest = rest[ends[1] :]
+                pending = rest
+                busy.set()  # before the main thread sees it: an EOF from now on cancels it
+                jobs.put((text, files))
+    except OSError:
+        pass
+    # No cleanup: a body running now was cancelled, and must not outlive its job.
+    os._exit(HANGUP if busy.is_set() else 0)
 
 
 def whoami() -> str:

@@ -372,19 +372,23 @@ async def test_a_refused_client_key(cache_dir: Path, host: Host, tmp_path: Path)
 
 @pytest.mark.ssh
 @requires_sshd
-async def test_a_missing_remote_python(cache_dir: Path, host: Host) -> None:
-    error = await _host_error(cache_dir, replace(host, python="/nonexistent/python"))
+@pytest.mark.parametrize("workers", [None, 1], ids=["per-job", "warm"])
+async def test_a_missing_remote_python(cache_dir: Path, host: Host, workers: int | None) -> None:
+    error = await _host_error(cache_dir, replace(host, python="/nonexistent/python", workers=workers))
     assert error.reason == "python"
     assert "the remote python '/nonexistent/python' cannot be started (exit status 127" in str(error)
 
 
 @pytest.mark.ssh
 @requires_sshd
-async def test_a_remote_python_without_asyncflow(cache_dir: Path, host: Host, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [None, 1], ids=["per-job", "warm"])
+async def test_a_remote_python_without_asyncflow(
+    cache_dir: Path, host: Host, tmp_path: Path, workers: int | None
+) -> None:
     python = tmp_path / "python"  # runs this interpreter with -I: no venv site-packages, no asyncflow
     python.write_text(f'#!/bin/sh\nexec {sys.base_prefix}/bin/python3 -I -S "$@"\n')
     python.chmod(0o755)
-    error = await _host_error(cache_dir, replace(host, python=str(python)))
+    error = await _host_error(cache_dir, replace(host, python=str(python), workers=workers))
     assert error.reason == "python"
     assert "asyncflow is not installed for the remote python" in str(error)
 
@@ -490,3 +494,184 @@ def test_worker_usage(capfd: pytest.CaptureFixture[str]) -> None:
     assert main(["worker", "--exit-on-stdin-eof"]) == 2
     assert main(["worker", "--bogus", "job"]) == 2
     assert "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR" in capfd.readouterr().err
+
+
+# Warm pools: Host(workers=N) runs many bodies on up to N long-lived remote workers.
+
+
+class Shout(Task, channel=CHANNEL):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> dict[str, object]:
+        print(f"body {self.i} on the host")
+        print(f"body {self.i} warns", file=sys.stderr)
+        return {"i": self.i, "pid": os.getpid(), "worker": sys.argv[-1]}
+
+
+class Shouts(Task):
+    parts: RequiresList[dict[str, object]]
+
+    def build_task(self, n: int) -> None:
+        self.parts = [Shout(i) for i in range(n)]
+
+    async def run_task(self) -> list[dict[str, object]]:
+        return self.parts
+
+
+@pytest.mark.ssh
+@requires_sshd
+async def test_a_warm_pool_runs_many_bodies_on_few_workers(
+    cache_dir: Path, host: Host, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pool = replace(host, workers=2)
+    with anyio.fail_after(60):
+        parts, stats = await Shouts(12).run_with_stats(cache_dir=cache_dir, hosts={CHANNEL: pool})
+    assert stats.run == 13
+    assert [p["i"] for p in parts] == list(range(12))
+    pids = {p["pid"] for p in parts}
+    assert 1 <= len(pids) <= 2
+    assert {p["worker"] for p in parts} <= {"1", "2"}  # `--serve N`
+    out, _ = capfd.readouterr()
+    assert "[Shout(3)] body 3 on the host\n" in out  # the worker's stdout carries its stderr too
+    assert "[Shout(3)] body 3 warns\n" in out
+    for part in parts:
+        (attempt,) = await attempts_of_node(cache_dir, Shout(part["i"]).__af_key__, 5)  # type: ignore[arg-type]
+        assert (attempt.place, attempt.outcome) == (
+            f"ssh://{host.user}@{host.host}:{host.port} (pid {part['pid']}, worker {part['worker']})",
+            "ok",
+        )
+        i = part["i"]
+        assert read_log(cache_dir, attempt) == f"body {i} on the host\nbody {i} warns\n"
+    for pid in pids:  # the workers ended with the run
+        await _wait_gone(pid)  # type: ignore[arg-type]
+    with anyio.fail_after(30):
+        _, stats = await Shouts(12).run_with_stats(cache_dir=cache_dir, hosts={CHANNEL: pool})
+    assert stats.run == 0
+
+
+@pytest.mark.ssh
+@requires_sshd
+async def test_cancelling_a_warm_pool_ends_its_workers(cache_dir: Path, host: Host, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    pool = replace(host, workers=1)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: Sleeper(str(pidfile)).run(cache_dir=cache_dir, hosts={CHANNEL: pool}))
+            while not pidfile.exists() or not pidfile.read_text():  # noqa: ASYNC110 - the remote body writes it
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    pid = int(pidfile.read_text())
+    await _wait_gone(pid)
+    assert _ps(pid) == ""  # the worker ran the body, in its main thread
+    (attempt,) = await attempts_of_node(cache_dir, Sleeper(str(pidfile)).__af_key__, 5)
+    assert (attempt.outcome, attempt.place) == ("cancelled", f"{pool.url} (pid {pid}, worker 1)")
+    assert pool.workdir is not None
+    assert not [p async for p in anyio.Path(pool.workdir).iterdir()]  # no job directory left
+
+
+def _ps(pid: int) -> str:
+    """What ``ps`` says of `pid` on the (local) host: nothing once it is gone."""
+    done = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-p", str(pid)], capture_output=True, text=True)
+    return "" if "Z" in done.stdout.split()[1:2] else done.stdout.strip()
+
+
+class KilledHere(Task, channel=CHANNEL, retries=1, retry_delay=0):
+    """Its first attempt waits to be killed; a second one returns where it ran."""
+
+    def build_task(self, pidfile: str) -> None:
+        self.pidfile = pidfile
+
+    def run_task(self) -> int:
+        if not Path(self.pidfile).exists():
+            Path(self.pidfile).write_text(str(os.getpid()))
+            time.sleep(60)
+        return os.getpid()
+
+
+class KilledHereOnce(KilledHere, retries=0):
+    pass
+
+
+async def _run_and_kill(
+    task: KilledHere, pidfile: Path, cache_dir: Path, pool: Host
+) -> tuple[int | TaskFailedError, int]:
+    """Run `task` on `pool`, killing its worker (kill -9) once its first attempt wrote `pidfile`.
+
+    Returns what the run returned or raised, and the pid killed.
+    """
+    path = anyio.Path(pidfile)
+    outcome: int | TaskFailedError
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def kill() -> None:
+                while not await path.exists() or not await path.read_text():  # noqa: ASYNC110 - the remote body writes it
+                    await anyio.sleep(0.05)
+                os.kill(int(await path.read_text()), 9)
+
+            tg.start_soon(kill)
+            try:
+                outcome = await task.run(cache_dir=cache_dir, hosts={CHANNEL: pool})
+            except TaskFailedError as exc:
+                outcome = exc
+    return outcome, int(await path.read_text())
+
+
+@pytest.mark.ssh
+@requires_sshd
+async def test_a_lost_remote_worker_is_retried_and_replaced(
+    cache_dir: Path, host: Host, tmp_path: Path
+) -> None:
+    pool = replace(host, workers=1)
+    task = KilledHere(str(tmp_path / "pid"))
+    pid, lost = await _run_and_kill(task, tmp_path / "pid", cache_dir, pool)
+    assert pid != lost  # a new worker
+    second, first = await attempts_of_node(cache_dir, task.__af_key__, 5)  # latest first
+    assert (first.outcome, first.place) == ("failed", f"{pool.url} (pid {lost}, worker 1)")
+    assert (
+        first.error
+        == f"{task!r} failed: its worker (pid {lost}, worker 1) was lost: it was killed by SIGKILL"
+    )
+    assert (second.outcome, second.place) == ("ok", f"{pool.url} (pid {pid}, worker 2)")
+
+
+@pytest.mark.ssh
+@requires_sshd
+async def test_a_lost_remote_worker_without_retries_is_named(
+    cache_dir: Path, host: Host, tmp_path: Path
+) -> None:
+    task = KilledHereOnce(str(tmp_path / "pid"))
+    error, lost = await _run_and_kill(task, tmp_path / "pid", cache_dir, replace(host, workers=1))
+    assert isinstance(error, TaskFailedError)
+    assert str(error).startswith(
+        f"{task!r} failed: its worker (pid {lost}, worker 1) was lost: it was killed by SIGKILL\n"
+    )
+    assert error.command is not None
+    assert error.command[0] == "ssh"
+
+
+@pytest.mark.ssh
+@requires_sshd
+async def test_a_body_that_raises_in_a_warm_pool(cache_dir: Path, host: Host) -> None:
+    pool = replace(host, workers=1)
+    with anyio.fail_after(30), pytest.raises(TaskFailedError) as info:
+        await Boom().run(cache_dir=cache_dir, hosts={CHANNEL: pool})
+    error = info.value
+    assert str(error).startswith("Boom() failed: ValueError: boom on the host")
+    assert isinstance(error.__cause__, ValueError)
+    assert error.command is not None
+    assert f"{sys.executable} -u -m asyncflow.worker --serve 1" in error.command[-1]
+    (attempt,) = await attempts_of_node(cache_dir, Boom().__af_key__, 5)
+    assert (attempt.outcome, attempt.error) == ("failed", "Boom() failed: ValueError: boom on the host")
+    assert read_log(cache_dir, attempt).startswith("about to fail\n")
+
+
+def test_warm_pool_host_options_are_checked() -> None:
+    with pytest.raises(
+        OptionError, match=r"workers=0 is invalid: expected None \(one job per body\) or an int >= 1"
+    ):
+        Host("h", workers=0)
+    with pytest.raises(OptionError, match=r"workers=40 is more than its connections can hold"):
+        Host("h", workers=40)
+    assert parse_host_url("ssh://h?workers=3").workers == 3

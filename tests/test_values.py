@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from asyncflow import Requires, RequiresDict, RequiresList, Task
+from asyncflow import Requires, RequiresDict, RequiresList, Slurm, Task
 from asyncflow._cache import blobs, paths
 from asyncflow._requires import set_values
 from asyncflow._runners.process import _outcome, call_pickled
 from asyncflow._runners.values import THRESHOLD, ValueFiles, ValueRef
+
+from .service_env import requires_slurm
 
 BIG = THRESHOLD + 1000
 
@@ -144,3 +146,12 @@ def test_a_big_result_comes_back_as_a_file_its_readers_share(tmp_path: Path) -> 
 def _built(task: Task[Any, Any]) -> Task[Any, Any]:
     task.__af_build__()
     return task
+
+
+@pytest.mark.slurm
+@requires_slurm
+@pytest.mark.parametrize("workers", [None, 2])
+async def test_slurm_jobs_read_big_values_from_files(cache_dir: Path, workers: int | None) -> None:
+    where = Slurm(time="00:05:00", workers=workers)
+    assert await Top(2).run(cache_dir=cache_dir, prefixes={Reader.task_name: where}) == [_lengths()] * 2
+    assert os.listdir(paths.tmp_dir(cache_dir)) == []

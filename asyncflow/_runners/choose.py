@@ -102,7 +102,7 @@ class Runners:
         if isinstance(where, Slurm):
             from .slurm import SlurmRunner
 
-            return SlurmRunner(where, self._cache_dir, self._jobs)
+            return SlurmRunner(where, self._cache_dir, self._jobs, self.values())
         if isinstance(where, Host):
             from .ssh import SSHRunner
 

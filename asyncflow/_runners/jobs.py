@@ -93,6 +93,8 @@ async def run_job(
                 working()
                 end = await launch(tail)
         answer = await anyio.to_thread.run_sync(payload.read_answer, job)
+        if answer is not None:
+            add(answer.output)  # a warm worker's body's output (a one-job worker's is relayed live)
         if named_by_worker and answer is not None and answer.job:
             note_job(answer.job)
     finally:

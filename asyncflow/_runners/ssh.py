@@ -24,6 +24,9 @@ Ending a remote job: closing an SSH channel does not stop a command that runs wi
 a pty, and sshd refuses signals for root logins. The worker therefore runs with
 ``--exit-on-stdin-eof``: a cancelled job gets an EOF on its stdin, then its channel is
 closed, and the worker exits at once.
+
+With ``Host(workers=N)`` bodies go to warm workers on the host instead, started once per
+run (`sshconn.Pool.run_warm`, `warm.py`); they end the same way.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.from_thread import BlockingPortalProvider
 
-from .._errors import HostError
-from .jobs import run_job, write_job
+from .._errors import HostError, TaskFailedError
+from .jobs import JobEnd, run_job, write_job
 
 if TYPE_CHECKING:
     from collections import deque
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
     from .._placements import Host
     from .._task import Task
     from .base import Outcome
-    from .jobs import JobEnd
     from .sshconn import Pool
 
 # The SSH thread: started by the first run that uses a host, stopped when the last ends.
@@ -69,7 +71,14 @@ class SSHRunner:
 
         async def launch(tail: deque[str]) -> JobEnd:
             portal, pool = await self._start()
-            return await portal.call_async(pool.run_job, job, label, tail)
+            if self.host.workers is None:
+                return await portal.call_async(pool.run_job, job, label, tail)
+            try:
+                return await portal.call_async(pool.run_warm, job, label, tail)
+            except TaskFailedError as exc:  # a worker that never started may lack its python
+                if exc.command is not None and exc.returncode is not None:
+                    _check_python(self.host, JobEnd(exc.command, exc.returncode), exc.stderr_tail or "")
+                raise
 
         return await run_job(
             job,

@@ -12,6 +12,11 @@ connection holds one SFTP session for the job files and runs up to
 its ``MaxSessions`` (10 by default) with "open failed", so a job that finds every
 connection busy waits for a slot or a new connection instead. A server that allows
 fewer sessions than configured is learnt from its refusal, and the job waits again.
+
+With ``Host(workers=N)``, jobs go to a warm pool (`warm.py`) instead: each worker is a
+remote ``asyncflow.worker --serve`` holding one session for the run, given one job
+directory after another on the channel's stdin; the job files still travel over SFTP.
+A lost connection loses its workers, and the next bodies start new ones.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from anyio.abc import ByteReceiveStream
 from .._errors import HostError
 from . import payload
 from .jobs import JobEnd, relay
+from .warm import WarmPool, Worker
 
 if TYPE_CHECKING:
     from collections import deque
@@ -77,6 +83,58 @@ class Pool:
         self._failures = 0
         self._changed = anyio.Event()
         self._jobs_dir = ""  # absolute remote directory, set by the first connection
+        self._warm = None if host.workers is None else WarmPool(host.workers, self._start_worker)
+
+    async def run_warm(self, job: Path, label: str, tail: deque[str]) -> JobEnd:
+        """Run the job in local directory `job` on one of the host's warm workers (``Host(workers=N)``)."""
+        assert self._warm is not None, "asyncflow bug: a warm job for a host without workers"
+        return await self._warm.run(job, label, tail)
+
+    async def _start_worker(self, index: int, label: str) -> Worker:
+        """Start warm worker `index` on a session of its own, held until it ends."""
+        command = self.host.serve_command(index)
+        while True:
+            connection = await self._acquire()
+            try:
+                process = await connection.ssh.create_process(command, encoding=None)
+            except asyncssh.ChannelOpenError as exc:
+                try:
+                    self._refused(connection, exc.reason)
+                finally:
+                    self._release(connection)
+                continue
+            except BaseException as exc:
+                self._release(connection)
+                if isinstance(exc, (OSError, asyncssh.Error)):
+                    raise HostError(
+                        f"{self.host.url}: lost the connection while starting a worker for {label}: {exc}",
+                        host=self.host.url,
+                        reason="unreachable",
+                    ) from exc
+                raise
+            return _RemoteWorker(index, self, connection, process, command)
+
+    def _refused(self, connection: _Connection, reason: str) -> None:
+        """Learn that the server refused a session on `connection` (counted in its `busy`).
+
+        Sessions open: SFTP's and this connection's other jobs and workers. The server takes
+        no more, so this job waits for one of them, as do later ones.
+        """
+        self._capacity = connection.capacity = max(connection.busy - 1, 0)
+        if self._capacity == 0:
+            raise HostError(
+                f"{self.host.url}: the server refused a second session on a connection "
+                f"({reason}); asyncflow needs two, one for SFTP and one per job: "
+                "raise MaxSessions in its sshd_config",
+                host=self.host.url,
+                reason="sessions",
+            ) from None
+
+    def _release(self, connection: _Connection) -> None:
+        connection.busy -= 1
+        if connection.ssh.is_closed() and connection in self._connections:
+            self._connections.remove(connection)
+        self._notify()
 
     async def run_job(self, job: Path, label: str, tail: deque[str]) -> JobEnd:
         """Upload the job in local directory `job`, run it, download its answer into `job`.
@@ -89,17 +147,7 @@ class Pool:
             try:
                 return await self._run_on(connection, job, label, tail)
             except _SessionRefused as refused:
-                # Sessions open: SFTP's and this connection's other jobs. The server takes no
-                # more, so this job waits for one of them, as do later ones.
-                self._capacity = connection.capacity = max(connection.busy - 1, 0)
-                if self._capacity == 0:
-                    raise HostError(
-                        f"{self.host.url}: the server refused a second session on a connection "
-                        f"({refused.reason}); asyncflow needs two, one for SFTP and one per job: "
-                        "raise MaxSessions in its sshd_config",
-                        host=self.host.url,
-                        reason="sessions",
-                    ) from None
+                self._refused(connection, refused.reason)
             except (OSError, asyncssh.Error) as exc:
                 if not connection.ssh.is_closed():
                     raise
@@ -109,13 +157,12 @@ class Pool:
                     reason="unreachable",
                 ) from exc
             finally:
-                connection.busy -= 1
-                if connection.ssh.is_closed() and connection in self._connections:
-                    self._connections.remove(connection)
-                self._notify()
+                self._release(connection)
 
     async def aclose(self) -> None:
-        """Close every connection (the run has ended)."""
+        """End the warm workers, if any, and close every connection (the run has ended)."""
+        if self._warm is not None:
+            await self._warm.aclose()
         connections, self._connections = self._connections, []
         with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
             for connection in connections:
@@ -275,6 +322,84 @@ async def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
         pass  # already gone, or the connection is: then sshd closes the stdin itself
     finally:
         process.close()
+
+
+class _RemoteWorker(Worker):
+    """A warm worker on the host: its channel's stdin and stdout carry the protocol."""
+
+    def __init__(
+        self,
+        index: int,
+        pool: Pool,
+        connection: _Connection,
+        process: asyncssh.SSHClientProcess[bytes],
+        command: str,
+    ) -> None:
+        super().__init__(
+            index, pool.host.ssh_command(command), _Reader(process.stdout), _Reader(process.stderr)
+        )
+        self._pool = pool
+        self._connection: _Connection | None = connection  # None once its session is given back
+        self._process = process
+
+    async def run(self, job: Path, label: str, tail: deque[str]) -> int:
+        # The job's files travel with the call and its answer: SFTP would take a few round trips more.
+        remote = posixpath.join(self._pool._jobs_dir, job.name)  # pyright: ignore[reportPrivateUsage]  # its pool's
+        files = await anyio.to_thread.run_sync(
+            lambda: [(job / name).read_bytes() for name in (payload.SYS_PATH, payload.PAYLOAD)]
+        )
+        try:
+            status, answer = await self.exchange(remote, label, tail, files)
+        except BaseException:
+            # The worker removes the job directory after the body; a body it never finished leaves it.
+            connection = self._connection
+            if connection is not None and not connection.ssh.is_closed():
+                with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
+                    await self.stop()  # first: it may still write there
+                    await connection.sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
+            raise
+        if answer:
+            await anyio.to_thread.run_sync(payload.write_file, job, payload.RESULT, answer)
+        return status
+
+    def alive(self) -> bool:
+        connection = self._connection
+        return (
+            connection is not None
+            and not connection.ssh.is_closed()
+            and self._process.returncode is None
+            and not self._process.is_closing()
+        )
+
+    async def send(self, data: bytes) -> None:
+        self._process.stdin.write(data)
+        await self._process.stdin.drain()
+
+    async def wait_end(self) -> tuple[int, str]:
+        with anyio.move_on_after(STOP_GRACE):
+            await self._process.wait_closed()
+        connection = self._connection
+        if connection is not None and connection.ssh.is_closed():
+            return -1, f"the connection to {self._pool.host.url} was lost"
+        returncode = self._process.returncode
+        signal = self._process.exit_signal
+        if signal is not None:
+            return -1 if returncode is None else returncode, f"it was killed by SIG{signal[0]}"
+        if returncode is None:
+            return -1, "its channel closed without an exit status"
+        return returncode, f"it exited with status {returncode}"
+
+    async def stop(self) -> None:
+        await _stop(self._process)
+        self._give_back()
+
+    async def close(self) -> None:
+        await self.stop()  # its stdin closed, an idle worker exits at once
+
+    def _give_back(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool._release(connection)  # pyright: ignore[reportPrivateUsage]  # its pool's
 
 
 class _Reader(ByteReceiveStream):

@@ -1,0 +1,114 @@
+"""Trivial-body latency per place a body runs: threads, Slurm per job or in a warm pool, SSH likewise.
+
+    set -a; . /tmp/asyncflow-test-slurm/env.sh; . /tmp/asyncflow-test-sshd/env.sh; set +a
+    python benchmarks/places.py [--bodies 30] [--backend trio]
+
+One run per place, on a fresh cache directory: a body awaits `Trivial(i).run()` for i in
+0..N-1, one after another, and times each (a task run from a body joins the run: what
+is timed is what the run does for one more body, graph, cache and runner included).
+The first body pays what the place costs to start (a connection, a worker) and is shown
+apart; the others give the median and range. Places whose service is not configured
+(the `-up` scripts' variables, see `tests/service_env.py`) are skipped, with the reason.
+The table (markdown) goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import anyio
+
+from asyncflow import Host, Slurm, Task
+
+CHANNEL = "place"
+
+
+class Trivial(Task, channel=CHANNEL):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        return self.i
+
+
+class Latency(Task):
+    """Run `n` trivial bodies one after another; return the seconds each took."""
+
+    def build_task(self, n: int) -> None:
+        self.n = n
+
+    async def run_task(self) -> list[float]:
+        times: list[float] = []
+        for i in range(self.n):
+            t0 = time.perf_counter()
+            await Trivial(i).run()
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+def places() -> list[tuple[str, dict[str, Any] | str]]:
+    """Each place's name and its run options, or why it is skipped."""
+    out: list[tuple[str, dict[str, Any] | str]] = [("thread (baseline)", {})]
+    env = os.environ
+    if env.get("SLURM_CONF"):
+        partition = env.get("ASYNCFLOW_SLURM_PARTITION")
+        for name, workers in (("slurm srun, a job per body", None), ("slurm srun, warm pool", 1)):
+            slurm = Slurm(partition=partition, time="00:10:00", workers=workers)
+            out.append((name, {"prefixes": {CHANNEL: slurm}}))
+    else:
+        out.append(("slurm", "skipped: SLURM_CONF is not set (bash tests/services/slurm-up.sh)"))
+    if env.get("ASYNCFLOW_SSH_HOST"):
+        for name, workers in (("ssh, a command per body", None), ("ssh, warm pool", 1)):
+            host = Host(
+                env["ASYNCFLOW_SSH_HOST"],
+                int(env["ASYNCFLOW_SSH_PORT"]),
+                env.get("ASYNCFLOW_SSH_USER"),
+                python=sys.executable,  # the test sshd runs on this machine
+                key_file=env.get("ASYNCFLOW_SSH_KEY"),
+                known_hosts=env.get("ASYNCFLOW_SSH_KNOWN_HOSTS"),
+                workers=workers,
+            )
+            out.append((name, {"hosts": {CHANNEL: host}}))
+    else:
+        out.append(("ssh", "skipped: ASYNCFLOW_SSH_HOST is not set (bash tests/services/sshd-up.sh)"))
+    return out
+
+
+async def measure(bodies: int) -> list[str]:
+    rows = [
+        "| place | first body ms | median ms | min-max ms | bodies |",
+        "|-------|--------------:|----------:|-----------:|-------:|",
+    ]
+    for name, options in places():
+        if isinstance(options, str):
+            rows.append(f"| {name} | | | | {options} |")
+            continue
+        print(f"{name}...", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as cache_dir:
+            times = await Latency(bodies).run(cache_dir=cache_dir, **options)
+        ms = [t * 1000 for t in times]
+        rest = ms[1:]
+        rows.append(
+            f"| {name} | {ms[0]:.1f} | {statistics.median(rest):.1f} | "
+            f"{min(rest):.1f}-{max(rest):.1f} | {len(rest)} |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--bodies", type=int, default=30, help="bodies per place (default 30)")
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args()
+    rows = anyio.run(measure, args.bodies, backend=args.backend)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
