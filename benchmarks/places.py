@@ -1,4 +1,4 @@
-"""Trivial-body latency per place a body runs: threads, Slurm per job or in a warm pool, SSH likewise.
+"""Trivial-body latency per place a body runs: threads, processes, a job prefix, Slurm and SSH (a job per body or a warm pool), Dask, Ray.
 
     set -a; . /tmp/asyncflow-test-slurm/env.sh; . /tmp/asyncflow-test-sshd/env.sh; set +a
     python benchmarks/places.py [--bodies 30] [--backend trio]
@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from asyncflow import Host, Slurm, Task
+from asyncflow import Dask, Host, Ray, Slurm, Task
 
 CHANNEL = "place"
 
@@ -54,7 +54,11 @@ class Latency(Task):
 
 def places() -> list[tuple[str, dict[str, Any] | str]]:
     """Each place's name and its run options, or why it is skipped."""
-    out: list[tuple[str, dict[str, Any] | str]] = [("thread (baseline)", {})]
+    out: list[tuple[str, dict[str, Any] | str]] = [
+        ("thread (baseline)", {}),
+        ("worker process", {"executor": "process"}),
+        ("job prefix (env), a process per body", {"prefixes": {CHANNEL: ["env"]}}),
+    ]
     env = os.environ
     if env.get("SLURM_CONF"):
         partition = env.get("ASYNCFLOW_SLURM_PARTITION")
@@ -77,15 +81,37 @@ def places() -> list[tuple[str, dict[str, Any] | str]]:
             out.append((name, {"hosts": {CHANNEL: host}}))
     else:
         out.append(("ssh", "skipped: ASYNCFLOW_SSH_HOST is not set (bash tests/services/sshd-up.sh)"))
+    try:
+        import distributed
+
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        _ENGINES.append(cluster)
+        client = distributed.Client(cluster)
+        _ENGINES.append(client)
+        out.append(("dask LocalCluster (2 processes)", {"prefixes": {CHANNEL: Dask(client)}}))
+    except ImportError:
+        out.append(("dask", "skipped: dask.distributed is not installed (pip install 'asyncflow[dask]')"))
+    try:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False)
+        out.append(("ray, local", {"prefixes": {CHANNEL: Ray()}}))
+    except ImportError:
+        out.append(("ray", "skipped: ray is not installed (pip install 'asyncflow[ray]')"))
     return out
 
 
-async def measure(bodies: int) -> list[str]:
+_ENGINES: list[Any] = []  # Dask's client and cluster, closed at the end
+
+
+async def measure(bodies: int, where: list[tuple[str, dict[str, Any] | str]]) -> list[str]:
     rows = [
         "| place | first body ms | median ms | min-max ms | bodies |",
         "|-------|--------------:|----------:|-----------:|-------:|",
     ]
-    for name, options in places():
+    for name, options in where:
         if isinstance(options, str):
             rows.append(f"| {name} | | | | {options} |")
             continue
@@ -106,7 +132,12 @@ def main() -> None:
     parser.add_argument("--bodies", type=int, default=30, help="bodies per place (default 30)")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args()
-    rows = anyio.run(measure, args.bodies, backend=args.backend)
+    where = places()  # Dask's and Ray's own threads start here, outside the run's loop
+    try:
+        rows = anyio.run(measure, args.bodies, where, backend=args.backend)
+    finally:
+        for engine in reversed(_ENGINES):
+            engine.close()
     print("\n".join(rows))
 
 
