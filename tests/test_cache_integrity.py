@@ -318,6 +318,24 @@ async def test_a_malformed_index_is_a_cache_error_saying_what_to_do(cache_dir: P
     assert any(type(c) is sqlite3.DatabaseError for c in causes)
 
 
+def test_a_damaged_key_never_gives_another_nodes_result(cache_dir: Path) -> None:
+    """A bit flipped in a key (Word(219) -> Word(259)) makes a record answer for another node: refused."""
+    assert Words(300, 0).run_graph(cache_dir=cache_dir)[259] == "payload-259-" * 3
+    conn = sqlite3.connect(_index(cache_dir))
+    real, flipped = Word(219).__af_key__, Word(259).__af_key__
+    with conn:
+        conn.execute("DELETE FROM nodes WHERE key=?", (flipped,))
+        conn.execute("UPDATE nodes SET key=? WHERE key=?", (flipped, real))  # task_name, args unchanged
+    conn.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = Words(300, 1).run_graph(cache_dir=cache_dir)
+    assert value[259] == "payload-259-" * 3
+    assert value[219] == "payload-219-" * 3
+    assert any("its key does not match its task and arguments" in str(w.message) for w in caught)
+    assert _check(cache_dir).returncode == 0  # the bad record was replaced by the new result
+
+
 def test_random_bit_flips_never_give_a_wrong_value(tmp_path: Path) -> None:
     # The fault-injection pass of issue 12 found 3 wrong values in 40 flips of one random bit
     # each; now every flip ends in the right values (a damaged entry computed again) or a

@@ -103,6 +103,8 @@ def read_bytes(cache_dir: Path, key: str, stored: Stored) -> bytes:
     Raises:
         UnreadableResultError: its file is missing or unreadable, or the bytes do not match.
     """
+    if not stored.whole:
+        raise _unreadable(key, "its record is damaged (its key does not match its task and arguments)")
     data = stored.data
     try:
         if stored.path is not None:

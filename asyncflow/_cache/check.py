@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, index, paths
-from .index import Stored
+from .index import Stored, key_matches
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -144,7 +144,7 @@ def _garbled(row: Sequence[Any]) -> bool:
 def _stored(row: Sequence[Any]) -> tuple[str, str, Stored]:
     """Return key, version and how the result is stored, from a whole row of ``nodes``."""
     digest = row[12] if len(row) > 12 else None  # an index older than digests has no column
-    return row[0], row[4], Stored(row[6], row[7], row[8], digest)
+    return row[0], row[4], Stored(row[6], row[7], row[8], digest, key_matches(row[0], row[1], row[2]))
 
 
 def _named_files(path: Path) -> set[str]:

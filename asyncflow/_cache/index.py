@@ -202,6 +202,19 @@ class Stored(NamedTuple):
     data: bytes | None
     path: str | None
     digest: bytes | None  # None: stored before digests were kept
+    # False when the key does not read as its task_name and args columns: a damaged key,
+    # which may now name another node (the digest covers the result, not whose it is).
+    whole: bool = True
+
+
+def key_matches(key: object, task_name: object, args: object) -> bool:
+    """Tell whether a record's key is the one its task_name and args columns make."""
+    return (
+        isinstance(key, str)
+        and isinstance(task_name, str)
+        and isinstance(args, str)
+        and (key == f"{task_name}({args})")
+    )
 
 
 def new_owner() -> str:
@@ -713,9 +726,9 @@ def load(conn: sqlite3.Connection, wanted: Sequence[tuple[str, str]]) -> list[St
     keys = [key for key, _ in wanted]
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        query = f"SELECT key, version, codec, data, path, digest FROM nodes WHERE key IN ({marks})"
-        for key, version, codec, data, path, digest in conn.execute(query, chunk):
-            rows[key] = (version, Stored(codec, data, path, digest))
+        query = f"SELECT key, version, codec, data, path, digest, task_name, args FROM nodes WHERE key IN ({marks})"
+        for key, version, codec, data, path, digest, task_name, args in conn.execute(query, chunk):
+            rows[key] = (version, Stored(codec, data, path, digest, key_matches(key, task_name, args)))
     out: list[Stored | None] = []
     for key, version in wanted:
         row = rows.get(key)
