@@ -12,7 +12,7 @@ import pytest
 from asyncflow import Requires, RequiresDict, RequiresList, Slurm, Task
 from asyncflow._cache import blobs, paths
 from asyncflow._requires import set_values
-from asyncflow._runners.process import _outcome, call_pickled
+from asyncflow._runners.process import call_pickled, outcome_of
 from asyncflow._runners.values import THRESHOLD, ValueFiles, ValueRef
 
 from .service_env import requires_slurm
@@ -127,7 +127,7 @@ def test_a_big_result_comes_back_as_a_file_its_readers_share(tmp_path: Path) -> 
     big = _payload("e")
     data = call_pickled(blobs.dumps(_built(Big("e"))), 0, files.spill_dir())
     assert len(data) < THRESHOLD // 10  # the answer names a file
-    outcome = _outcome("Big('e')", data, files)
+    outcome = outcome_of("Big('e')", data, files)
     assert outcome.value == big
     (spilled,) = os.listdir(files.spill_dir())
     reader = Reader(0)
@@ -138,7 +138,7 @@ def test_a_big_result_comes_back_as_a_file_its_readers_share(tmp_path: Path) -> 
     # Without the run's files (an executor elsewhere), the file goes once read.
     other = ValueFiles(tmp_path)
     data = call_pickled(blobs.dumps(_built(Big("e"))), 0, other.spill_dir())
-    assert _outcome("Big('e')", data).value == big
+    assert outcome_of("Big('e')", data).value == big
     assert os.listdir(other.spill_dir()) == []
     other.close()
 

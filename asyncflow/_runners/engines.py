@@ -2,7 +2,7 @@
 
 The engine's worker runs `process.call_pickled` on the cloudpickled task, exactly as a
 worker process does, and the answer comes back as a pickled `payload.Answer`, turned
-into the result or the body's exception by `process._outcome`. An engine's worker has a
+into the result or the body's exception by `process.outcome_of`. An engine's worker has a
 ``sys.path`` of its own, so the modules a task class comes from travel by value unless
 they are installed (site-packages, the standard library) or asyncflow's own.
 
@@ -31,7 +31,7 @@ import anyio.lowlevel
 from .._cache import blobs
 from .._errors import OptionError, TaskFailedError
 from .._stats import working
-from .process import _outcome  # pyright: ignore[reportPrivateUsage]  # one way to read an answer
+from .process import outcome_of
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -174,7 +174,7 @@ class EngineRunner(Generic[H]):
                 raise TaskFailedError(
                     f"{label} failed: {self.place} gave no answer: {type(exc).__name__}: {exc}", task=label
                 ) from exc
-        return await anyio.to_thread.run_sync(_outcome, label, data, files)  # a big answer takes a while
+        return await anyio.to_thread.run_sync(outcome_of, label, data, files)  # a big answer takes a while
 
     async def _local(self) -> bool:
         """Tell (once) whether every worker of the engine runs on this machine, so sees the cache's files."""

@@ -76,7 +76,9 @@ class ProcessRunner:
         label = repr(task)
         request = await anyio.to_thread.run_sync(self._files.dumps_task, task)
         answer = await self._workers.call(request, label)
-        return await anyio.to_thread.run_sync(_outcome, label, answer, self._files)  # a big one takes a while
+        return await anyio.to_thread.run_sync(
+            outcome_of, label, answer, self._files
+        )  # a big one takes a while
 
     async def aclose(self) -> None:
         """End the worker processes: the run is over."""
@@ -108,10 +110,10 @@ class ExecutorRunner:
             raise
         except BrokenProcessPool as exc:
             raise TaskFailedError(_broken_pool(label), task=label) from exc
-        return await anyio.to_thread.run_sync(_outcome, label, answer, self._files)
+        return await anyio.to_thread.run_sync(outcome_of, label, answer, self._files)
 
 
-def _outcome(label: str, data: bytes, files: values.ValueFiles | None = None) -> Outcome:
+def outcome_of(label: str, data: bytes, files: values.ValueFiles | None = None) -> Outcome:
     """The result in a worker's answer; raise what the body raised, if it did.
 
     A result the worker spilled to a file stays there for its readers elsewhere (`files`).

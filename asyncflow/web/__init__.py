@@ -133,8 +133,8 @@ def _routes(where: Path, poll: float) -> list[Route]:
     async def runs_events(request: Request) -> Response:
         root = root_of(request)
 
-        def table(r: Reader) -> str | None:
-            return _pages.runs_table(root, r.runs(_RUNS))
+        def table(r: Reader) -> tuple[str, bool]:
+            return _pages.runs_table(root, r.runs(_RUNS)), False
 
         return _stream(where, poll, table)
 
@@ -142,13 +142,12 @@ def _routes(where: Path, poll: float) -> list[Route]:
         run_id = request.path_params["run"]
         root = root_of(request)
 
-        def live(r: Reader) -> str | None:
+        def live(r: Reader) -> tuple[str, bool] | None:
             row = r.run(run_id)
             if row is None:
                 return None
             tried = r.attempts(row.id)
-            markup = _pages.run_live(root, row, r.graph(row, tried), tried)
-            return markup if row.outcome == "running" else markup + _END
+            return _pages.run_live(root, row, r.graph(row, tried), tried), row.outcome != "running"
 
         return _stream(where, poll, live)
 
@@ -162,15 +161,16 @@ def _routes(where: Path, poll: float) -> list[Route]:
     ]
 
 
-_END = "\x00end"  # a live region's last markup ends with this: the stream sends it, then "end"
-
-
 def _missing(root: str, shown: str, what: str) -> Response:
     return HTMLResponse(_pages.not_found(root, shown, what), status_code=404)
 
 
-def _stream(where: Path, poll: float, render: Callable[[Reader], str | None]) -> Response:
-    """Answer with server-sent events: `render`'s markup each time the index changes, until it ends with `_END`."""
+def _stream(where: Path, poll: float, render: Callable[[Reader], tuple[str, bool] | None]) -> Response:
+    """Answer with server-sent events: `render`'s markup each time the index changes.
+
+    `render` gives the markup and whether it is the last (the run ended), or None when
+    there is nothing to show (the run is gone): the stream ends with an "end" event then.
+    """
 
     async def events() -> AsyncIterator[str]:
         reader = Reader(where)
@@ -180,13 +180,10 @@ def _stream(where: Path, poll: float, render: Callable[[Reader], str | None]) ->
             while True:
                 changed, seen = await anyio.to_thread.run_sync(reader.changed_since, seen)
                 if changed:
-                    markup = await anyio.to_thread.run_sync(render, reader)
-                    if markup is None:
-                        yield "event: end\ndata: \n\n"
-                        return
-                    ended = markup.endswith(_END)
-                    yield _event(markup.removesuffix(_END))
-                    if ended:
+                    rendered = await anyio.to_thread.run_sync(render, reader)
+                    if rendered is not None:
+                        yield _event(rendered[0])
+                    if rendered is None or rendered[1]:
                         yield "event: end\ndata: \n\n"
                         return
                     quiet = 0.0
