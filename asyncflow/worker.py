@@ -2,9 +2,9 @@
 
 A job prefix (``srun``, ``bsub -K``, ``docker run``, ``ssh host``) starts this command
 wherever it places jobs; the parent wrote the payload to ``JOB_DIR`` and reads the answer
-from it. The worker never opens the cache's SQLite index. Exit status: 0 when the body
-returned, 1 when it raised (the answer holds the exception), 2 when the payload could
-not be read.
+from it (a big result beside it, `payload.answer_path`). The worker never opens the
+cache's SQLite index. Exit status: 0 when the body returned, 1 when it raised (the
+answer holds the exception), 2 when the payload could not be read.
 
 ``--exit-on-stdin-eof`` (what SSH hosts pass): exit at once, with status 129, when stdin
 reaches its end. Closing an SSH channel does not stop a command that runs without a
@@ -24,20 +24,18 @@ as well). When stdin ends, the worker exits: at once, with status 129, if a body
 
 from __future__ import annotations
 
-import inspect
 import os
 import queue
+import shutil
 import sys
 import threading
 import traceback
 from dataclasses import replace
 from pathlib import Path
 
-import anyio
-
 from ._capture import CAPTURE, Capture, capturing
-from ._runners import payload
-from ._runners.base import pickle_result
+from ._runners import payload, values
+from ._runners.local import call_and_pickle
 from ._runners.warm import MARK
 from ._sync import BODY, ELSEWHERE
 
@@ -89,15 +87,15 @@ def _run_job(job: Path, who: str, capture: Capture | None = None) -> int:
         return 2
     BODY.set(ELSEWHERE)  # a task the body runs cannot join the run (see `Task.run`)
     try:
-        value = anyio.run(task.run_task) if inspect.iscoroutinefunction(task.run_task) else task.run_task()
-        pickled = pickle_result(value)
+        pickled = call_and_pickle(task).pickled
     except BaseException as exc:  # reported to the parent, whatever it is
         traceback.print_exc()
         output = "" if capture is None else capture.text()
         payload.write_answer(job, replace(payload.failure(exc), job=who, output=output))
         return 1
     output = "" if capture is None else capture.text()
-    payload.write_answer(job, payload.Answer(pickled, job=who, output=output))
+    answer = values.spill(payload.Answer(pickled, job=who, output=output), str(payload.answer_path(job)))
+    payload.write_answer(job, answer)
     return 0
 
 
@@ -140,7 +138,9 @@ def _serve(index: int) -> int:
                 answer = (Path(job) / payload.RESULT).read_bytes()
             except FileNotFoundError:
                 answer = b""
-            payload.remove(Path(job))
+            shutil.rmtree(
+                job, ignore_errors=True
+            )  # not `payload.remove`: a big answer beside it is the parent's
             reply = f"{MARK}done {status} {len(answer)}\n".encode() + answer
         busy.clear()
         replies.write(reply)

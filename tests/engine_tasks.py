@@ -16,7 +16,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from asyncflow import RequiresList, Task, TaskFailedError
+from asyncflow import Requires, RequiresList, Task, TaskFailedError
+from asyncflow._runners.values import THRESHOLD
 from tests.workflows import load_taskfile
 
 if TYPE_CHECKING:
@@ -195,3 +196,46 @@ def timeline(folder: Path) -> list[tuple[float, int]]:
     """The sleepers' starts (+1) and ends (-1) in `folder`, in time order."""
     starts = [(float(p.read_text().split()[0]), +1) for p in folder.glob("start-*")]
     return sorted(starts + [(float(p.read_text()), -1) for p in folder.glob("end-*")])
+
+
+BIG = THRESHOLD + 1000
+
+
+class BigValue(Task):
+    def run_task(self) -> bytes:
+        return b"v" * BIG
+
+
+class ReadsBigValue(Task):
+    big: Requires[bytes]
+
+    def build_task(self, i: int, values: str) -> None:
+        self.big = BigValue()
+        self.i = i
+        self.values = values
+
+    def run_task(self) -> tuple[bool, list[str]]:
+        return self.big == b"v" * BIG, sorted(p.name for p in Path(self.values).glob("values-*/*"))
+
+
+class BigValueReaders(Task):
+    parts: RequiresList[tuple[bool, list[str]]]
+
+    def build_task(self, n: int, values: str) -> None:
+        self.parts = [ReadsBigValue(i, values) for i in range(n)]
+
+    async def run_task(self) -> list[tuple[bool, list[str]]]:
+        return self.parts
+
+
+async def check_big_values_by_file(cache_dir: Path, engine: Engine) -> None:
+    """On workers of this machine, a big result comes back as a file, and its readers read that file."""
+    values = str(cache_dir / "asyncflow" / "tmp")  # where the run keeps its big values
+    with anyio.fail_after(120):
+        parts = await BigValueReaders(2, values).run(cache_dir=cache_dir, executor=engine)
+    for same, files in parts:
+        assert same
+        # The answer's file, which the readers' payloads named: nothing was written again.
+        assert len(files) == 1
+        assert files[0].startswith("answer-")
+    assert os.listdir(values) == []  # removed when the run ended

@@ -132,3 +132,7 @@ def test_importing_asyncflow_imports_neither_dask_nor_ray() -> None:
     code = "import asyncflow, sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'ray'}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+async def test_big_values_go_by_file_on_this_machine(cache_dir: Path, client: Any) -> None:
+    await engine_tasks.check_big_values_by_file(cache_dir, Dask(client))

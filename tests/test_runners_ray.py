@@ -134,3 +134,7 @@ def test_a_run_starts_and_stops_its_own_ray(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["27", "False"]  # from __main__, by value; Ray shut down after
+
+
+async def test_big_values_go_by_file_on_this_machine(cache_dir: Path) -> None:
+    await engine_tasks.check_big_values_by_file(cache_dir, Ray())

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from asyncflow import Requires, RequiresDict, RequiresList, Slurm, Task
+from asyncflow import Requires, RequiresDict, RequiresList, Slurm, Task, worker
 from asyncflow._cache import blobs, paths
 from asyncflow._requires import set_values
+from asyncflow._runners import payload
+from asyncflow._runners.jobs import JobEnd, run_job
 from asyncflow._runners.process import call_pickled, outcome_of
 from asyncflow._runners.values import THRESHOLD, ValueFiles, ValueRef
 
@@ -110,16 +114,53 @@ def test_a_value_ref_unpickles_as_its_value(tmp_path: Path) -> None:
     assert blobs.loads(blobs.dumps(ValueRef(str(path)))) == {"k": [1, 2]}
 
 
-@pytest.mark.parametrize("executor", ["process", "prefix"])
+@pytest.mark.parametrize("executor", ["process", "prefix", "prefix-both"])
 async def test_bodies_elsewhere_read_big_values_from_files(cache_dir: Path, executor: str) -> None:
     options: dict[str, object] = {"cache_dir": cache_dir}
+    prefix = ["env", f"PYTHONPATH={os.pathsep.join(sys.path)}"]
     if executor == "process":
         options["executor"] = "process"
-    else:
-        options["prefixes"] = {Reader.task_name: ["env", f"PYTHONPATH={os.pathsep.join(sys.path)}"]}
+    elif executor == "prefix":
+        options["prefixes"] = {Reader.task_name: prefix}
+    else:  # the big results come from jobs too
+        options["prefixes"] = {Reader.task_name: prefix, Big.task_name: prefix}
     value = await Top(3).run(**options)  # type: ignore[arg-type]
     assert value == [_lengths()] * 3
     assert os.listdir(paths.tmp_dir(cache_dir)) == []  # the run removed its value files
+    jobs = paths.root(cache_dir) / "jobs"
+    assert not jobs.exists() or os.listdir(jobs) == []  # and its jobs' directories and answers
+
+
+async def test_a_jobs_big_result_comes_back_beside_its_directory(tmp_path: Path) -> None:
+    files = ValueFiles(tmp_path)
+    big = _payload("e")
+
+    def job_of(task: Task[Any, Any]) -> Path:
+        return payload.write_payload(tmp_path, secrets.token_hex(4), _built(task))
+
+    async def launch(job: Path) -> JobEnd:
+        status = await anyio.to_thread.run_sync(worker._run_job, job, "pid 1")  # what the job runs
+        # The answer names the file beside the job's directory; the pickle is there, owner-only.
+        assert (job / payload.RESULT).stat().st_size < THRESHOLD // 10
+        assert payload.answer_path(job).stat().st_mode & 0o777 == 0o600
+        return JobEnd(("worker",), status)
+
+    job = job_of(Big("e"))
+    outcome = await run_job(job, "Big('e')", None, lambda tail: launch(job), values=files)
+    assert outcome.value == big
+    assert not job.exists()
+    assert not payload.answer_path(job).exists()
+    # The run keeps the file under its job's name, for the result's readers elsewhere.
+    assert os.listdir(files.spill_dir()) == [payload.answer_path(job).name]
+    reader = Reader(0)
+    set_values(reader, {"big": outcome.value, "small": "s", "many": [], "named": {}})
+    assert blobs.loads(files.dumps_task(reader)).big == big  # read from that file
+    assert os.listdir(files.spill_dir()) == [payload.answer_path(job).name]  # nothing written again
+    files.close()
+    # Without the run's files, the file goes once read.
+    job = job_of(Big("e"))
+    assert (await run_job(job, "Big('e')", None, lambda tail: launch(job))).value == big
+    assert os.listdir(tmp_path / "asyncflow" / "jobs") == []
 
 
 def test_a_big_result_comes_back_as_a_file_its_readers_share(tmp_path: Path) -> None:

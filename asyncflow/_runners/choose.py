@@ -106,7 +106,7 @@ class Runners:
         if isinstance(where, Host):
             from .ssh import SSHRunner
 
-            return SSHRunner(where, self._cache_dir, self._jobs)
+            return SSHRunner(where, self._cache_dir, self._jobs, self.values())
         if isinstance(where, Dask):
             from .dask_cluster import DaskRunner
 
@@ -114,7 +114,7 @@ class Runners:
         if isinstance(where, Ray):
             from .ray_cluster import RayRunner
 
-            return RayRunner(where, self._jobs)
+            return RayRunner(where, self._jobs, self.values())
         from .prefix import PrefixRunner
 
         return PrefixRunner(where, self._cache_dir, self._jobs, self.values())

@@ -11,7 +11,6 @@ the run ends; a client given as such is the user's and stays open. The settings 
 
 from __future__ import annotations
 
-import socket
 import uuid
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from .._capture import note_job
-from .engines import EngineRunner, missing_extra, wait_done
+from .engines import THIS_MACHINE, EngineRunner, missing_extra, wait_done
 from .process import call_pickled
 
 try:
@@ -33,10 +32,6 @@ distributed: Any = _distributed  # Any: its types are partial, and strict mode w
 if TYPE_CHECKING:
     from .._placements import Dask
     from .values import ValueFiles
-
-
-# Worker hosts that are this machine: its bodies there see the cache's files.
-_THIS_MACHINE = {"127.0.0.1", "localhost", "::1", socket.gethostname()}
 
 
 class DaskRunner(EngineRunner[Any]):
@@ -64,7 +59,7 @@ class DaskRunner(EngineRunner[Any]):
         info: dict[str, Any] = await anyio.to_thread.run_sync(client.scheduler_info)
         workers: dict[str, Any] = info.get("workers", {})
         hosts = {urlsplit(address).hostname for address in workers}
-        return bool(hosts) and hosts <= _THIS_MACHINE
+        return bool(hosts) and hosts <= THIS_MACHINE
 
     async def _submit(self, label: str, request: bytes, spill: str) -> Any:
         client = await self._connected()

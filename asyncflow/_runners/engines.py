@@ -18,6 +18,7 @@ import contextlib
 import math
 import queue
 import site
+import socket
 import sys
 import sysconfig
 import threading
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from .base import Outcome
     from .values import ValueFiles
 
+# Names of this machine, as engines name their workers' hosts: bodies there see the cache's files.
+THIS_MACHINE = frozenset({"127.0.0.1", "localhost", "::1", socket.gethostname()})
 CANCEL_WITHIN = 10.0  # seconds a cancelled run waits for the engine to take the cancel
 H = TypeVar("H")  # the engine's handle of one submitted body
 

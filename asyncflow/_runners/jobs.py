@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
@@ -27,6 +28,7 @@ from .._errors import TaskFailedError, UnstorableResultError
 from .._stats import working
 from . import payload
 from .base import Outcome
+from .values import take_spilled
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -49,12 +51,16 @@ class JobEnd:
     returncode: int
 
 
-async def write_job(cache_dir: Path, task: Task[Any, Any], values: ValueFiles | None = None) -> Path:
+async def write_job(
+    cache_dir: Path, task: Task[Any, Any], values: ValueFiles | None = None, shipped: list[str] | None = None
+) -> Path:
     """Write the payload of a new job for `task`; return its directory (named by a fresh id).
 
-    With `values`, its big requirement values go by reference (the job shares the cache's filesystem).
+    With `values`, its big requirement values go by reference: by their paths here (the job
+    shares the cache's filesystem), or, given `shipped`, relative to the host's job
+    directory, the files to upload appended to `shipped` (`ValueFiles.dumps_task`).
     """
-    dumps = blobs.dumps if values is None else values.dumps_task
+    dumps = blobs.dumps if values is None else partial(values.dumps_task, shipped=shipped)
     return await anyio.to_thread.run_sync(payload.write_payload, cache_dir, secrets.token_hex(8), task, dumps)
 
 
@@ -64,6 +70,7 @@ async def run_job(
     limiter: anyio.CapacityLimiter | None,
     launch: Callable[[deque[str]], Awaitable[JobEnd]],
     *,
+    values: ValueFiles | None = None,
     unanswered: Callable[[JobEnd, str], None] | None = None,
     named_by_worker: bool = False,
 ) -> Outcome:
@@ -75,6 +82,8 @@ async def run_job(
         limiter: bounds how many jobs run at once (``max_workers``); None: no bound.
         launch: runs the job to its end, keeping the last lines of its stderr in the
             deque it is given.
+        values: the run's big values: a big result the job spilled beside its directory
+            joins them, for its readers elsewhere; None: the file is removed once read.
         unanswered: called when the job ended without an answer, before the failure is
             built; it may raise a more telling error (e.g. no remote Python).
         named_by_worker: the history names the job as its worker does (a Slurm job id, a
@@ -84,6 +93,7 @@ async def run_job(
         TaskFailedError: the job failed; the message says how, with the command line.
     """
     tail: deque[str] = deque(maxlen=TAIL_LINES)
+    outcome: Outcome | None = None
     try:
         if limiter is None:
             working()
@@ -97,14 +107,25 @@ async def run_job(
             add(answer.output)  # a warm worker's body's output (a one-job worker's is relayed live)
         if named_by_worker and answer is not None and answer.job:
             note_job(answer.job)
+        if end.returncode == 0 and answer is not None:
+            outcome = await anyio.to_thread.run_sync(_result, job, answer, values)  # a big one takes a while
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(payload.remove, job)
-    if end.returncode == 0 and answer is not None and answer.pickled is not None:
-        return Outcome(blobs.loads(answer.pickled), answer.pickled)
+    if outcome is not None:
+        return outcome
     if answer is None and unanswered is not None:
         unanswered(end, "".join(tail))
     raise job_failure(label, end, answer, "".join(tail))
+
+
+def _result(job: Path, answer: payload.Answer, files: ValueFiles | None) -> Outcome | None:
+    """The result in a job's answer, from beside its directory when it was spilled there; None: it has none."""
+    if answer.spilled:
+        return Outcome(*take_spilled(str(payload.answer_path(job)), files))
+    if answer.pickled is None:
+        return None
+    return Outcome(blobs.loads(answer.pickled), answer.pickled)
 
 
 async def execute(

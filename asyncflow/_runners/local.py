@@ -30,8 +30,8 @@ class LoopRunner:
 def call_and_pickle(task: Task[Any, Any]) -> Outcome:
     """Run a body and pickle its result on the same thread.
 
-    An ``async def`` body gets an event loop of its own: it comes here only on a worker
-    of an engine placed per channel (Dask, Ray), as it runs in a job's worker.
+    An ``async def`` body gets an event loop of its own: it comes here only in a job's
+    worker, or on a worker of an engine placed per channel (Dask, Ray).
     """
     value = anyio.run(task.run_task) if inspect.iscoroutinefunction(task.run_task) else task.run_task()
     return Outcome(value, pickle_result(value))

@@ -12,6 +12,13 @@ payload and write the result. The worker never opens the SQLite index.
   ``__main__``, a notebook cell) travel by value.
 - ``result.pkl``: cloudpickle of ``Answer``, written to a temporary name and renamed, so
   the parent reads all of it or nothing.
+- ``<id>.answer.pkl``, beside the directory: a big result's pickle (`values.spill`), when
+  the answer says so; the parent moves it among the run's values for their readers. It
+  is beside the directory so that a warm worker, which removes the directories of the
+  jobs it got inline, leaves it for the parent.
+
+Big requirement values are named in the payload by their files (`values.py`); on an SSH
+host relative to the directory of the host's jobs, the job directory's parent.
 
 A payload may hold secrets (its task's arguments and requirements), and loading a pickle
 runs code: job directories are the owner's only (0700), and so are their files (0600).
@@ -19,6 +26,7 @@ runs code: job directories are the owner's only (0700), and so are their files (
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import json
 import shutil
@@ -28,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .._cache import blobs, paths
+from . import values
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -103,7 +112,8 @@ def read_payload(job: Path) -> Task[Any, Any]:
     for entry in json.loads((job / SYS_PATH).read_text()):
         if entry not in sys.path:
             sys.path.append(entry)
-    task: Task[Any, Any] = blobs.loads((job / PAYLOAD).read_bytes())
+    with values.reading_jobs_in(str(job.parent)):
+        task: Task[Any, Any] = blobs.loads((job / PAYLOAD).read_bytes())
     return task
 
 
@@ -145,6 +155,13 @@ def read_answer(job: Path) -> Answer | None:
     return answer
 
 
+def answer_path(job: Path) -> Path:
+    """Return where the worker of `job` puts a big result (beside the job's directory)."""
+    return job.with_name(job.name + ".answer.pkl")
+
+
 def remove(job: Path) -> None:
-    """Remove a job directory (after its answer is read)."""
+    """Remove a job directory and its answer file, if the parent did not take it (after the answer is read)."""
     shutil.rmtree(job, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        answer_path(job).unlink()

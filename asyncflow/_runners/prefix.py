@@ -58,4 +58,4 @@ class PrefixRunner:
         async def launch(tail: deque[str]) -> JobEnd:
             return await execute(command, label, tail)
 
-        return await run_job(job, label, self._limiter, launch)
+        return await run_job(job, label, self._limiter, launch, values=self._values)

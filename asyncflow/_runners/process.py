@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,10 @@ def call_pickled(request: bytes, parent: int = 0, spill: str = "") -> bytes:
     finally:
         CAPTURE.reset(captured)
         BODY.reset(elsewhere)
-    return payload.encode_answer(values.spill(dataclasses.replace(answer, output=capture.text()), spill))
+    answer = dataclasses.replace(answer, output=capture.text())
+    if spill:
+        answer = values.spill(answer, os.path.join(spill, f"answer-{secrets.token_hex(8)}.pkl"))
+    return payload.encode_answer(answer)
 
 
 class ProcessRunner:
@@ -129,10 +133,7 @@ def outcome_of(label: str, data: bytes, files: values.ValueFiles | None = None) 
     assert isinstance(answer, payload.Answer), "asyncflow bug: a worker answered something else"
     add(answer.output)  # to this attempt's output
     if answer.spilled:
-        pickled, adopt = values.take_spilled(answer.spilled, files)
-        value = blobs.loads(pickled)
-        adopt(value)
-        return Outcome(value, pickled)
+        return Outcome(*values.take_spilled(answer.spilled, files))
     if answer.pickled is not None:
         return Outcome(blobs.loads(answer.pickled), answer.pickled)
     name = answer.error_type.rpartition(".")[2]

@@ -3,7 +3,8 @@
 A body is ``call_pickled.options(name=repr(task), ...).remote(request)``, with no retries
 of Ray's own (the task's ``retries`` decide). Cancelling the run force-cancels its
 tasks: ``ray.cancel(ref, force=True)`` kills the worker running one, and a queued one
-never starts. When Ray is not initialised in this process, the runner calls
+never starts. Big values go by file when every node of the cluster is this machine
+(`values.py`). When Ray is not initialised in this process, the runner calls
 ``ray.init`` at first use and ``ray.shutdown`` when the run ends. The settings (`Ray`)
 are in `_placements.py`; what Dask and Ray share is in `engines.py`.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._capture import note_job
-from .engines import EngineRunner, missing_extra, wait_done
+from .engines import THIS_MACHINE, EngineRunner, missing_extra, wait_done
 from .process import call_pickled
 
 try:
@@ -31,13 +32,16 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from .._placements import Ray
+    from .values import ValueFiles
 
 
 class RayRunner(EngineRunner["tuple[Any, Future[bytes]]"]):
     """Runs each body as one Ray task."""
 
-    def __init__(self, where: Ray, limiter: anyio.CapacityLimiter | None) -> None:
-        super().__init__(limiter)
+    def __init__(
+        self, where: Ray, limiter: anyio.CapacityLimiter | None, files: ValueFiles | None = None
+    ) -> None:
+        super().__init__(limiter, files)
         self._where = where
         self.place = f"ray: {where.address or 'local'}"
         self._remote: Any = None  # Any: ray's remote functions are untyped
@@ -63,9 +67,18 @@ class RayRunner(EngineRunner["tuple[Any, Future[bytes]]"]):
         }
         if self._where.resources:
             options["resources"] = dict(self._where.resources)
-        ref = remote.options(**options).remote(request)
+        ref = remote.options(**options).remote(request, 0, spill)
         note_job(f"ray task {ref.task_id().hex()}")
         return ref, ref.future()
+
+    async def _on_this_machine(self) -> bool:
+        await self._ready()
+        nodes: list[dict[str, Any]] = await anyio.to_thread.run_sync(ray.nodes)
+        alive = [node for node in nodes if node.get("Alive")]
+        return bool(alive) and all(
+            node.get("NodeManagerHostname") in THIS_MACHINE or node.get("NodeManagerAddress") in THIS_MACHINE
+            for node in alive
+        )
 
     async def _answer(self, handle: tuple[Any, Future[bytes]]) -> bytes:
         _, future = handle

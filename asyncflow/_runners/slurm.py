@@ -75,7 +75,7 @@ class SlurmRunner:
                 assert pool is not None
                 return await pool.run(job, label, tail)
 
-            return await run_job(job, label, self._limiter, launch, named_by_worker=True)
+            return await run_job(job, label, self._limiter, launch, values=self._values, named_by_worker=True)
         worker = [self.slurm.python, "-m", "asyncflow.worker", str(job)]
         if self.slurm.style == "srun":
             command = ["srun", *self.slurm.options(name), *worker]
@@ -102,7 +102,7 @@ class SlurmRunner:
                     on_cancel=lambda: scancel(job_ids[:1] or ["--name", name]),
                 )
 
-        return await run_job(job, label, self._limiter, launch, named_by_worker=True)
+        return await run_job(job, label, self._limiter, launch, values=self._values, named_by_worker=True)
 
     async def aclose(self) -> None:
         """End the warm workers, if any: the run is over."""

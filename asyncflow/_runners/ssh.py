@@ -3,7 +3,10 @@
 A body on an SSH host runs as ``python -u -m asyncflow.worker --exit-on-stdin-eof JOB``
 there. The payload is written locally (`jobs.write_job`), uploaded over SFTP to a job
 directory under the host's ``workdir``, and the answer downloaded the same way; the
-remote job directory is removed afterwards (`jobs.run_job`, as for every job). stdout
+remote job directory is removed afterwards (`jobs.run_job`, as for every job). A big requirement
+value is uploaded once per host per run, to a directory beside the jobs' that the run
+removes at its end, and payloads name it there (`values.py`); a big answer is left there
+too when it is downloaded, so the host's next readers of it need no upload. stdout
 and stderr stream back live, labelled with the task, as for job prefixes. Host keys are
 checked against ``known_hosts`` unless the user passes ``Host(known_hosts=None)``. Each
 way of failing to reach a host (unknown or changed host key, connection refused, no
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from .._task import Task
     from .base import Outcome
     from .sshconn import Pool
+    from .values import ValueFiles
 
 # The SSH thread: started by the first run that uses a host, stopped when the last ends.
 _SSH_LOOP = BlockingPortalProvider(backend="asyncio")
@@ -57,8 +61,15 @@ _SSH_LOOP = BlockingPortalProvider(backend="asyncio")
 class SSHRunner:
     """Runs bodies on one SSH host, over the connections of one run (see the module doc)."""
 
-    def __init__(self, host: Host, cache_dir: Path, limiter: anyio.CapacityLimiter | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        cache_dir: Path,
+        limiter: anyio.CapacityLimiter | None = None,
+        values: ValueFiles | None = None,
+    ) -> None:
         self.host = host
+        self._values = values  # big values, uploaded to the host once per run
         self.place = f"ssh://{host.user + '@' if host.user else ''}{host.host}:{host.port}"
         self.cache_dir = cache_dir
         self._limiter = limiter
@@ -66,11 +77,14 @@ class SSHRunner:
         self._joined: tuple[BlockingPortal, Pool] | None = None  # the SSH thread, our pool in it
 
     async def run(self, task: Task[Any, Any]) -> Outcome:
-        job = await write_job(self.cache_dir, task)
+        shipped: list[str] = []  # the big values' files the job reads, to be on the host first
+        job = await write_job(self.cache_dir, task, self._values, shipped)
         label = repr(task)
 
         async def launch(tail: deque[str]) -> JobEnd:
             portal, pool = await self._start()
+            if shipped:
+                await portal.call_async(pool.ship, shipped)
             if self.host.workers is None:
                 return await portal.call_async(pool.run_job, job, label, tail)
             try:
@@ -85,6 +99,7 @@ class SSHRunner:
             label,
             self._limiter,
             launch,
+            values=self._values,
             unanswered=lambda end, tail: _check_python(self.host, end, tail),
             named_by_worker=True,  # the history shows the worker's pid on the host
         )
@@ -108,27 +123,27 @@ class SSHRunner:
                 # Shielded: a lease taken and then lost to a cancellation would keep the
                 # thread alive for good.
                 with anyio.CancelScope(shield=True):
-                    self._joined = await _join(self.host)
+                    self._joined = await _join(self.host, self._values)
             joined = self._joined
             assert joined is not None, "asyncflow bug: the SSH pool was not made"
             return joined
 
 
-async def _join(host: Host) -> tuple[BlockingPortal, Pool]:
+async def _join(host: Host, values: ValueFiles | None) -> tuple[BlockingPortal, Pool]:
     """Take a lease on the SSH thread (starting it if need be), and make a pool for `host` there."""
     portal = await anyio.to_thread.run_sync(_SSH_LOOP.__enter__)
     try:
-        return portal, await portal.call_async(_new_pool, host)
+        return portal, await portal.call_async(_new_pool, host, values)
     except BaseException:
         await anyio.to_thread.run_sync(_SSH_LOOP.__exit__, None, None, None)
         raise
 
 
-def _new_pool(host: Host) -> Pool:
+def _new_pool(host: Host, values: ValueFiles | None) -> Pool:
     """Make a pool (in the SSH thread, where importing asyncssh does not block the caller)."""
     from .sshconn import Pool
 
-    return Pool(host)
+    return Pool(host, values)
 
 
 def _check_python(host: Host, end: JobEnd, stderr_tail: str) -> None:

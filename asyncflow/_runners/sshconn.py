@@ -15,8 +15,14 @@ fewer sessions than configured is learnt from its refusal, and the job waits aga
 
 With ``Host(workers=N)``, jobs go to a warm pool (`warm.py`) instead: each worker is a
 remote ``asyncflow.worker --serve`` holding one session for the run, given one job
-directory after another on the channel's stdin; the job files still travel over SFTP.
-A lost connection loses its workers, and the next bodies start new ones.
+directory after another on the channel's stdin, with the job's files (its answer comes
+back with the reply). A lost connection loses its workers, and the next bodies start new
+ones.
+
+Big values (`values.py`) are uploaded over SFTP once per run (`Pool.ship`), to a
+directory beside the jobs' that the run removes at its end; a big answer a worker spilled
+beside its job directory is downloaded, then moved into that directory: a later body on
+the host reads it there.
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ import socket
 import sys
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import asyncssh
 from anyio.abc import ByteReceiveStream
 
+from .._cache import blobs
 from .._errors import HostError
 from . import payload
 from .jobs import JobEnd, relay
@@ -41,9 +50,9 @@ from .warm import WarmPool, Worker
 
 if TYPE_CHECKING:
     from collections import deque
-    from pathlib import Path
 
     from .._placements import Host
+    from .values import ValueFiles
 
 DEFAULT_WORKDIR = ".cache/asyncflow/jobs"  # relative to the remote home directory
 STOP_GRACE = 5.0  # seconds for a cancelled worker to exit after its stdin closes
@@ -73,8 +82,13 @@ class _SessionRefused(Exception):
 class Pool:
     """The connections of one run to one host; `run_job` runs a job on one of them."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, values: ValueFiles | None = None) -> None:
         self.host = host
+        self._values = values  # the run's big values (`values.py`)
+        # Local path of a big value's file -> set once the file is on the host (uploaded,
+        # or an answer spilled there); gone again if its upload failed.
+        self._shipped: dict[str, anyio.Event] = {}
+        self._values_dir = ""  # absolute remote directory of the run's values, once made
         self._connections: list[_Connection] = []
         self._capacity = host.sessions_per_connection - 1  # lowered if the server refuses
         self._limit = host.connections  # lowered if the host takes no more connections
@@ -160,16 +174,89 @@ class Pool:
                 self._release(connection)
 
     async def aclose(self) -> None:
-        """End the warm workers, if any, and close every connection (the run has ended)."""
+        """End the warm workers, if any, remove the run's values, and close every connection (the run has ended)."""
         if self._warm is not None:
             await self._warm.aclose()
         connections, self._connections = self._connections, []
         with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+            if self._values_dir and connections and not connections[0].ssh.is_closed():
+                with suppress(OSError, asyncssh.Error):
+                    await connections[0].sftp.rmtree(self._values_dir, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
             for connection in connections:
                 connection.sftp.exit()
                 connection.ssh.close()
             for connection in connections:
                 await connection.ssh.wait_closed()
+
+    # Big values.
+
+    async def ship(self, files: list[str]) -> None:
+        """Make sure the big values' files `files` (local paths) are on the host, uploading each once per run."""
+        for path in dict.fromkeys(files):
+            while True:
+                event = self._shipped.get(path)
+                if event is None:
+                    break
+                await event.wait()  # another job uploads it
+                if self._shipped.get(path) is event:
+                    break  # it is there
+            if event is None:
+                self._shipped[path] = event = anyio.Event()
+                try:
+                    await self._upload_value(path)
+                except BaseException:
+                    del self._shipped[path]  # a job waiting for it tries again
+                    raise
+                finally:
+                    event.set()
+
+    async def _upload_value(self, path: str) -> None:
+        assert self._values is not None, "asyncflow bug: a value to ship without the run's values"
+        connection = await self._acquire()
+        try:
+            await _upload(connection.sftp, Path(path), await self._remote_value(connection, path))
+        except (OSError, asyncssh.Error) as exc:
+            raise HostError(
+                f"{self.host.url}: cannot upload a big value to {self._values_dir}: {exc}",
+                host=self.host.url,
+                reason="unreachable" if connection.ssh.is_closed() else "workdir",
+            ) from exc
+        finally:
+            self._release(connection)
+
+    async def _remote_value(self, connection: _Connection, path: str) -> str:
+        """Return the remote path of the big value's file `path`, making the run's directory there first."""
+        assert self._values is not None, "asyncflow bug: a value's remote path without the run's values"
+        relative = self._values.relative(path)
+        if not self._values_dir:
+            directory = posixpath.join(self._jobs_dir, posixpath.dirname(relative))
+            await connection.sftp.makedirs(directory, _PRIVATE_DIR, exist_ok=True)
+            self._values_dir = directory
+        return posixpath.join(self._jobs_dir, relative)
+
+    async def _take_answer(self, connection: _Connection, remote: str, job: Path) -> None:
+        """Download a big result the job at `remote` spilled on the host, beside local `job`.
+
+        The host keeps it among the run's values, as the file `jobs.run_job` will keep
+        here: its readers there need no upload.
+        """
+        try:
+            answer = await anyio.to_thread.run_sync(payload.read_answer, job)
+        except Exception:  # an answer this process cannot read: `run_job` says so
+            return
+        if answer is None or not answer.spilled:
+            return
+        local = payload.answer_path(job)
+        spilled = remote + ".answer.pkl"
+        async with connection.sftp.open(spilled, "rb", encoding=None) as f:
+            data: bytes = await f.read()  # bytes: opened with encoding=None
+        await anyio.to_thread.run_sync(partial(blobs.write_atomic, local, local.parent, data, private=True))
+        if self._values is not None:
+            kept = self._values.kept_path(str(local))
+            with suppress(OSError, asyncssh.Error):  # else it is uploaded again if read there
+                await connection.sftp.rename(spilled, await self._remote_value(connection, kept))
+                self._shipped[kept] = event = anyio.Event()
+                event.set()
 
     # Connections.
 
@@ -270,11 +357,20 @@ class Pool:
             returncode = await _watch(process, label, tail)
             with suppress(asyncssh.SFTPNoSuchFile):  # no answer: the exit status and stderr tell why
                 await _download(sftp, posixpath.join(remote, payload.RESULT), job)
+                await self._take_answer(connection, remote, job)
         finally:
-            # Suppressed: when the connection is gone, nothing more can be done from here.
-            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
-                await sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                await _remove_job(sftp, remote)
         return JobEnd(self.host.ssh_command(command), returncode)
+
+
+async def _remove_job(sftp: asyncssh.SFTPClient, remote: str) -> None:
+    """Remove the job directory `remote` from the host, and a big answer beside it that nobody took."""
+    # Suppressed: when the connection is gone, nothing more can be done from here.
+    with suppress(OSError, asyncssh.Error):
+        await sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
+    with suppress(OSError, asyncssh.Error):
+        await sftp.remove(remote + ".answer.pkl")
 
 
 async def _upload(sftp: asyncssh.SFTPClient, local: Path, remote: str) -> None:
@@ -350,16 +446,20 @@ class _RemoteWorker(Worker):
         )
         try:
             status, answer = await self.exchange(remote, label, tail, files)
+            if answer:
+                await anyio.to_thread.run_sync(payload.write_file, job, payload.RESULT, answer)
+                connection = self._connection
+                assert connection is not None, "asyncflow bug: a worker answered without its session"
+                await self._pool._take_answer(connection, remote, job)  # pyright: ignore[reportPrivateUsage]  # its pool's
         except BaseException:
             # The worker removes the job directory after the body; a body it never finished leaves it.
             connection = self._connection
             if connection is not None and not connection.ssh.is_closed():
-                with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
-                    await self.stop()  # first: it may still write there
-                    await connection.sftp.rmtree(remote, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
+                with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                    with suppress(OSError, asyncssh.Error):
+                        await self.stop()  # first: it may still write there
+                    await _remove_job(connection.sftp, remote)
             raise
-        if answer:
-            await anyio.to_thread.run_sync(payload.write_file, job, payload.RESULT, answer)
         return status
 
     def alive(self) -> bool:

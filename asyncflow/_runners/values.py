@@ -1,15 +1,21 @@
 """Big values by reference: a large upstream result travels to a body elsewhere as the name of a file.
 
 A body run in another process (a worker process, a process executor's, a job on a cluster
-that shares the cache's filesystem) gets its task pickled with the values of its
-requirements. A value whose pickle is over `THRESHOLD` bytes is written once per run to
-a file under the cache directory (owner-only, removed when the run ends), and payloads
-hold a `ValueRef` to it instead: four readers of a 200 MB result no longer pickle, send
-and unpickle it four times, and the parent pickles it once. The worker reads the file
-when it unpickles the payload, and keeps the last values it read for the next body that
-reads them. A big result comes back the same way (`spill`): the worker writes its pickle
-to a file of the run's directory and answers with the file's name. Workers never open
-the index; SSH hosts, which do not share the cache, get values inline as before.
+that shares the cache's filesystem, a Dask or Ray worker on this machine) gets its task
+pickled with the values of its requirements. A value whose pickle is over `THRESHOLD`
+bytes is written once per run to a file under the cache directory (owner-only, removed
+when the run ends), and payloads hold a `ValueRef` to it instead: four readers of a 200 MB
+result no longer pickle, send and unpickle it four times, and the parent pickles it once.
+The worker reads the file when it unpickles the payload, and keeps the last values it
+read for the next body that reads them. A big result comes back the same way (`spill`):
+the worker writes its pickle to a file and answers with the file's name, and the run
+keeps that file (`take_spilled`) as the one its readers elsewhere get. Workers never open
+the index.
+
+SSH hosts do not share the cache's filesystem: their payloads name the files relative to
+the host's job directory (`dumps_task(..., shipped=...)`), and the SSH runner uploads each
+file at most once per host per run (`sshconn.py`); a big answer spilled there stays there
+for the host's next readers.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import os
 import secrets
 import shutil
@@ -27,7 +34,7 @@ from .._cache import blobs, paths
 from .._requires import set_values, values_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Generator
     from pathlib import Path
 
     from .._task import Task
@@ -38,7 +45,11 @@ _KEPT = 2  # values a worker keeps after reading them (the next body often reads
 
 
 class ValueRef:
-    """Stands for a value in a payload; unpickled, it is the value, read from its file."""
+    """Stands for a value in a payload; unpickled, it is the value, read from its file.
+
+    Its `path` is absolute, or relative to the directory of the worker's jobs (on an SSH
+    host, see `reading_jobs_in`).
+    """
 
     __slots__ = ("path",)
 
@@ -51,10 +62,23 @@ class ValueRef:
 
 _loaded: dict[str, Any] = {}  # worker side: path -> value, the latest `_KEPT`
 _loaded_lock = threading.Lock()
+_jobs_dir = ""  # worker side: what a relative `ValueRef` path is relative to
+
+
+@contextlib.contextmanager
+def reading_jobs_in(directory: str) -> Generator[None]:
+    """Worker side: resolve relative `ValueRef` paths against `directory` while unpickling a payload."""
+    global _jobs_dir
+    previous, _jobs_dir = _jobs_dir, directory
+    try:
+        yield
+    finally:
+        _jobs_dir = previous
 
 
 def load_value(path: str) -> Any:
     """Worker side: return the value in the file `path` (read once while it is among the latest)."""
+    path = os.path.join(_jobs_dir, path)  # an absolute path stays as it is
     with _loaded_lock:
         if path in _loaded:
             return _loaded[path]
@@ -67,34 +91,37 @@ def load_value(path: str) -> Any:
     return value
 
 
-def spill(answer: Answer, directory: str) -> Answer:
-    """Worker side: put a big pickled result in a file of `directory` (if given) instead of the answer."""
-    if not directory or answer.pickled is None or len(answer.pickled) <= THRESHOLD:
+def spill(answer: Answer, path: str) -> Answer:
+    """Worker side: put a big pickled result in the new file `path` (if given) instead of the answer."""
+    if not path or answer.pickled is None or len(answer.pickled) <= THRESHOLD:
         return answer
-    path = os.path.join(directory, f"answer-{secrets.token_hex(8)}.pkl")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, paths.PRIVATE_FILE)
     with os.fdopen(fd, "wb") as f:
         f.write(answer.pickled)
     return dataclasses.replace(answer, pickled=None, spilled=path)
 
 
-def take_spilled(path: str, files: ValueFiles | None) -> tuple[bytes, Callable[[object], None]]:
-    """Parent side: read a result a worker spilled (`spill`).
+def take_spilled(path: str, files: ValueFiles | None) -> tuple[Any, bytes]:
+    """Parent side: read a result a worker spilled (`spill`); return it and its pickle.
 
-    Returns:
-        Its pickle, and what to call with the result: the run's `files` keep the file for
-        the result's readers elsewhere (`ValueFiles.adopt`); without them it is removed.
+    The run's `files` keep the file for the result's readers elsewhere (`ValueFiles.adopt`;
+    moved into the run's directory first if it is not there, e.g. beside a job's
+    directory); without them it is removed. Any: whatever the body returned.
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            pickled = f.read()
+        if files is not None:
+            path = files.keep(path)
     except BaseException:
         _remove(path)
         raise
     if files is None:
         _remove(path)
-        return data, lambda value: None
-    return data, lambda value: files.adopt(value, path)
+        return blobs.loads(pickled), pickled
+    value = blobs.loads(pickled)
+    files.adopt(value, path)
+    return value, pickled
 
 
 def _remove(path: str) -> None:
@@ -112,33 +139,41 @@ class ValueFiles:
         # it is not pickled again (an id a new value takes over is inlined too: safe).
         self._files: dict[int, tuple[object, str]] = {}
         self._small: set[int] = set()
+        self._written = itertools.count()
         self._lock = threading.Lock()
 
-    def dumps_task(self, task: Task[Any, Any]) -> bytes:
-        """Pickle `task` for a body elsewhere, its big requirement values by reference (call in a thread)."""
+    def dumps_task(self, task: Task[Any, Any], shipped: list[str] | None = None) -> bytes:
+        """Pickle `task` for a body elsewhere, its big requirement values by reference (call in a thread).
+
+        Args:
+            task: the task, its requirements resolved to values.
+            shipped: for a host that does not share the cache's filesystem: the payload
+                names each file relative to the host's job directory (`relative`), and
+                the local path of each file it names is appended here, to be uploaded.
+        """
         values = values_of(task)
         if not values:
             return blobs.dumps(task)
-        swapped = {name: self._swap(value) for name, value in values.items()}
+        swapped = {name: self._swap(value, shipped) for name, value in values.items()}
         if all(swapped[name] is value for name, value in values.items()):
             return blobs.dumps(task)
         clone = copy.copy(task)  # its own state: the task itself keeps its values
         set_values(clone, swapped)
         return blobs.dumps(clone)
 
-    def _swap(self, value: object) -> object:
+    def _swap(self, value: object, shipped: list[str] | None) -> object:
         """Return `value` with itself, or the items of a list or dict of requirements, big ones by reference."""
         if type(value) is list:  # RequiresList: a list of upstream values
             items: list[Any] = value  # pyright: ignore[reportUnknownVariableType]  # any values
-            swapped = [self._ref(v) for v in items]
+            swapped = [self._ref(v, shipped) for v in items]
             return items if all(a is b for a, b in zip(swapped, items, strict=True)) else swapped
         if type(value) is dict:  # RequiresDict
             entries: dict[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]  # any values
-            swapped_dict = {k: self._ref(v) for k, v in entries.items()}
+            swapped_dict = {k: self._ref(v, shipped) for k, v in entries.items()}
             return entries if all(swapped_dict[k] is v for k, v in entries.items()) else swapped_dict
-        return self._ref(value)
+        return self._ref(value, shipped)
 
-    def _ref(self, value: object) -> object:
+    def _ref(self, value: object, shipped: list[str] | None) -> object:
         if value is None or isinstance(value, (bool, int, float)):
             return value
         with self._lock:  # one pickle and one file per value, whichever body asks first
@@ -151,11 +186,18 @@ class ValueFiles:
                     self._small.add(id(value))
                     return value
                 known = self._files[id(value)] = (value, self._write(data))
-        return ValueRef(known[1])
+        if shipped is None:
+            return ValueRef(known[1])
+        shipped.append(known[1])
+        return ValueRef(self.relative(known[1]))
+
+    def relative(self, path: str) -> str:
+        """Name the file `path` of this run relative to a job directory (the same on every host)."""
+        return f"{self._dir.name}/{os.path.basename(path)}"
 
     def _write(self, data: bytes) -> str:
         paths.make_dirs(self._dir, paths.PRIVATE_DIR)
-        path = self._dir / f"{len(self._files)}.pkl"
+        path = self._dir / f"{next(self._written)}.pkl"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, paths.PRIVATE_FILE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -166,6 +208,17 @@ class ValueFiles:
         with self._lock:
             self._files[id(value)] = (value, path)
             self._small.discard(id(value))
+
+    def keep(self, path: str) -> str:
+        """Move the file `path` (a spilled answer) into this run's directory, if it is elsewhere; return where it is."""
+        kept = self.kept_path(path)
+        if kept != path:
+            shutil.move(path, kept)  # a rename: both are under the cache directory
+        return kept
+
+    def kept_path(self, path: str) -> str:
+        """Return where `keep` puts the file `path`: this run's directory, under the same name (a job's answer is named by its job)."""
+        return os.path.join(self.spill_dir(), os.path.basename(path))
 
     def spill_dir(self) -> str:
         """Return the directory where workers put big results (`spill`), made if needed."""
