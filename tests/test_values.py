@@ -194,5 +194,7 @@ def _built(task: Task[Any, Any]) -> Task[Any, Any]:
 @pytest.mark.parametrize("workers", [None, 2])
 async def test_slurm_jobs_read_big_values_from_files(cache_dir: Path, workers: int | None) -> None:
     where = Slurm(time="00:05:00", workers=workers)
-    assert await Top(2).run(cache_dir=cache_dir, prefixes={Reader.task_name: where}) == [_lengths()] * 2
+    prefixes = {Reader.task_name: where, Big.task_name: where}  # the big results come from jobs too
+    assert await Top(2).run(cache_dir=cache_dir, prefixes=prefixes) == [_lengths()] * 2
     assert os.listdir(paths.tmp_dir(cache_dir)) == []
+    assert os.listdir(paths.root(cache_dir) / "jobs") == []  # nor an answer left beside a job
