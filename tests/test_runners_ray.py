@@ -1,9 +1,10 @@
 """Bodies on a real local Ray instance (two CPUs), started here once for the module.
 
-Checks results, a cached rerun, failures, task names in Ray's state, cancellation
-(force: the running bodies' workers are killed), ``max_workers`` and classes that
-travel by value. Ray is heavy: these tests run on Python 3.11 only, and skip without
-ray unless ASYNCFLOW_REQUIRE_SERVICES=1 (then they fail).
+Checks results, a cached rerun, failures, task names in Ray's state, the run history
+(place, job, output), cancellation (force: the running bodies' workers are killed),
+``max_workers`` and classes that travel by value. Ray is heavy: these tests run on
+Python 3.11 only, and skip without ray unless ASYNCFLOW_REQUIRE_SERVICES=1 (then they
+fail).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ async def test_per_channel(cache_dir: Path) -> None:
 
 async def test_a_failing_body_is_named(cache_dir: Path) -> None:
     await engine_tasks.check_failure_named(cache_dir, Ray())
+
+
+async def test_the_history_says_where_a_body_ran_and_what_it_printed(cache_dir: Path, tmp_path: Path) -> None:
+    await engine_tasks.check_history(cache_dir, tmp_path, Ray(), "ray: local", "ray task [0-9a-f]+")
 
 
 async def test_max_workers(cache_dir: Path, tmp_path: Path) -> None:
