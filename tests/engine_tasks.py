@@ -266,6 +266,20 @@ def ended(folder: Path) -> int:
     return len(list(folder.glob("end-*")))
 
 
+def pids(folder: Path) -> set[int]:
+    """The processes the sleepers that started in `folder` ran in."""
+    return {int(p.read_text().split(" ", 2)[1]) for p in folder.glob("start-*")}
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # the state follows the command's name
+
+
 def timeline(folder: Path) -> list[tuple[float, int]]:
     """The sleepers' starts (+1) and ends (-1) in `folder`, in time order."""
     starts = [(float(p.read_text().split()[0]), +1) for p in folder.glob("start-*")]
