@@ -310,7 +310,9 @@ class Dask:
         """The scheduler's address, for the history."""
         if isinstance(self.client, str):
             return self.client
-        return str(getattr(self.client, "scheduler_address", None) or self.client)
+        # A Client's rpc handle to its scheduler holds the address (it has no attribute of its own).
+        scheduler = getattr(self.client, "scheduler", None)
+        return str(getattr(scheduler, "address", None) or self.client)
 
 
 def _resources_ok(value: object) -> bool:

@@ -1,18 +1,21 @@
 """The big-value case: one large result read by several tasks, per place bodies run in.
 
     python benchmarks/bigvalue.py [--mb 200] [--readers 4] [--repeat 3] [--places thread process dask]
+                                  [--backend asyncio|trio]
 
 Each measurement is a fresh process on a fresh cache directory: `Top(mb, readers)` cold,
 where `Big(mb)` returns `mb` MB of bytes and each `Reader(mb, i)` reads it. Prints a
-markdown table of medians and their ratio to threads. Places: ``thread`` (the default
-executor), ``process`` (``executor="process"``), ``dask`` (a ``LocalCluster`` of 2
-worker processes, as ``executor=asyncflow.Dask(client)`` when asyncflow has it, else the
-client's ``get_executor()``).
+markdown table of medians and their ratio to threads; a place that cannot run here
+(dask.distributed not installed) or fails gets a row that says why. Places: ``thread``
+(the default executor), ``process`` (``executor="process"``), ``dask`` (a
+``LocalCluster`` of 2 worker processes, as ``executor=asyncflow.Dask(client)`` when
+asyncflow has it, else the client's ``get_executor()``). run.py runs it as a section.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -57,7 +60,7 @@ class Top(Task):
 
 
 def main() -> None:
-    place, mb, n, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    place, mb, n, cache, backend = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
     options = {"cache_dir": cache}
     closing = []
     if place == "process":
@@ -72,7 +75,7 @@ def main() -> None:
         options["executor"] = dask(client) if dask is not None else client.get_executor()
     gc.collect()
     t0 = time.perf_counter()
-    value = anyio.run(lambda: Top(mb, n).run(**options))
+    value = anyio.run(lambda: Top(mb, n).run(**options), backend=backend)
     took = time.perf_counter() - t0
     assert value == n * mb * 2**20 + n * (n - 1) // 2, value
     for c in closing:
@@ -84,18 +87,26 @@ main()
 """
 
 
-def measure(place: str, mb: int, readers: int) -> float:
+def measure(place: str, mb: int, readers: int, backend: str) -> float:
     with tempfile.TemporaryDirectory() as cache:
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, place, str(mb), str(readers), cache],
+            [sys.executable, "-c", CHILD, place, str(mb), str(readers), cache, backend],
             capture_output=True,
             text=True,
             timeout=900,
             check=False,
         )
     if done.returncode != 0:
-        raise RuntimeError(f"{place}: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise RuntimeError(last)
     return float(json.loads(done.stdout.strip().splitlines()[-1])["took"])
+
+
+def why_not(place: str) -> str | None:
+    """Why `place` cannot run here, or None."""
+    if place == "dask" and importlib.util.find_spec("distributed") is None:
+        return "skipped: dask.distributed is not installed (pip install 'asyncflow[dask]')"
+    return None
 
 
 def main() -> None:
@@ -104,28 +115,40 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--places", nargs="+", default=["thread", "process", "dask"])
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args()
     rows: dict[str, list[float]] = {}
+    notes: dict[str, str] = {}  # place: why it has no time, or not all of its repeats
     for place in args.places:
+        if why := why_not(place):
+            notes[place] = why
+            continue
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             try:
-                rows.setdefault(place, []).append(measure(place, args.mb, args.readers))
-            except RuntimeError as exc:
+                rows.setdefault(place, []).append(measure(place, args.mb, args.readers, args.backend))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"{place}: failed: {exc}", file=sys.stderr)
+                notes[place] = f"failed: {exc}".replace("|", "\\|")  # a table's cell
                 break
             print(
                 f"{place}: {rows[place][-1]:.2f} s (child {time.perf_counter() - t0:.1f} s)", file=sys.stderr
             )
     base = statistics.median(rows["thread"]) if rows.get("thread") else None
-    print(f"| place | {args.mb} MB read by {args.readers}, cold (median of {args.repeat}) | vs threads |")
-    print("| --- | ---: | ---: |")
-    for place, times in rows.items():
-        if not times:
+    print(
+        f"| place | {args.mb} MB read by {args.readers}, cold (median of {args.repeat}) "
+        "| min-max | vs threads | notes |"
+    )
+    print("| --- | ---: | ---: | ---: | --- |")
+    for place in args.places:
+        times = rows.get(place, [])
+        if not times:  # it never ran: the reason alone
+            print(f"| {place} | - | | | {notes.get(place, '')} |")
             continue
         median = statistics.median(times)
         ratio = f"{median / base:.1f}x" if base else "-"
-        print(f"| {place} | {median:.2f} s | {ratio} |")
+        spread = f"{min(times):.2f}-{max(times):.2f} s"
+        print(f"| {place} | {median:.2f} s | {spread} | {ratio} | {notes.get(place, '')} |")
 
 
 if __name__ == "__main__":

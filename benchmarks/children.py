@@ -3,8 +3,9 @@
 `run_once` starts one measurement (``run.py --one`` for asyncflow and the floors, the
 peer's script in its venv for a peer) in a clean environment and returns its JSON
 result; `run_child` runs a process in a session of its own, times it out and kills what
-it leaves running; `ChildError` says why a child failed. `Context` is what every
-measurement needs from the command line.
+it leaves running; `run_table` does the same for a section's script (sections.py),
+showing its progress as it comes; `ChildError` says why a child failed. `Context` is
+what every measurement needs from the command line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,44 @@ def run_child(argv: list[str], what: str, *, env: dict[str, str], cwd: Path | No
     except json.JSONDecodeError:
         pass
     raise ChildError(what, f"no JSON line at the end of its output: {last[:60]!r}", stderr)
+
+
+def run_table(argv: list[str], what: str, *, timeout: float) -> str:
+    """Run a section's script `argv` in a session of its own; return its stdout, or raise `ChildError`.
+
+    Its stderr (progress, which a long section needs to show) is copied to ours as it
+    comes, from a file read through a second handle: a pipe could be held open by a
+    grandchild left running (Ray's, Dask's workers), and the child's own handle shares
+    its offset with the child.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.NamedTemporaryFile("w") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_clean_env(), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        with open(err.name) as progress:
+            try:
+                while (code := _wait_a_little(proc)) is None:
+                    sys.stderr.write(progress.read())
+                    if time.monotonic() > deadline:
+                        raise ChildError(what, f"timed out after {timeout:g} s", timed_out=True)
+            finally:
+                _kill_group(proc.pid)
+                proc.wait()
+            sys.stderr.write(progress.read())
+            progress.seek(0)
+            stderr = progress.read()  # all of it, for the reason's last line
+        out.seek(0)
+        stdout = out.read()
+    if code != 0:
+        raise ChildError(what, f"exit status {code}", stderr)
+    return stdout.strip()
+
+
+def _wait_a_little(proc: subprocess.Popen[bytes]) -> int | None:
+    """The child's exit status, or None while it still runs after half a second."""
+    try:
+        return proc.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 PEER_TIMEOUT_BUDGETS = 5

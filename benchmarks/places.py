@@ -8,8 +8,9 @@ One run per place, on a fresh cache directory: a body awaits `Trivial(i).run()` 
 is timed is what the run does for one more body, graph, cache and runner included).
 The first body pays what the place costs to start (a connection, a worker) and is shown
 apart; the others give the median and range. Places whose service is not configured
-(the `-up` scripts' variables, see `tests/service_env.py`) are skipped, with the reason.
-The table (markdown) goes to stdout.
+(the `-up` scripts' variables, see `tests/service_env.py`) or whose engine is not
+installed are skipped, and a place that fails is reported, each with the reason, and the
+others go on. The table (markdown) goes to stdout. run.py runs it as a section.
 """
 
 from __future__ import annotations
@@ -116,8 +117,14 @@ async def measure(bodies: int, where: list[tuple[str, dict[str, Any] | str]]) ->
             rows.append(f"| {name} | | | | {options} |")
             continue
         print(f"{name}...", file=sys.stderr)
-        with tempfile.TemporaryDirectory() as cache_dir:
-            times = await Latency(bodies).run(cache_dir=cache_dir, **options)
+        try:
+            with tempfile.TemporaryDirectory() as cache_dir:
+                times = await Latency(bodies).run(cache_dir=cache_dir, **options)
+        except Exception as exc:  # a broken service costs its own row, not the table
+            print(f"{name}: {exc!r}", file=sys.stderr)
+            first = (str(exc).splitlines() or [""])[0].replace("|", "\\|")  # a table's cell
+            rows.append(f"| {name} | | | | failed: {type(exc).__name__}: {first} |")
+            continue
         ms = [t * 1000 for t in times]
         rest = ms[1:]
         rows.append(

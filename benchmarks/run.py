@@ -1,6 +1,6 @@
 """Benchmark harness: time asyncflow's workloads cold and warm, next to floors and peers.
 
-    python benchmarks/run.py [--quick] [--no-peers] [--backend asyncio|trio] [--only W2 ...]
+    python benchmarks/run.py [--quick] [--no-peers] [--backend asyncio|trio] [--only W2 places ...]
 
 Engines: asyncflow itself; the event-loop floors of floor.py (``floor``: plain coroutines
 in an anyio task group; ``native``: the backend's own task group; ``naive-cache``: the
@@ -20,11 +20,17 @@ Before a peer runs a bigger size of a workload, its cold time is estimated linea
 the smaller size; above ``--budget`` seconds the size is skipped. ``--one`` is the
 child's mode.
 
+After the table come the sections (sections.py): scripts beside the harness that print
+a table of their own, such as the big-value case per place and a trivial body's latency
+per place, each run once in a child process. ``--only`` and ``--skip`` take their names
+as they take the workloads'; ``--no-sections`` leaves them all out.
+
 This file is the entry point: the command line, every case run in order, the header and
 the table printed. The rest of the harness, by job: suite.py (the workloads, the engines,
 the child's timed run), venvs.py (the peers' virtualenvs), children.py (child processes,
-timeouts), measure.py (repeats on fresh caches), report.py (the table). floor.py and
-workloads.py are what the floors and asyncflow run, peers/ what the peers run.
+timeouts), measure.py (repeats on fresh caches), report.py (the table), sections.py (the
+sections). floor.py and workloads.py are what the floors and asyncflow run, peers/ what
+the peers run.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from children import Context
 from measure import cold_seconds, measure, over_budget
 from report import Case, common_notes, engine_state, peer_versions, rows_for, table
+from sections import SECTION_NAMES, SECTIONS, Section, command_line, run_section
 from suite import ENGINES, FULL, PEER_NAMES, QUICK, Engine, Workload, child
 from venvs import PEERS_DIR, VENVS_DIR, prepare_peer
 
@@ -80,7 +87,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--repeat", type=int, help="measurements per case (default 3; --quick 1)")
     parser.add_argument("--peer-repeat", type=int, help="measurements per case for peers (default: --repeat)")
-    parser.add_argument("--only", nargs="+", metavar="W", help="run only these workloads (W1 .. W5)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help=f"run only these workloads (W1 .. W5) and sections ({', '.join(SECTION_NAMES)})",
+    )
+    parser.add_argument("--skip", nargs="+", metavar="NAME", help="leave out these workloads and sections")
+    parser.add_argument("--no-sections", action="store_true", help="the main table only")
     parser.add_argument(
         "--engines",
         nargs="+",
@@ -141,6 +155,30 @@ def run_all(
     return measured
 
 
+def select_sections(args: argparse.Namespace) -> list[Section]:
+    """The sections to run after the table: those --only and --skip leave in, whose script is there."""
+    if args.no_sections:
+        return []
+    chosen = [s for s in SECTIONS if wanted(s.name, args)]
+    for s in chosen:
+        if not s.exists() and args.only:  # asked for by name: say why nothing comes
+            print(f"{s.name}: {s.path} is not there; left out", file=sys.stderr)
+    return [s for s in chosen if s.exists()]
+
+
+def wanted(name: str, args: argparse.Namespace) -> bool:
+    """Whether --only and --skip leave the workload or section `name` in."""
+    return (not args.only or name in args.only) and name not in (args.skip or ())
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Refuse a name in --only or --skip that is neither a workload nor a section."""
+    known = [*dict.fromkeys(w.kind for w in FULL), *SECTION_NAMES]
+    unknown = [n for n in (args.only or []) + (args.skip or []) if n not in known]
+    if unknown:
+        sys.exit(f"unknown workload or section {', '.join(unknown)}; known: {', '.join(known)}")
+
+
 def main() -> None:
     args = parse_args()
     if args.one:
@@ -148,10 +186,12 @@ def main() -> None:
         print(json.dumps(child(kind, size, args.engine, args.mode, args.cache_dir, args.backend)))
         return
 
+    check_names(args)
     repeat = args.repeat or (1 if args.quick else 3)
     peer_repeat = args.peer_repeat or repeat
-    engines = select_engines(args)
-    chosen = [w for w in (QUICK if args.quick else FULL) if not args.only or w.kind in args.only]
+    chosen = [w for w in (QUICK if args.quick else FULL) if wanted(w.kind, args)]
+    engines = select_engines(args) if chosen else []
+    sections = select_sections(args)
     started = time.perf_counter()
     engine = engine_state()
     venvs = args.venvs.expanduser()
@@ -165,12 +205,14 @@ def main() -> None:
     shared = common_notes(every_case)
     import asyncflow
 
+    measuring = " (quick)" if args.quick else ""
+    if measured:  # the main table's repeats and time; each section says its own
+        peers_of = f" (peers: of {peer_repeat})" if peers and peer_repeat != repeat else ""
+        measuring = f", median of {repeat}{peers_of}{measuring}, {time.perf_counter() - started:.0f} s in all"
     print(
         f"asyncflow {asyncflow.__version__}, Python {platform.python_version()}, "
         f"backend {args.backend}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
-        f"{datetime.date.today()}, median of {repeat}"
-        + (f" (peers: of {peer_repeat})" if peers and peer_repeat != repeat else "")
-        + f"{' (quick)' if args.quick else ''}, {time.perf_counter() - started:.0f} s in all"
+        f"{datetime.date.today()}{measuring}"
     )
     print(f"engine: {engine}")
     if peers:
@@ -179,7 +221,19 @@ def main() -> None:
     now = engine_state()
     if now.split("sources ")[-1] != engine.split("sources ")[-1]:  # a commit alone changes nothing
         print(f"WARNING: asyncflow changed while measuring (now {now}); rerun")
-    print()
+    if measured:
+        print()
+        print_table(measured, shared)
+    # Each section is printed as it ends: a long run shows what it has, and a section
+    # that fails or hangs costs only its own table.
+    for section in sections:
+        argv = section.argv(quick=args.quick, repeat=repeat, backend=args.backend)
+        shown, seconds = run_section(section, argv, args.timeout)
+        print(f"\n### {section.title}\n\n`{command_line(argv)}`, {seconds:.0f} s\n\n{shown}", flush=True)
+
+
+def print_table(measured: list[tuple[Workload, list[Case]]], shared: dict[str, list[str]]) -> None:
+    """The main table, and the notes every row of a peer shares."""
     static = {  # asyncflow on W2, by size and mode: what W5's dynamic fan-out is compared with
         (w.size, c.mode): c.samples.median("wall")
         for w, cases in measured
@@ -203,6 +257,7 @@ def main() -> None:
         for name, parts in shared.items():
             if parts:
                 print(f"- {name}: {'; '.join(parts)}")
+    sys.stdout.flush()  # before a section's child writes its progress
 
 
 if __name__ == "__main__":

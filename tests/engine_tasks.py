@@ -7,8 +7,10 @@ as a user's project's would.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,10 @@ import anyio.lowlevel
 import pytest
 
 from asyncflow import Requires, RequiresList, Task, TaskFailedError
+from asyncflow._cache.store import attempts, history, read_log
 from asyncflow._runners.values import THRESHOLD
+from asyncflow._taskfile import load_taskfile as load_as_the_cli_does
+from tests.test_cli import cli
 from tests.workflows import load_taskfile
 
 if TYPE_CHECKING:
@@ -164,6 +169,76 @@ async def check_taskfile_travels(cache_dir: Path, tmp_path: Path, engine: Engine
         assert await module.FromFile(2).run(cache_dir=cache_dir, executor=engine) == f"{module.__name__} 2"
 
 
+TALKING = """
+import sys
+
+from asyncflow import Task
+
+
+class Talks(Task):
+    def build_task(self, i: int) -> None:
+        self.i = i
+
+    def run_task(self) -> int:
+        print(f"talks {self.i} on stdout", flush=True)
+        print(f"talks {self.i} on stderr", file=sys.stderr, flush=True)
+        return self.i
+
+
+class Breaks(Task):
+    def run_task(self) -> int:
+        print("about to break", flush=True)
+        raise ValueError("broken here")
+"""
+
+
+async def check_history(cache_dir: Path, tmp_path: Path, engine: Engine, place: str, job: str) -> None:
+    """Bodies run by `engine` are in the run history: where they ran, under which job, what they printed.
+
+    Args:
+        cache_dir: the run's cache directory.
+        tmp_path: where the taskfile goes (the command line reads the history through it).
+        engine: the placement under test.
+        place: the engine and its address, as each attempt's place starts.
+        job: a pattern of the engine's name for the job that ran the body, after the place.
+    """
+    # A name of its own, so this process names its module as `asyncflow logs` will: the
+    # same keys (a name already taken here would be given a hashed one).
+    flow = tmp_path / ("talking_" + re.sub(r"\W", "_", tmp_path.name) + ".py")
+    flow.write_text(TALKING)
+    path = list(sys.path)
+    try:
+        module = load_as_the_cli_does(str(flow))
+    finally:
+        sys.path[:] = path  # the loader puts the file's folder first, as `python FILE` would
+    with anyio.fail_after(120):
+        assert await module.Talks(3).run(cache_dir=cache_dir, executor=engine) == 3
+        with pytest.raises(TaskFailedError):
+            await module.Breaks().run(cache_dir=cache_dir, executor=engine)
+    runs = await history(cache_dir, 2)
+    assert runs is not None
+    assert [r.outcome for r in runs] == ["failed", "ok"]  # the latest first
+    where = re.compile(rf"{re.escape(place)} \({job}\)")
+    (talked,) = await attempts(cache_dir, runs[1].id)
+    assert (talked.key, talked.outcome, talked.error) == (module.Talks(3).__af_key__, "ok", None)
+    assert where.fullmatch(talked.place), talked.place
+    assert sorted(read_log(cache_dir, talked).splitlines()) == ["talks 3 on stderr", "talks 3 on stdout"]
+    (broke,) = await attempts(cache_dir, runs[0].id)
+    assert (broke.outcome, broke.error) == ("failed", "Breaks() failed: ValueError: broken here")
+    assert where.fullmatch(broke.place), broke.place
+    told = read_log(cache_dir, broke)
+    assert told.startswith("about to break\n"), told
+    assert "ValueError: broken here" in told  # and the worker's traceback
+    # The command line shows the same.
+    shown = await anyio.to_thread.run_sync(
+        partial(cli, "logs", flow, "Talks(3)", "--cache-dir", cache_dir, cwd=tmp_path)
+    )
+    assert shown.returncode == 0, shown.stderr
+    header, *lines = shown.stdout.splitlines()
+    assert re.search(rf" on {where.pattern}: ok$", header), header
+    assert sorted(lines) == ["talks 3 on stderr", "talks 3 on stdout"]
+
+
 async def cancel_while_sleeping(
     cache_dir: Path, folder: Path, engine: Engine, n: int, seconds: float, while_running: Callable[[], None]
 ) -> None:
@@ -190,6 +265,20 @@ def started(folder: Path) -> int:
 
 def ended(folder: Path) -> int:
     return len(list(folder.glob("end-*")))
+
+
+def pids(folder: Path) -> set[int]:
+    """The processes the sleepers that started in `folder` ran in."""
+    return {int(p.read_text().split(" ", 2)[1]) for p in folder.glob("start-*")}
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # the state follows the command's name
 
 
 def timeline(folder: Path) -> list[tuple[float, int]]:

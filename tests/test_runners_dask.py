@@ -1,7 +1,7 @@
 """Bodies on a real Dask cluster: a `LocalCluster` with two worker processes, started here.
 
-Checks results, a cached rerun, failures, task names in the scheduler, cancellation,
-``max_workers`` and classes that travel by value. Skips without dask.distributed, unless
+Checks results, a cached rerun, failures, task names in the scheduler, the run history
+(place, job, output), cancellation, ``max_workers`` and classes that travel by value. Skips without dask.distributed, unless
 ASYNCFLOW_REQUIRE_SERVICES=1 (then it fails).
 """
 
@@ -81,6 +81,16 @@ async def test_per_channel(cache_dir: Path, client: Any) -> None:
 
 async def test_a_failing_body_is_named(cache_dir: Path, client: Any) -> None:
     await engine_tasks.check_failure_named(cache_dir, Dask(client))
+
+
+async def test_the_history_says_where_a_body_ran_and_what_it_printed(
+    cache_dir: Path, tmp_path: Path, client: Any
+) -> None:
+    # The job: the key the scheduler knows the body by, the task's name and a token.
+    job = r"key (Talks\(3\)|Breaks\(\))-[0-9a-f]{32}"
+    await engine_tasks.check_history(
+        cache_dir, tmp_path, Dask(client), f"dask: {client.scheduler.address}", job
+    )
 
 
 async def test_max_workers(cache_dir: Path, tmp_path: Path, client: Any) -> None:

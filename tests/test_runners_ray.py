@@ -1,9 +1,10 @@
 """Bodies on a real local Ray instance (two CPUs), started here once for the module.
 
-Checks results, a cached rerun, failures, task names in Ray's state, cancellation
-(force: the running bodies' workers are killed), ``max_workers`` and classes that
-travel by value. Ray is heavy: these tests run on Python 3.11 only, and skip without
-ray unless ASYNCFLOW_REQUIRE_SERVICES=1 (then they fail).
+Checks results, a cached rerun, failures, task names in Ray's state, the run history
+(place, job, output), cancellation (force: the running bodies' workers are killed),
+``max_workers`` and classes that travel by value. Ray is heavy: these tests run on
+Python 3.11 only, and skip without ray unless ASYNCFLOW_REQUIRE_SERVICES=1 (then they
+fail).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -51,6 +53,10 @@ async def test_a_failing_body_is_named(cache_dir: Path) -> None:
     await engine_tasks.check_failure_named(cache_dir, Ray())
 
 
+async def test_the_history_says_where_a_body_ran_and_what_it_printed(cache_dir: Path, tmp_path: Path) -> None:
+    await engine_tasks.check_history(cache_dir, tmp_path, Ray(), "ray: local", "ray task [0-9a-f]+")
+
+
 async def test_max_workers(cache_dir: Path, tmp_path: Path) -> None:
     await engine_tasks.check_max_workers(cache_dir, tmp_path, Ray())
 
@@ -59,16 +65,38 @@ async def test_a_taskfile_class_travels(cache_dir: Path, tmp_path: Path) -> None
     await engine_tasks.check_taskfile_travels(cache_dir, tmp_path, Ray())
 
 
+def busy_cpus() -> float:
+    """The CPUs Ray counts as taken: a running task holds one, a queued one none."""
+    return float(ray.cluster_resources()["CPU"] - ray.available_resources().get("CPU", 0))
+
+
 async def test_cancellation_kills_running_and_queued_bodies(cache_dir: Path, tmp_path: Path) -> None:
-    # Ray's state API needs its dashboard (ray[default]): the bodies report instead.
-    await engine_tasks.cancel_while_sleeping(cache_dir, tmp_path, Ray(), 4, 3.0, lambda: None)
+    # Ray's state API needs its dashboard (ray[default]): Ray's account of its CPUs and the
+    # bodies' own reports say what runs instead.
+    busy: list[float] = []
+
+    def both_busy() -> None:  # Ray updates its account a moment after a body starts
+        deadline = time.monotonic() + 2
+        while busy_cpus() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        busy.append(busy_cpus())
+
+    await engine_tasks.cancel_while_sleeping(cache_dir, tmp_path, Ray(), 4, 5.0, both_busy)
+    assert busy == [2]  # both running bodies held a CPU before the cancel
     started = engine_tasks.names(tmp_path)
     assert len(started) == 2
-    assert started <= {f"Sleeper({i}, {str(tmp_path)!r}, 3.0)" for i in range(4)}, started
-    # Nothing runs on: the running bodies' workers are killed, and no queued body starts.
-    await anyio.sleep(4)
+    assert started <= {f"Sleeper({i}, {str(tmp_path)!r}, 5.0)" for i in range(4)}, started
+    # Right after: every CPU is free again, and the workers that ran the bodies are gone.
+    with anyio.fail_after(10):
+        while await anyio.to_thread.run_sync(busy_cpus) or any(  # noqa: ASYNC110 - Ray's state
+            map(engine_tasks.running, engine_tasks.pids(tmp_path))
+        ):
+            await anyio.sleep(0.1)
+    # Nothing runs on: no running body ends (they would have by now), and no queued body starts.
+    await anyio.sleep(5)
     assert engine_tasks.ended(tmp_path) == 0
     assert engine_tasks.started(tmp_path) == 2
+    assert await anyio.to_thread.run_sync(busy_cpus) == 0
 
 
 class Crash(Task):
