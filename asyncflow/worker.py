@@ -154,23 +154,27 @@ def _read_calls(
     A call is a job directory on a line, or ``inline DIR SIZE SIZE`` and then the
     contents of its ``sys_path.json`` and ``payload.pkl``.
     """
-    pending = b""
+    pending = bytearray()  # appended in place: a big inline call arrives in many reads
+    need = 0  # how many bytes `pending` must hold before the call it starts can be taken
     try:
-        while data := os.read(calls, 65536):
+        while data := os.read(calls, 1 << 20):
             pending += data
-            while b"\n" in pending:
-                line, _, rest = pending.partition(b"\n")
-                rest = bytes(rest)
-                text = line.decode()
+            if len(pending) < need:
+                continue
+            while (end := pending.find(b"\n")) >= 0:
+                text = pending[:end].decode()
                 files: list[bytes] | None = None
                 if text.startswith("inline "):
                     text, first, second = text.removeprefix("inline ").rsplit(" ", 2)
-                    ends = [int(first), int(first) + int(second)]
-                    if len(rest) < ends[1]:
-                        break  # the rest of its files has yet to come
-                    files = [rest[: ends[0]], rest[ends[0] : ends[1]]]
-                    rest = rest[ends[1] :]
-                pending = rest
+                    ends = (end + 1 + int(first), end + 1 + int(first) + int(second))
+                    if len(pending) < ends[1]:
+                        need = ends[1]  # the rest of its files has yet to come
+                        break
+                    files = [bytes(pending[end + 1 : ends[0]]), bytes(pending[ends[0] : ends[1]])]
+                    del pending[: ends[1]]
+                else:
+                    del pending[: end + 1]
+                need = 0
                 busy.set()  # before the main thread sees it: an EOF from now on cancels it
                 jobs.put((text, files))
     except OSError:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from asyncflow._runners import payload
 from asyncflow._runners.jobs import JobEnd, run_job
 from asyncflow._runners.process import call_pickled, outcome_of
 from asyncflow._runners.values import THRESHOLD, ValueFiles, ValueRef
+from asyncflow._runners.warm import MARK
 
 from .service_env import requires_slurm
 
@@ -198,3 +201,32 @@ async def test_slurm_jobs_read_big_values_from_files(cache_dir: Path, workers: i
     assert await Top(2).run(cache_dir=cache_dir, prefixes=prefixes) == [_lengths()] * 2
     assert os.listdir(paths.tmp_dir(cache_dir)) == []
     assert os.listdir(paths.root(cache_dir) / "jobs") == []  # nor an answer left beside a job
+
+
+def test_a_warm_worker_takes_a_big_call_inline(tmp_path: Path) -> None:
+    """An SSH host's warm worker gets its job's files in the call: one of megabytes arrives in many reads."""
+    reader = _built(Reader(7))
+    set_values(reader, {"big": b"x" * (8 << 20), "small": "s", "many": [b"y" * 1000], "named": {}})
+    files = [json.dumps(sys.path).encode(), blobs.dumps(reader)]
+    job = tmp_path / "jobs" / "j1"
+    call = f"inline {job} {len(files[0])} {len(files[1])}\n".encode() + b"".join(files)
+    worker_process = subprocess.Popen(
+        [sys.executable, "-m", "asyncflow.worker", "--serve", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert worker_process.stdin is not None
+    assert worker_process.stdout is not None
+    try:
+        assert worker_process.stdout.readline().startswith(MARK.encode() + b"ready ")
+        worker_process.stdin.write(call)
+        worker_process.stdin.flush()
+        done, status, size = worker_process.stdout.readline().decode().removeprefix(MARK).split()
+        assert (done, status) == ("done", "0")
+        answer = blobs.loads(worker_process.stdout.read(int(size)))
+        assert blobs.loads(answer.pickled) == (8 << 20, "s", [1000], {}, 7)
+        assert not job.exists()  # the worker removed the job's directory
+    finally:
+        worker_process.stdin.close()  # the run is over: the idle worker exits
+        assert worker_process.wait(timeout=30) == 0
+        worker_process.stdout.close()

@@ -140,12 +140,13 @@ class Worker(ABC):
         answer = b""
         if files is not None:
             size = int(words[2])
+            received = bytearray(self._buffer)  # appended in place: bytes would copy it all each time
             try:
-                while len(self._buffer) < size:
-                    self._buffer += await self._stdout.receive()
+                while len(received) < size:
+                    received += await self._stdout.receive()
             except _LOST:
                 raise await self._lost(label, tail, "") from None
-            answer, self._buffer = self._buffer[:size], self._buffer[size:]
+            answer, self._buffer = bytes(received[:size]), bytes(received[size:])
         return int(words[1]), answer
 
     async def _reply(self, label: str, tail: deque[str]) -> str:
