@@ -1,15 +1,19 @@
 """The big-value case: one large result read by several tasks, per place bodies run in.
 
-    python benchmarks/bigvalue.py [--mb 200] [--readers 4] [--repeat 3] [--places thread process dask]
+    python benchmarks/bigvalue.py [--mb 200] [--readers 4] [--repeat 3] [--places thread process ...]
                                   [--backend asyncio|trio]
 
 Each measurement is a fresh process on a fresh cache directory: `Top(mb, readers)` cold,
 where `Big(mb)` returns `mb` MB of bytes and each `Reader(mb, i)` reads it. Prints a
-markdown table of medians and their ratio to threads; a place that cannot run here
-(dask.distributed not installed) or fails gets a row that says why. Places: ``thread``
-(the default executor), ``process`` (``executor="process"``), ``dask`` (a
+markdown table of medians and their ratio to threads; a place that cannot run here (an
+engine not installed, a service not started) or fails gets a row that says why. Places:
+``thread`` (the default executor), ``process`` (``executor="process"``), ``dask`` (a
 ``LocalCluster`` of 2 worker processes, as ``executor=asyncflow.Dask(client)`` when
-asyncflow has it, else the client's ``get_executor()``). run.py runs it as a section.
+asyncflow has it, else the client's ``get_executor()``), ``ray`` (a local Ray of 2 CPUs),
+and, with `Big` and `Reader` both placed there, ``prefix`` (``["env"]``), ``slurm`` and
+``ssh`` (a job per body) and ``slurm-pool`` and ``ssh-pool`` (2 warm workers), against
+the services of ``tests/services/`` (source their ``env.sh`` first). run.py runs it as a
+section.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +29,7 @@ import tempfile
 import time
 
 CHILD = r"""
-import json, sys, tempfile, time, gc
+import json, os, sys, tempfile, time, gc
 import anyio
 import asyncflow
 from asyncflow import Requires, RequiresList, Task
@@ -63,14 +68,36 @@ def main() -> None:
     place, mb, n, cache, backend = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
     options = {"cache_dir": cache}
     closing = []
+    env = os.environ
     if place == "process":
         options["executor"] = "process"
+    elif place in ("prefix", "slurm", "slurm-pool", "ssh", "ssh-pool"):
+        workers = 2 if place.endswith("-pool") else None
+        if place == "prefix":
+            where = ["env"]
+        elif place.startswith("slurm"):
+            where = asyncflow.Slurm(partition=env.get("ASYNCFLOW_SLURM_PARTITION"), time="00:10:00", workers=workers)
+        else:
+            where = asyncflow.Host(
+                env["ASYNCFLOW_SSH_HOST"], int(env["ASYNCFLOW_SSH_PORT"]), env.get("ASYNCFLOW_SSH_USER"),
+                python=sys.executable,  # the test sshd runs on this machine
+                key_file=env.get("ASYNCFLOW_SSH_KEY"), known_hosts=env.get("ASYNCFLOW_SSH_KNOWN_HOSTS"),
+                workers=workers,
+            )
+        channels = {Big.task_name: where, Reader.task_name: where}
+        options["hosts" if place.startswith("ssh") else "prefixes"] = channels
+    elif place == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
+        closing = [ray.shutdown]
+        options["executor"] = asyncflow.Ray()
     elif place == "dask":
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
-        closing = [client, cluster]
+        closing = [client.close, cluster.close]
         dask = getattr(asyncflow, "Dask", None)
         options["executor"] = dask(client) if dask is not None else client.get_executor()
     gc.collect()
@@ -78,13 +105,16 @@ def main() -> None:
     value = anyio.run(lambda: Top(mb, n).run(**options), backend=backend)
     took = time.perf_counter() - t0
     assert value == n * mb * 2**20 + n * (n - 1) // 2, value
-    for c in closing:
-        c.close()
+    for close in closing:
+        close()
     print(json.dumps({"took": took}))
 
 
 main()
 """
+
+
+PLACES = ["thread", "process", "dask", "ray", "prefix", "slurm", "slurm-pool", "ssh", "ssh-pool"]
 
 
 def measure(place: str, mb: int, readers: int, backend: str) -> float:
@@ -106,6 +136,12 @@ def why_not(place: str) -> str | None:
     """Why `place` cannot run here, or None."""
     if place == "dask" and importlib.util.find_spec("distributed") is None:
         return "skipped: dask.distributed is not installed (pip install 'asyncflow[dask]')"
+    if place == "ray" and importlib.util.find_spec("ray") is None:
+        return "skipped: ray is not installed (pip install 'asyncflow[ray]')"
+    if place.startswith("slurm") and not os.environ.get("SLURM_CONF"):
+        return "skipped: SLURM_CONF is not set (bash tests/services/slurm-up.sh)"
+    if place.startswith("ssh") and not os.environ.get("ASYNCFLOW_SSH_HOST"):
+        return "skipped: ASYNCFLOW_SSH_HOST is not set (bash tests/services/sshd-up.sh)"
     return None
 
 
@@ -114,7 +150,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--places", nargs="+", default=["thread", "process", "dask"])
+    parser.add_argument("--places", nargs="+", choices=PLACES, default=PLACES)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args()
     rows: dict[str, list[float]] = {}
