@@ -179,9 +179,10 @@ class Pool:
             await self._warm.aclose()
         connections, self._connections = self._connections, []
         with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-            if self._values_dir and connections and not connections[0].ssh.is_closed():
+            alive = [c for c in connections if not c.ssh.is_closed()]
+            if self._values_dir and alive:
                 with suppress(OSError, asyncssh.Error):
-                    await connections[0].sftp.rmtree(self._values_dir, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
+                    await alive[0].sftp.rmtree(self._values_dir, ignore_errors=True)  # pyright: ignore[reportUnknownMemberType]  # its onerror callback is untyped
             for connection in connections:
                 connection.sftp.exit()
                 connection.ssh.close()
@@ -234,7 +235,7 @@ class Pool:
             self._values_dir = directory
         return posixpath.join(self._jobs_dir, relative)
 
-    async def _take_answer(self, connection: _Connection, remote: str, job: Path) -> None:
+    async def _take_answer(self, connection: _Connection, remote: str, job: Path, label: str) -> None:
         """Download a big result the job at `remote` spilled on the host, beside local `job`.
 
         The host keeps it among the run's values, as the file `jobs.run_job` will keep
@@ -248,9 +249,22 @@ class Pool:
             return
         local = payload.answer_path(job)
         spilled = remote + ".answer.pkl"
-        async with connection.sftp.open(spilled, "rb", encoding=None) as f:
-            data: bytes = await f.read()  # bytes: opened with encoding=None
-        await anyio.to_thread.run_sync(partial(blobs.write_atomic, local, local.parent, data, private=True))
+        try:
+            async with connection.sftp.open(spilled, "rb", encoding=None) as f:
+                data: bytes = await f.read()  # bytes: opened with encoding=None
+            await anyio.to_thread.run_sync(
+                partial(blobs.write_atomic, local, local.parent, data, private=True)
+            )
+        except BaseException as exc:
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True), suppress(OSError, asyncssh.Error):
+                await connection.sftp.remove(spilled)
+            if isinstance(exc, (OSError, asyncssh.Error)):
+                raise HostError(
+                    f"{self.host.url}: cannot download the big result of {label} ({spilled}): {exc}",
+                    host=self.host.url,
+                    reason="unreachable" if connection.ssh.is_closed() else "workdir",
+                ) from exc
+            raise
         if self._values is not None:
             kept = self._values.kept_path(str(local))
             with suppress(OSError, asyncssh.Error):  # else it is uploaded again if read there
@@ -357,7 +371,7 @@ class Pool:
             returncode = await _watch(process, label, tail)
             with suppress(asyncssh.SFTPNoSuchFile):  # no answer: the exit status and stderr tell why
                 await _download(sftp, posixpath.join(remote, payload.RESULT), job)
-                await self._take_answer(connection, remote, job)
+                await self._take_answer(connection, remote, job, label)
         finally:
             with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                 await _remove_job(sftp, remote)
@@ -446,11 +460,6 @@ class _RemoteWorker(Worker):
         )
         try:
             status, answer = await self.exchange(remote, label, tail, files)
-            if answer:
-                await anyio.to_thread.run_sync(payload.write_file, job, payload.RESULT, answer)
-                connection = self._connection
-                assert connection is not None, "asyncflow bug: a worker answered without its session"
-                await self._pool._take_answer(connection, remote, job)  # pyright: ignore[reportPrivateUsage]  # its pool's
         except BaseException:
             # The worker removes the job directory after the body; a body it never finished leaves it.
             connection = self._connection
@@ -460,6 +469,11 @@ class _RemoteWorker(Worker):
                         await self.stop()  # first: it may still write there
                     await _remove_job(connection.sftp, remote)
             raise
+        if answer:
+            await anyio.to_thread.run_sync(payload.write_file, job, payload.RESULT, answer)
+            connection = self._connection
+            assert connection is not None, "asyncflow bug: a worker answered without its session"
+            await self._pool._take_answer(connection, remote, job, label)  # pyright: ignore[reportPrivateUsage]  # its pool's
         return status
 
     def alive(self) -> bool:

@@ -192,7 +192,7 @@ class ValueFiles:
         return ValueRef(self.relative(known[1]))
 
     def relative(self, path: str) -> str:
-        """Name the file `path` of this run relative to a job directory (the same on every host)."""
+        """Name the file `path` of this run relative to the directory of the jobs (the same on every host)."""
         return f"{self._dir.name}/{os.path.basename(path)}"
 
     def _write(self, data: bytes) -> str:
