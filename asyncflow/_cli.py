@@ -6,15 +6,14 @@ taskfile, no such entrypoint, bad option value), 130 on Ctrl-C. Each command has
 async implementation, started with `anyio.run`; the library does the work, this module
 only parses and reports (`_taskfile.py` loads the taskfile).
 
-At its top it imports only what parsing needs (argparse, logging, the errors): each
-command imports the rest, anyio and the engine included, so ``asyncflow --help`` and a
+At its top it imports only what parsing needs (argparse and the errors): each command
+imports the rest, logging, anyio and the engine included, so ``asyncflow --help`` and a
 usage error never wait for them.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from ._errors import AsyncflowError, OptionError, TaskFailedError, UsageError, W
 from ._options import resolve_cache_dir
 
 if TYPE_CHECKING:
+    import logging
     from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
     from pathlib import Path
     from types import ModuleType
@@ -39,10 +39,16 @@ if TYPE_CHECKING:
     from ._render import Format
     from ._task import Task
 
-log = logging.getLogger("asyncflow")
 
 PROG = "asyncflow"
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+
+
+def _log() -> logging.Logger:
+    """Return asyncflow's logger (logging is imported by what logs, not by the help)."""
+    import logging
+
+    return logging.getLogger("asyncflow")
 
 
 def _write(text: str = "", *, err: bool = False) -> None:
@@ -60,7 +66,7 @@ def _log_warning(
     line: str | None = None,
 ) -> None:
     """Show a warning (a `CacheWarning`: asyncflow recovered from a damaged cache) as a log line."""
-    log.warning("%s: %s", category.__name__, message)
+    _log().warning("%s: %s", category.__name__, message)
 
 
 def _cache_dir(option: str | None, taskfile: str | None) -> Path:
@@ -116,6 +122,8 @@ def _prefixes(entries: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _log_level(text: str) -> int:
+    import logging
+
     level = logging.getLevelNamesMapping().get(text.upper()) if sys.version_info >= (3, 11) else None
     if level is None and text.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         level = int(getattr(logging, text.upper()))
@@ -148,6 +156,8 @@ class RunArgs(NamedTuple):
 
 async def cmd_run(args: RunArgs) -> int:
     """Run the taskfile's entrypoint; report its result, or which tasks failed."""
+    import logging
+
     from ._taskfile import load_taskfile
 
     root = _entry_task(load_taskfile(args.taskfile), args.taskfile, args.entry, args.arguments)
@@ -166,6 +176,7 @@ async def cmd_run(args: RunArgs) -> int:
     if args.on_error == "continue":
         options["on_error"] = "continue"
     options["progress"] = args.progress
+    log = _log()
     if args.force_entrypoint and await root.clear(cache_dir=cache_dir):
         log.info("removed the cached result of %r (--force-entrypoint)", root)
     log.info("running %r with the cache in %s", root, cache_dir)
@@ -588,7 +599,9 @@ async def cmd_serve(cache_dir: str | None, host: str, port: int, poll: float) ->
         ) from exc
     where = _cache_dir(cache_dir, None)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: anyone who can reach it sees the history and output of %s", host, where)
+        _log().warning(
+            "serving on %s: anyone who can reach it sees the history and output of %s", host, where
+        )
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -761,9 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run asyncflow workflows and look after their cache.",
         epilog="exit status: 0 success, 1 a task failed, 2 usage error",
     )
-    parser.add_argument(
-        "-l", "--loglevel", type=_log_level, default=logging.INFO, metavar="LEVEL", help=_LEVEL
-    )
+    parser.add_argument("-l", "--loglevel", type=_log_level, default="INFO", metavar="LEVEL", help=_LEVEL)
     # -l is also accepted after the command; there it overrides only when given.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -1090,6 +1101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     ns.arguments = extra  # build_task's, parsed once the taskfile is loaded (see `_entry_task`)
     level: int = ns.loglevel
+    import logging
+
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     warnings.showwarning = _log_warning
     import anyio  # not before: the parser has printed any help and usage error
