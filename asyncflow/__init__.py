@@ -4,6 +4,8 @@ Define tasks as classes (`build_task` declares upstream tasks, `run_task` comput
 then ``await task.run()`` in any event loop (asyncio or trio) runs only what is stale.
 """
 
+from typing import TYPE_CHECKING
+
 # Absolute, unlike the rest: pyright takes a relative `from ._keys import` as declaring
 # `_keys` here, and then flags `from . import _keys` in _task and _requires as private use.
 from asyncflow._keys import register_key as register_key
@@ -27,10 +29,6 @@ from ._errors import WorkflowFailedError as WorkflowFailedError
 from ._file import File as File
 from ._options import CacheOptions as CacheOptions
 from ._options import RunOptions as RunOptions
-from ._placements import Dask as Dask
-from ._placements import Host as Host
-from ._placements import Ray as Ray
-from ._placements import Slurm as Slurm
 from ._requires import Const as Const
 from ._requires import Req as Req
 from ._requires import Requires as Requires
@@ -38,14 +36,20 @@ from ._requires import RequiresDict as RequiresDict
 from ._requires import RequiresList as RequiresList
 from ._requires import TaskItem as TaskItem
 from ._requires import TaskLike as TaskLike
-from ._stats import ClassStats as ClassStats
-from ._stats import RunStats as RunStats
 from ._task import SinkTask as SinkTask
 from ._task import SourceTask as SourceTask
 from ._task import Task as Task
 from ._task import gather as gather
 from ._task import gather_tasks as gather_tasks
 from ._task import infer_task_type as infer_task_type
+
+if TYPE_CHECKING:
+    from ._placements import Dask as Dask
+    from ._placements import Host as Host
+    from ._placements import Ray as Ray
+    from ._placements import Slurm as Slurm
+    from ._stats import ClassStats as ClassStats
+    from ._stats import RunStats as RunStats
 
 __all__ = [
     "AsyncflowError",
@@ -91,6 +95,33 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+# Public names whose modules `import asyncflow` leaves alone (a command's help and a job's
+# worker never need them), each imported when first asked for (PEP 562). Type checkers
+# see them among the imports above, and not this hook, so a misspelt name stays an error.
+_LAZY = {
+    "ClassStats": "._stats",
+    "Dask": "._placements",
+    "Host": "._placements",
+    "Ray": "._placements",
+    "RunStats": "._stats",
+    "Slurm": "._placements",
+}
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value  # the next lookup finds it without this hook
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
 
 def _show_errors_as_public() -> None:
     """Show the exceptions where users import them from, as anyio's and httpx's do.
@@ -100,10 +131,10 @@ def _show_errors_as_public() -> None:
     __module__ names, so a rewritten Task would break it for every user's subclass.
     """
     for name in __all__:
-        value = globals()[name]
+        value = globals().get(name)  # the names in _LAZY are no exceptions
         if isinstance(value, type) and issubclass(value, BaseException):
             value.__module__ = __name__
 
 
 _show_errors_as_public()
-del _show_errors_as_public
+del _show_errors_as_public, TYPE_CHECKING

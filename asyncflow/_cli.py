@@ -5,37 +5,33 @@ cache, a class's source, printed as ``Type: message``), 2 a usage error (missing
 taskfile, no such entrypoint, bad option value), 130 on Ctrl-C. Each command has one
 async implementation, started with `anyio.run`; the library does the work, this module
 only parses and reports (`_taskfile.py` loads the taskfile).
+
+At its top it imports only what parsing needs (argparse and the errors): each command
+imports the rest, logging, anyio and the engine included, so ``asyncflow --help`` and a
+usage error never wait for them.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import inspect
-import json
-import logging
 import os
-import shlex
-import signal
 import sys
 import time
-import traceback
 import types
 import typing
 import warnings
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
-
-import anyio
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO
 
 from ._errors import AsyncflowError, OptionError, TaskFailedError, UsageError, WorkflowFailedError
 from ._options import resolve_cache_dir
-from ._taskfile import class_name, entry_class, entrypoint, load_taskfile, task_of
 
 if TYPE_CHECKING:
+    import logging
     from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
+    from pathlib import Path
     from types import ModuleType
+
+    import anyio
 
     from ._cache.store import Attempt
     from ._explain import NodeStatus
@@ -43,10 +39,16 @@ if TYPE_CHECKING:
     from ._render import Format
     from ._task import Task
 
-log = logging.getLogger("asyncflow")
 
 PROG = "asyncflow"
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+
+
+def _log() -> logging.Logger:
+    """Return asyncflow's logger (logging is imported by what logs, not by the help)."""
+    import logging
+
+    return logging.getLogger("asyncflow")
 
 
 def _write(text: str = "", *, err: bool = False) -> None:
@@ -64,11 +66,13 @@ def _log_warning(
     line: str | None = None,
 ) -> None:
     """Show a warning (a `CacheWarning`: asyncflow recovered from a damaged cache) as a log line."""
-    log.warning("%s: %s", category.__name__, message)
+    _log().warning("%s: %s", category.__name__, message)
 
 
 def _cache_dir(option: str | None, taskfile: str | None) -> Path:
     """``--cache-dir``, else ``$AF_CACHE_DIR``, else ``.cache`` next to the taskfile (or here)."""
+    from pathlib import Path
+
     if option is not None:
         return Path(option).absolute()
     if os.environ.get("AF_CACHE_DIR") or taskfile is None:
@@ -80,6 +84,8 @@ def _cache_dir(option: str | None, taskfile: str | None) -> Path:
 
 
 def _rate_limits(text: str) -> dict[str, int]:
+    import json
+
     try:
         value: object = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -98,6 +104,8 @@ def _rate_limits(text: str) -> dict[str, int]:
 
 
 def _prefixes(entries: Sequence[str]) -> dict[str, list[str]]:
+    import shlex
+
     out: dict[str, list[str]] = {}
     for entry in entries:
         channel, sep, command = entry.partition("=")
@@ -114,6 +122,8 @@ def _prefixes(entries: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _log_level(text: str) -> int:
+    import logging
+
     level = logging.getLevelNamesMapping().get(text.upper()) if sys.version_info >= (3, 11) else None
     if level is None and text.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         level = int(getattr(logging, text.upper()))
@@ -127,8 +137,7 @@ def _log_level(text: str) -> int:
 # The commands.
 
 
-@dataclass
-class RunArgs:
+class RunArgs(NamedTuple):
     """The parsed arguments of ``asyncflow run``."""
 
     taskfile: str
@@ -147,6 +156,10 @@ class RunArgs:
 
 async def cmd_run(args: RunArgs) -> int:
     """Run the taskfile's entrypoint; report its result, or which tasks failed."""
+    import logging
+
+    from ._taskfile import load_taskfile
+
     root = _entry_task(load_taskfile(args.taskfile), args.taskfile, args.entry, args.arguments)
     cache_dir = _cache_dir(args.cache_dir, args.taskfile)
     options: RunOptions = {"cache_dir": cache_dir}
@@ -163,6 +176,7 @@ async def cmd_run(args: RunArgs) -> int:
     if args.on_error == "continue":
         options["on_error"] = "continue"
     options["progress"] = args.progress
+    log = _log()
     if args.force_entrypoint and await root.clear(cache_dir=cache_dir):
         log.info("removed the cached result of %r (--force-entrypoint)", root)
     log.info("running %r with the cache in %s", root, cache_dir)
@@ -190,6 +204,8 @@ def _flatten(group: WorkflowFailedError) -> list[TaskFailedError]:
 
 def _last_line(error: TaskFailedError) -> str:
     """The failure in one line: the original exception's last line, else the message's first."""
+    import traceback
+
     cause = error.__cause__
     if isinstance(cause, BaseException):
         return traceback.format_exception_only(type(cause), cause)[-1].strip()
@@ -205,9 +221,14 @@ async def cmd_graph(
     output: str | None,
 ) -> int:
     """Print (or write) the graph with each node's fresh/stale state and reason."""
+    from pathlib import Path
+
+    import anyio
+
     from ._errors import GraphvizError
     from ._explain import explain
     from ._render import IMAGE_FORMATS, render, write_image
+    from ._taskfile import load_taskfile
 
     root = _entry_task(load_taskfile(taskfile), taskfile, entry, arguments)
     statuses: list[NodeStatus] = await explain(root, cache_dir=_cache_dir(cache_dir, taskfile))
@@ -234,6 +255,8 @@ async def cmd_graph(
 
 async def cmd_status(cache_dir: str | None, as_json: bool) -> int:
     """Show per task class what the cache holds."""
+    import json
+
     from ._cache.store import summarize
 
     where = _cache_dir(cache_dir, None)
@@ -290,7 +313,6 @@ class _ArgumentsParser(argparse.ArgumentParser):
 
 
 _UNSET: Any = object()  # an argument not given: build_task's default applies
-_SCALARS: dict[object, Callable[[str], object]] = {int: int, float: float, str: str, Path: Path}
 
 
 def _entry_task(module: ModuleType, taskfile: str, name: str, arguments: Sequence[str]) -> Task[Any, Any]:
@@ -301,6 +323,8 @@ def _entry_task(module: ModuleType, taskfile: str, name: str, arguments: Sequenc
     Raises:
         UsageError: no such class, or arguments its build_task does not take.
     """
+    from ._taskfile import entry_class, entrypoint
+
     parsed = _arguments_parser(entry_class(module, taskfile, name)).parse(arguments)
     return entrypoint(module, taskfile, name, parsed)
 
@@ -312,6 +336,11 @@ def _arguments_parser(cls: type[Any]) -> _ArgumentsParser:
     ``--no-name``), ``list[X]`` and ``tuple[X, ...]`` (several values), ``Literal[...]``
     (its choices); any other annotation takes JSON (``--rows '[1, 2]'``).
     """
+    import inspect
+    import json
+    from pathlib import Path
+
+    scalars: dict[object, Callable[[str], object]] = {int: int, float: float, str: str, Path: Path}
     parser = _ArgumentsParser(
         add_help=False,
         usage=argparse.SUPPRESS,
@@ -337,17 +366,17 @@ def _arguments_parser(cls: type[Any]) -> _ArgumentsParser:
             group.add_argument(
                 *flags, dest=name, action=argparse.BooleanOptionalAction, required=required, help=shown
             )
-        elif hint in _SCALARS:
+        elif hint in scalars:
             group.add_argument(
                 *flags,
                 dest=name,
-                type=_SCALARS[hint],
+                type=scalars[hint],
                 required=required,
                 metavar=getattr(hint, "__name__", "X").upper(),
                 help=shown,
             )
-        elif origin in (list, tuple) and inner and inner[0] in _SCALARS:
-            convert = _SCALARS[inner[0]]
+        elif origin in (list, tuple) and inner and inner[0] in scalars:
+            convert = scalars[inner[0]]
             if origin is tuple:
                 parser.tuples |= {name}
             group.add_argument(
@@ -364,6 +393,8 @@ def _arguments_parser(cls: type[Any]) -> _ArgumentsParser:
 
 
 async def cmd_runs(cache_dir: str | None, last: int, as_json: bool) -> int:
+    import json
+
     """Show the latest runs of the cache's history."""
     from ._cache.store import history
 
@@ -418,6 +449,10 @@ def _named_task(taskfile: str, written: str, arguments: Sequence[str]) -> Task[A
     Raises:
         UsageError: it names no task, or options follow a task that is not a class's name.
     """
+    import shlex
+
+    from ._taskfile import load_taskfile, task_of
+
     module = load_taskfile(taskfile)
     if written.isidentifier() and (arguments or isinstance(getattr(module, written, None), type)):
         return _entry_task(module, taskfile, written, arguments)
@@ -516,6 +551,10 @@ async def _follow_logs(task: Task[Any, Any], where: Path, last: int) -> int:
     An attempt reaches the history, with its output, when it ends. Each look opens the
     index, reads the batches of attempts it has not read yet, and closes it again.
     """
+    import signal
+
+    import anyio
+
     from ._cache.store import new_attempts_of_node
 
     seen: set[tuple[str, int]] = set()
@@ -545,6 +584,11 @@ async def _cancel_on_first(signals: AsyncIterator[int], scope: anyio.CancelScope
 
 async def cmd_serve(cache_dir: str | None, host: str, port: int, poll: float) -> int:
     """Serve the web view of a cache's history until interrupted."""
+    import contextlib
+    import signal
+
+    import anyio
+
     try:
         import uvicorn
 
@@ -555,7 +599,9 @@ async def cmd_serve(cache_dir: str | None, host: str, port: int, poll: float) ->
         ) from exc
     where = _cache_dir(cache_dir, None)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: anyone who can reach it sees the history and output of %s", host, where)
+        _log().warning(
+            "serving on %s: anyone who can reach it sees the history and output of %s", host, where
+        )
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -599,6 +645,7 @@ async def cmd_clear(
     """Remove cached results; report what was removed and what became stale."""
     from ._cache.store import clear_class, clear_nodes
     from ._explain import explain
+    from ._taskfile import class_name, load_taskfile
 
     module = load_taskfile(taskfile)
     root = _entry_task(module, taskfile, entry, arguments)
@@ -727,9 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run asyncflow workflows and look after their cache.",
         epilog="exit status: 0 success, 1 a task failed, 2 usage error",
     )
-    parser.add_argument(
-        "-l", "--loglevel", type=_log_level, default=logging.INFO, metavar="LEVEL", help=_LEVEL
-    )
+    parser.add_argument("-l", "--loglevel", type=_log_level, default="INFO", metavar="LEVEL", help=_LEVEL)
     # -l is also accepted after the command; there it overrides only when given.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -1001,6 +1046,8 @@ def _check_parser(sub: Any, common: argparse.ArgumentParser) -> None:  # Any: se
 
 async def cmd_help(parser: argparse.ArgumentParser, taskfile: str | None, entry: str) -> int:
     """Print a command's help; given a taskfile, with the build_task arguments of its entrypoint."""
+    from ._taskfile import entry_class, load_taskfile
+
     text = parser.format_help()
     if taskfile is not None:
         text += _arguments_parser(entry_class(load_taskfile(taskfile), taskfile, entry)).format_help()
@@ -1019,7 +1066,7 @@ def _command(ns: argparse.Namespace) -> Callable[[], Coroutine[Any, Any, int]]:
     if a.command == "run":
         if a.max_workers is not None and a.max_workers < 1:
             raise UsageError(f"-w/--max-workers {a.max_workers}: give a positive number of workers")
-        given = {f.name: getattr(a, f.name) for f in fields(RunArgs) if f.name != "arguments"}
+        given = {name: getattr(a, name) for name in RunArgs._fields if name != "arguments"}
         run_args = RunArgs(**given, arguments=tuple(a.arguments))
         return lambda: cmd_run(run_args)
     if a.command == "graph":
@@ -1054,8 +1101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     ns.arguments = extra  # build_task's, parsed once the taskfile is loaded (see `_entry_task`)
     level: int = ns.loglevel
+    import logging
+
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     warnings.showwarning = _log_warning
+    import anyio  # not before: the parser has printed any help and usage error
+
     try:
         return anyio.run(_command(ns))  # _command may raise UsageError too
     except (UsageError, OptionError) as exc:

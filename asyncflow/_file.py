@@ -10,13 +10,13 @@ unchanged file is not read again, by the cache (`_cache/files.py`). No I/O here.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _keys
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from pathlib import Path
 
 
 MARK = "File("  # how a file's key starts: a key without it takes no input file
@@ -43,6 +43,8 @@ class File(os.PathLike[str]):
     """How the file reads in a node's key: ``File('data/a.csv')``."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from pathlib import Path  # here: `import asyncflow` spares pathlib's import
+
         given: str = os.path.normpath(os.fspath(path))
         self.path = Path(os.path.abspath(given))
         self.__af_key__ = f"{MARK}{given!r})"
@@ -65,6 +67,8 @@ class File(os.PathLike[str]):
 
 
 def _rebuild(path: str, key: str) -> File:
+    from pathlib import Path
+
     file = File.__new__(File)
     file.path = Path(path)
     file.__af_key__ = key

@@ -28,11 +28,8 @@ stack, so any nesting depth works; a value that holds itself is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import hashlib
 import math
-import pathlib
 import sys
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -393,6 +390,8 @@ def _handles(cls: type[object]) -> bool:
         return True
     package = cls.__module__.partition(".")[0]
     if package == "pathlib":
+        import pathlib  # imported already: `cls` comes from it
+
         return issubclass(cls, pathlib.PurePath)
     library = sys.modules.get(package) if package in ("numpy", "pandas") else None
     if library is None:
@@ -514,14 +513,19 @@ def _open_other(value: object, cls: type[object]) -> str | _Frame:
         name = value.name  # None for a combination of flags before Python 3.11
         head = f".{name}(" if isinstance(name, str) and name.isidentifier() else f"[{name!r}]("  # pyright: ignore[reportUnnecessaryIsInstance]  # see above
         return _wrapped(value, value.value, type_name(value) + head, ")", " value")
-    if isinstance(value, pathlib.PurePath):
-        public = getattr(pathlib, cls.__name__, None) is cls  # PosixPath lives in pathlib._local on 3.13
-        return f"{'pathlib.' + cls.__name__ if public else type_name(value)}({str(value)!r})"
+    if "pathlib" in sys.modules:  # else no value is a path: `import asyncflow` leaves pathlib to users
+        import pathlib
+
+        if isinstance(value, pathlib.PurePath):
+            public = getattr(pathlib, cls.__name__, None) is cls  # PosixPath lives in pathlib._local on 3.13
+            return f"{'pathlib.' + cls.__name__ if public else type_name(value)}({str(value)!r})"
     names = _named_tuple_fields(cls)
     if names is not None:
         items = [getattr(value, name) for name in names]
         return _Frame(value, items, _join_fields, _step_field, head=type_name(value), labels=names)
     if _dataclass_frozen(cls) and not isinstance(value, type):
+        import dataclasses  # imported already: `value` is a dataclass
+
         fields = dataclasses.fields(value)  # pyright: ignore[reportArgumentType]  # a dataclass, checked above
         children = [getattr(value, f.name) for f in fields]
         return _Frame(
@@ -541,6 +545,8 @@ def _open_other(value: object, cls: type[object]) -> str | _Frame:
 
 def _digest(pieces: list[bytes]) -> str:
     """Return a short hex digest of `pieces`, each framed by its length (no two splits collide)."""
+    import hashlib  # numpy and pandas data only: hashlib loads OpenSSL, which `import asyncflow` spares
+
     h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
     for piece in pieces:
         h.update(len(piece).to_bytes(8, "little"))
@@ -633,6 +639,8 @@ def token(value: object) -> str:
     try:
         return "k" + encode(value)
     except UnsupportedValueError:
+        import hashlib
+
         import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped
 
         data: bytes = cloudpickle.dumps(value, protocol=5)  # pyright: ignore[reportUnknownMemberType]  # untyped

@@ -1,5 +1,9 @@
 """Options: the `RunOptions` users pass to a run and the keywords of a task class, each validated once.
 
+Imported by `import asyncflow`, this module imports no placement, pathlib or
+concurrent.futures until a run (or a class's ``job_prefix``) needs them: a command's help
+and a job's worker start without them.
+
 Environment variables are read here and nowhere else: ``AF_CACHE_DIR`` (cache
 location), ``AF_DETECT_SOURCE_CHANGE`` (``0``: a change of code does not re-run a task),
 ``AF_LEASE_TTL`` (seconds a lease binds without renewal) and ``AF_KEEP_RUNS`` (how many
@@ -10,21 +14,25 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal, TypeAlias, TypedDict, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict
 
 from ._errors import OptionError, TaskDefinitionError
-from ._placements import Dask, Host, Placement, Ray, Slurm, Where, as_engine, parse_host_url
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from concurrent.futures import Executor
+    from pathlib import Path
+
+    from ._placements import Dask, Placement, Ray, Where
 
 # Seconds a lease binds without renewal (a holder renews thrice as often): how long a
 # holder that hangs or is paused blocks others before they compute its nodes.
 LEASE_TTL = 15.0
 KEEP_RUNS = 100  # runs the history keeps, with their attempts (the oldest go first)
 
-ExecutorOption: TypeAlias = Union[Literal["thread", "process"], Executor, Dask, Ray]  # noqa: UP007 - evaluated at run time on 3.10
+# A string: its classes are imported only when a run needs them (see the module doc).
+ExecutorOption: TypeAlias = 'Literal["thread", "process"] | Executor | Dask | Ray'
 OnError = Literal["cancel", "continue"]
 
 
@@ -58,21 +66,24 @@ class CacheOptions(TypedDict, total=False):
     """Cache location; default ``$AF_CACHE_DIR``, else ``./.cache``."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated run options with their defaults filled in."""
+# Settings and ClassOptions are named tuples, not dataclasses: `import asyncflow` defines
+# them, and the dataclasses module would cost it inspect's import (a quarter of the time).
+
+
+class Settings(NamedTuple):
+    """Validated run options with their defaults filled in (made by `settings_from` only)."""
 
     cache_dir: Path
-    rate_limits: Mapping[str, int] = field(default_factory=dict[str, int])
-    max_workers: int | None = None
-    executor: ExecutorOption = "thread"
-    prefixes: Mapping[str, Where] = field(default_factory=dict[str, "Where"])
-    hosts: Mapping[str, Placement] = field(default_factory=dict[str, "Placement"])
-    detect_source_change: bool = True
-    on_error: OnError = "cancel"
-    progress: bool = False
-    lease_ttl: float = LEASE_TTL
-    keep_runs: int = KEEP_RUNS
+    rate_limits: Mapping[str, int]
+    max_workers: int | None
+    executor: ExecutorOption
+    prefixes: Mapping[str, Where]
+    hosts: Mapping[str, Placement]
+    detect_source_change: bool
+    on_error: OnError
+    progress: bool
+    lease_ttl: float
+    keep_runs: int
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -81,6 +92,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def resolve_cache_dir(option: str | os.PathLike[str] | None) -> Path:
     """Return the cache directory: the option, else ``$AF_CACHE_DIR``, else ``./.cache``."""
+    from pathlib import Path
+
     if option is not None:
         return Path(option).absolute()
     env = os.environ.get("AF_CACHE_DIR")
@@ -133,16 +146,16 @@ def _fail(name: str, value: object, expected: str) -> OptionError:
 
 def as_where(value: object) -> Where | None:
     """Return a job prefix as a tuple of strings, or a placement as is; None if neither."""
-    if isinstance(value, (Slurm, Host)):
-        return value
-    engine = as_engine(value)
-    if engine is not None:
-        return engine
     if isinstance(value, (list, tuple)):
         items: list[object] = list(value)  # pyright: ignore[reportUnknownArgumentType]  # user input
         if items and all(isinstance(a, str) for a in items):
             return tuple(str(a) for a in items)
-    return None
+        return None
+    from ._placements import Host, Slurm, as_engine  # not before a placement may be there
+
+    if isinstance(value, (Slurm, Host)):
+        return value
+    return as_engine(value)
 
 
 def _channel_map(options: Mapping[str, Any], name: str, expected: str) -> list[tuple[str, Any]]:
@@ -162,6 +175,10 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     Raises:
         OptionError: an unknown option name or a value of the wrong kind.
     """
+    from concurrent.futures import Executor
+
+    from ._placements import Host, Slurm, as_engine, parse_host_url
+
     unknown = set(options) - set(RunOptions.__annotations__)
     if unknown:
         known = ", ".join(sorted(RunOptions.__annotations__))
@@ -234,8 +251,7 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     )
 
 
-@dataclass(frozen=True)
-class ClassOptions:
+class ClassOptions(NamedTuple):
     """Class keywords of a task class, inherited by subclasses unless given again."""
 
     channels: tuple[str, ...] = ()
@@ -318,4 +334,4 @@ def class_options(owner: str, base: ClassOptions, given: Mapping[str, Any]) -> C
     if not isinstance(includes, (list, tuple)):
         raise bad("hash_includes", "a list of functions, classes, modules or values")
     out["hash_includes"] = tuple(includes)  # pyright: ignore[reportUnknownArgumentType]  # anything goes
-    return replace(base, **out)
+    return base._replace(**out)

@@ -12,9 +12,6 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import anyio
-import anyio.from_thread
-
 from ._errors import EventLoopRunningError
 
 if TYPE_CHECKING:
@@ -53,6 +50,10 @@ def run_blocking(fn: Callable[[], Coroutine[Any, Any, T]], *, api: str, instead:
     Raises:
         EventLoopRunningError: called from inside a running event loop.
     """
+    # Here, not at the top: `import asyncflow` (a CLI's help, a job's worker) spares anyio's.
+    import anyio
+    import anyio.from_thread
+
     try:
         anyio.get_current_task()
     except anyio.NoEventLoopError:
@@ -71,6 +72,8 @@ async def _within(body: Any, fn: Callable[[], Coroutine[Any, Any, T]], slot: Thr
     Meanwhile the body's thread only waits: it lends its slot, without which, under
     ``max_workers=1``, the plain ``def`` tasks that `fn` awaits would never get a thread.
     """
+    import anyio
+
     token = BODY.set(body)
     try:
         if slot is None:

@@ -7,22 +7,16 @@ recurse on the Python stack.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import re
-import shutil
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
 
-import anyio
-from typing_extensions import ParamSpec, Unpack
+# ParamSpec is typing's own since 3.10: typing_extensions would cost `import asyncflow` its import.
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from . import _keys
-from ._cache import paths
 from ._errors import TaskDefinitionError
 from ._file import MARK as FILE_MARK
 from ._file import File, files_in
-from ._mainguard import refuse_reimported_script
 from ._options import (
     CLASS_KEYWORDS,
     CacheOptions,
@@ -38,6 +32,8 @@ from ._sync import BODY, run_blocking
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
     from pathlib import Path
+
+    from typing_extensions import Unpack
 
     from ._stats import RunStats
 
@@ -62,7 +58,9 @@ def _requirement_kind(annotation: object) -> type[Requirement] | None:
 
 def _install_requirements(cls: type) -> None:
     """Turn annotated requirement attributes into descriptors of the annotated kind."""
-    annotations: dict[str, object] = inspect.get_annotations(cls)
+    # The class's own (Python >= 3.10 never hands a base's here), as inspect.get_annotations
+    # reads them, without importing inspect for every module of tasks a worker imports.
+    annotations: dict[str, object] = cls.__annotations__
     for name, annotation in annotations.items():
         kind = _requirement_kind(annotation)
         current = cls.__dict__.get(name)
@@ -83,6 +81,8 @@ class _Params:
     """The parameters of a class's `build_task`, for binding and encoding arguments fast."""
 
     def __init__(self, cls: type[Task[Any, Any]]) -> None:
+        import inspect
+
         self.cls = cls
         # Without a build_task of its own (Task's takes anything), a class takes no arguments.
         self.undefined = cls.build_task is vars(Task)["build_task"]
@@ -122,14 +122,33 @@ class _Params:
         bound.apply_defaults()
         out: list[tuple[str, object, bool]] = []
         for name, value in list(bound.arguments.items())[1:]:
-            kind = self.signature.parameters[name].kind
-            if kind is inspect.Parameter.VAR_POSITIONAL:
+            param = self.signature.parameters[name]
+            if param.kind is param.VAR_POSITIONAL:
                 out.extend((f"{name}[{i}]", v, False) for i, v in enumerate(value))
-            elif kind is inspect.Parameter.VAR_KEYWORD:
+            elif param.kind is param.VAR_KEYWORD:
                 out.extend((k, value[k], True) for k in sorted(value))
             else:
-                out.append((name, value, kind is inspect.Parameter.KEYWORD_ONLY))
+                out.append((name, value, param.kind is param.KEYWORD_ONLY))
         return out
+
+
+class _ParamsOnFirstUse:
+    """A class's `_Params` until its first task is made, which puts the real ones in its place.
+
+    Not read when the class is defined: a job's worker imports the modules of tasks but only
+    unpickles tasks, and so never pays for inspect's import and the signature.
+    """
+
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type[Task[Any, Any]]) -> None:
+        self.cls = cls
+
+    def encode(self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Read the parameters, keep them on the class, and encode with them (see `_Params.encode`)."""
+        params = _Params(self.cls)
+        self.cls._af_params = params  # pyright: ignore[reportPrivateUsage]  # Task's, put in place for it
+        return params.encode(owner, args, kwargs)
 
 
 def _no_build_task(self: object) -> None:
@@ -148,6 +167,8 @@ def _no_build_task_message(cls: type, args: tuple[Any, ...], kwargs: dict[str, A
 
 def _misspelled_build_task(cls: type) -> str | None:
     """Return a method of `cls` (name and parameters) whose name looks like ``build_task``."""
+    import inspect
+
     for klass in cls.__mro__:
         if klass.__module__ == __name__:  # Task, SourceTask, SinkTask: ours, not the user's
             break
@@ -161,6 +182,8 @@ def _misspelled_build_task(cls: type) -> str | None:
 
 def _looks_like_build_task(name: str) -> bool:
     """Tell whether `name` could be build_task mistyped: build, buildtask, bulid_task, ..."""
+    import difflib  # only to word an error
+
     flat = name.lower().replace("_", "")
     return (
         "build" in flat
@@ -190,7 +213,7 @@ class Task(TaskLike[R], Generic[P, R]):
     """The names of the class's requirement attributes, in declaration order."""
     __af_key__: str
     """The node's cache key: ``"{task_name}({canonical arguments})"``."""
-    _af_params: ClassVar[_Params]
+    _af_params: ClassVar[_Params | _ParamsOnFirstUse]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in CLASS_KEYWORDS}
@@ -213,7 +236,7 @@ class Task(TaskLike[R], Generic[P, R]):
                 if isinstance(value, Requirement):
                     names[name] = None
         cls.__af_requires__ = tuple(names)
-        cls._af_params = _Params(cls)
+        cls._af_params = _ParamsOnFirstUse(cls)
 
     def __init__(self, *args: P.args, **kwargs: P.kwargs) -> None:
         cls = type(self)
@@ -304,6 +327,10 @@ class Task(TaskLike[R], Generic[P, R]):
     @property
     def task_directory(self) -> Path:
         """A directory for the task's files: empty when the body first looks, kept until cleared."""
+        import shutil
+
+        from ._cache import paths
+
         state = self.__dict__
         root = state.get("_af_cache_root") or resolve_cache_dir(None)
         path = paths.task_directory(root, self.__af_key__)
@@ -331,6 +358,7 @@ class Task(TaskLike[R], Generic[P, R]):
 
         Inside a body, it joins the body's run (see `gather`); the statistics are that run's so far.
         """
+        from ._mainguard import refuse_reimported_script
         from ._scheduler import join_body, run_workflow
 
         body = BODY.get()
@@ -497,6 +525,8 @@ async def gather(*tasks: Task[Any, R], **options: Unpack[RunOptions]) -> list[R]
     if body is not None:
         values, _ = await join_body(body, list(tasks), dict(options))
         return values
+    import anyio
+
     results: list[Any] = [None] * len(tasks)
 
     async def one(i: int, task: Task[Any, R]) -> None:

@@ -36,7 +36,6 @@ from pathlib import Path
 from ._capture import CAPTURE, Capture, capturing
 from ._runners import payload, values
 from ._runners.local import call_and_pickle
-from ._runners.warm import MARK
 from ._sync import BODY, ELSEWHERE
 
 USAGE = "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR | --serve N"
@@ -101,6 +100,8 @@ def _run_job(job: Path, who: str, capture: Capture | None = None) -> int:
 
 def _serve(index: int) -> int:
     """Serve jobs named on stdin, one at a time, as worker `index` of a warm pool (see the module doc)."""
+    from ._runners.warm import MARK  # here: a job of its own spares the pools' import (subprocess, streams)
+
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     calls = os.dup(0)
     # Only the protocol reads stdin: the body reads an empty one. What the body prints

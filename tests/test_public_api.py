@@ -8,10 +8,11 @@ import asyncflow
 
 
 def _public_names() -> set[str]:
+    # dir(), not vars(): names imported on first use (the module's __getattr__) count too.
     return {
         name
-        for name, value in vars(asyncflow).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(asyncflow)
+        if not name.startswith("_") and not isinstance(getattr(asyncflow, name), types.ModuleType)
     }
 
 

@@ -1,0 +1,127 @@
+"""What starting up imports: `import asyncflow`, ``asyncflow --help`` and a job's worker.
+
+Each is checked in a fresh interpreter by the modules it leaves out of ``sys.modules``,
+not by timing it (``benchmarks/startup.py`` times them). A module listed here is imported
+where it is first needed instead: by a run, a command, a placement or a pool.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+# Neither the engine nor what only a run, a cache or a place to run needs.
+ENGINE = [
+    "anyio",
+    "sqlite3",
+    "cloudpickle",
+    "rich",
+    "asyncssh",
+    "subprocess",
+    "asyncflow._scheduler",
+    "asyncflow._cache.index",
+    "asyncflow._cache.blobs",
+    "asyncflow._runners.choose",
+    "asyncflow._runners.jobs",
+    "asyncflow._runners.prefix",
+    "asyncflow._runners.process",
+    "asyncflow._runners.slurm",
+    "asyncflow._runners.ssh",
+    "asyncflow._progress",
+    "asyncflow._taskfile",
+]
+
+# What `import asyncflow` leaves out besides: they cost a third of its time or more.
+LIBRARY = [
+    *ENGINE,
+    "inspect",
+    "dataclasses",
+    "pathlib",
+    "hashlib",
+    "concurrent.futures",
+    "typing_extensions",
+    "logging",
+    "json",
+    "asyncflow._placements",
+    "asyncflow._stats",
+    "asyncflow._mainguard",
+    "asyncflow._cli",
+]
+
+# A job's worker loads cloudpickle and the payload's helpers, and nothing of the parent's side.
+WORKER = [
+    "sqlite3",
+    "rich",
+    "asyncssh",
+    "subprocess",
+    "asyncflow._scheduler",
+    "asyncflow._cache.index",
+    "asyncflow._cache.session",
+    "asyncflow._runners.choose",
+    "asyncflow._runners.jobs",
+    "asyncflow._runners.warm",
+    "asyncflow._runners.prefix",
+    "asyncflow._runners.slurm",
+    "asyncflow._runners.ssh",
+    "asyncflow._progress",
+    "asyncflow._cli",
+    "asyncflow._taskfile",
+]
+
+
+def _loaded(code: str, *args: str) -> set[str]:
+    """Run `code` in a fresh interpreter (from the repository's root) and return its sys.modules at exit."""
+    # atexit and sys only: both are loaded before any code runs, unlike json.
+    report = (
+        "import atexit, sys\natexit.register(lambda: print('MODULES', *sys.modules, file=sys.__stderr__))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", report + code, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = next(x for x in done.stderr.splitlines() if x.startswith("MODULES "))
+    return set(line.split()[1:])
+
+
+def test_import_asyncflow_leaves_the_engine_out() -> None:
+    loaded = _loaded("import asyncflow")
+    assert "asyncflow._task" in loaded
+    assert sorted(loaded & set(LIBRARY)) == []
+
+
+def test_public_names_from_deferred_modules_still_import() -> None:
+    loaded = _loaded(
+        "from asyncflow import Slurm, RunStats, Task\nassert Slurm.__module__ == 'asyncflow._placements'"
+    )
+    assert {"asyncflow._placements", "asyncflow._stats"} <= loaded
+
+
+def test_defining_a_task_class_leaves_inspect_out() -> None:
+    # A worker imports modules of tasks and unpickles tasks: it never needs their signatures.
+    code = "import asyncflow\nclass T(asyncflow.Task):\n    def build_task(self, n: int) -> None:\n        pass\n"
+    assert "inspect" not in _loaded(code)
+    assert "inspect" in _loaded(code + "T(1)\n")
+
+
+def test_cli_help_leaves_the_engine_out() -> None:
+    code = "import sys\nfrom asyncflow._cli import main\nsys.argv[0] = 'asyncflow'\nsys.exit(main())"
+    loaded = _loaded(code, "--help")
+    assert "argparse" in loaded
+    # Nor what only the commands use: their logging, JSON, paths and signatures.
+    assert sorted(loaded & {*ENGINE, "logging", "json", "pathlib", "inspect", "dataclasses"}) == []
+
+
+def test_worker_leaves_the_parent_side_out() -> None:
+    # What `python -m asyncflow.worker JOB` imports before it reads the job.
+    loaded = _loaded("import asyncflow.worker")
+    assert "cloudpickle" in loaded
+    assert sorted(loaded & set(WORKER)) == []
