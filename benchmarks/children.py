@@ -75,6 +75,7 @@ def run_child(argv: list[str], what: str, *, env: dict[str, str], cwd: Path | No
 
 
 PEER_TIMEOUT_BUDGETS = 5
+PYCACHE_DIR = Path("~/.cache/asyncflow-bench/pycache")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ def _clean_env(venv: Path | None = None) -> dict[str, str]:
     if venv is not None:  # tools a peer starts by name (Parsl's worker pool) come from its venv
         env["VIRTUAL_ENV"] = str(venv)
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    elif "PYTHONDONTWRITEBYTECODE" in env:
+        # An installed asyncflow has its bytecode compiled: without it, a first run would
+        # time compiling the modules it imports. Kept apart, so the checkout stays clean.
+        del env["PYTHONDONTWRITEBYTECODE"]
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR.expanduser())
     return env
 
 
