@@ -229,6 +229,11 @@ class Task(TaskLike[R], Generic[P, R]):
             self._af_kwargs = kwargs
         self.__af_key__ = _keys.node_key(cls.task_name, text)
         self._af_built = False
+        # What an attempt of the body sets (`__af_enter__`; `_af_values` is `_requires._VALUES`),
+        # declared now too: a key added later would turn the task's state into a dict of its own.
+        self._af_values = None
+        self._af_cache_root = None
+        self._af_dir_pending = False
         if FILE_MARK in text:  # rarely: then find the input files among the arguments
             files = files_in((*args, *kwargs.values()))
             if files:
@@ -303,7 +308,7 @@ class Task(TaskLike[R], Generic[P, R]):
     def __af_leave__(self) -> None:
         """End the body's attempts: forget the values it read (they may be large)."""
         clear_values(self)
-        self.__dict__.pop("_af_dir_pending", None)
+        self.__dict__["_af_dir_pending"] = False
 
     @property
     def task_directory(self) -> Path:
