@@ -273,7 +273,7 @@ def values_of(task: object) -> dict[str, Any]:
 
 def clear_values(task: object) -> None:
     """Forget the values `set_values` gave (they may be large): the body has ended."""
-    task.__dict__.pop(_VALUES, None)
+    task.__dict__[_VALUES] = None  # not removed: the key stays where `Task.__init__` put it
 
 
 def without_requirements(state: dict[str, Any]) -> dict[str, Any]:

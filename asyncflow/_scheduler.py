@@ -24,6 +24,7 @@ import anyio.lowlevel
 
 from ._cache.session import CacheSession, Entry, Unreadable, open_session
 from ._capture import CAPTURE, Capture, capturing
+from ._collector import collection_for_run
 from ._errors import (
     AsyncflowError,
     CacheWarning,
@@ -115,7 +116,13 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
     """Build the graph of `root`, run what is stale, and return root's result and stats.
 
     The run and every attempt of its bodies go into the cache's history (see `_history`).
+    The garbage collector passes less often meanwhile (see `_collector`).
     """
+    with collection_for_run():
+        return await _run_workflow(root, settings)
+
+
+async def _run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
     started = time.perf_counter()
     started_at = time.time()
     prepared = await anyio.to_thread.run_sync(prepare, root)

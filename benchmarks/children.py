@@ -115,6 +115,7 @@ def _wait_a_little(proc: subprocess.Popen[bytes]) -> int | None:
 
 
 PEER_TIMEOUT_BUDGETS = 5
+PYCACHE_DIR = Path("~/.cache/asyncflow-bench/pycache")
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,11 @@ def _clean_env(venv: Path | None = None) -> dict[str, str]:
     if venv is not None:  # tools a peer starts by name (Parsl's worker pool) come from its venv
         env["VIRTUAL_ENV"] = str(venv)
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    elif "PYTHONDONTWRITEBYTECODE" in env:
+        # An installed asyncflow has its bytecode compiled: without it, a first run would
+        # time compiling the modules it imports. Kept apart, so the checkout stays clean.
+        del env["PYTHONDONTWRITEBYTECODE"]
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR.expanduser())
     return env
 
 

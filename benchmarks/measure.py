@@ -1,6 +1,7 @@
 """Measuring: the repeats of one engine on one workload, each on a fresh cache directory.
 
-`measure` runs every mode of an engine (cold, warm, root-stale) `repeat` times and
+`measure` runs every mode of an engine (cold, warm, root-stale, and for asyncflow the
+same as a fresh process's first run: see suite.py) `repeat` times and
 collects the results and the cache's size on disk (`Samples`), printing progress to
 stderr; `over_budget` and `cold_seconds` decide whether a peer runs a bigger size.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from children import ChildError, Context, run_once
-from suite import Engine, Workload
+from suite import Engine, Workload, base_mode
 
 
 def disk_usage(path: Path) -> int:
@@ -50,6 +51,9 @@ def _progress(w: Workload, engine: Engine, mode: str, i: int, result: dict[str, 
 def measure(w: Workload, engine: Engine, repeat: int, ctx: Context) -> dict[str, Samples]:
     """`repeat` times: a fresh cache directory, then each of the engine's modes on it.
 
+    Every cold mode starts on an empty cache: the directory is emptied before a cold mode
+    that is not the first (asyncflow's first-run view follows its long-lived one).
+
     An error stops the repeats. A peer whose first cold run took longer than the budget
     is not repeated.
     """
@@ -59,6 +63,9 @@ def measure(w: Workload, engine: Engine, repeat: int, ctx: Context) -> dict[str,
         cache = Path(tempfile.mkdtemp(prefix="afbench-", dir=ctx.tmp))
         try:
             for mode in modes:
+                if base_mode(mode) == "cold" and mode != modes[0]:
+                    shutil.rmtree(cache)
+                    cache.mkdir()
                 try:
                     result = run_once(engine, w, mode, cache, ctx)
                 except ChildError as exc:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from measure import Samples
-from suite import FLOORS, Engine, Workload
+from suite import FLOORS, Engine, Workload, base_mode
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,7 +68,7 @@ def notes_for(w: Workload, case: Case, wall: float, shared: list[str]) -> list[s
     """
     import workloads
 
-    s, mode, engine = case.samples, case.mode, case.engine
+    s, mode, engine = case.samples, base_mode(case.mode), case.engine
     assert s is not None
     notes: list[str] = []
     if not engine.caches and (engine.peer or engine.name in FLOORS):

@@ -51,7 +51,7 @@ from children import Context
 from measure import cold_seconds, measure, over_budget
 from report import Case, common_notes, engine_state, peer_versions, rows_for, table
 from sections import SECTION_NAMES, SECTIONS, Section, command_line, run_section
-from suite import ENGINES, FULL, PEER_NAMES, QUICK, Engine, Workload, child
+from suite import ENGINES, FULL, LARGE, MODES, PEER_NAMES, QUICK, Engine, Workload, child
 from venvs import PEERS_DIR, VENVS_DIR, prepare_peer
 
 
@@ -84,6 +84,9 @@ def select_engines(args: argparse.Namespace) -> list[Engine]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat, budget 30 s")
+    parser.add_argument(
+        "--large", action="store_true", help="also W2 1,000,000 and W3 100,000 (asyncflow, first runs only)"
+    )
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--repeat", type=int, help="measurements per case (default 3; --quick 1)")
     parser.add_argument("--peer-repeat", type=int, help="measurements per case for peers (default: --repeat)")
@@ -125,7 +128,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="asyncflow", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=["cold", "warm", "root-stale"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -189,7 +192,8 @@ def main() -> None:
     check_names(args)
     repeat = args.repeat or (1 if args.quick else 3)
     peer_repeat = args.peer_repeat or repeat
-    chosen = [w for w in (QUICK if args.quick else FULL) if wanted(w.kind, args)]
+    sizes = (QUICK if args.quick else FULL) + (LARGE if args.large else [])
+    chosen = [w for w in sizes if wanted(w.kind, args)]
     engines = select_engines(args) if chosen else []
     sections = select_sections(args)
     started = time.perf_counter()

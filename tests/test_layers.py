@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "_sync",
         "_mainguard",
         "_capture",
+        "_collector",
     },
     {"_placements", "_options"},
     {"_requires", "_source", "_recipes"},

@@ -677,3 +677,15 @@ def test_sync_twin_signature_matches_async_sibling(
     assert isinstance(inspect.getattr_static(Task, twin), classmethod) == isinstance(
         inspect.getattr_static(Task, sibling), classmethod
     )
+
+
+async def test_a_task_state_keeps_its_keys_from_the_start(cache_dir: Path) -> None:
+    # Every key an attempt sets exists from the start: CPython then keeps a task's state
+    # compact, its keys shared with its class (see `Task.__init__`).
+    from asyncflow._requires import _VALUES  # pyright: ignore[reportPrivateUsage]  # the name it must match
+
+    task = ListOf(3)
+    before = list(vars(task))
+    assert _VALUES in before
+    await task.run(cache_dir=cache_dir)
+    assert list(vars(task))[: len(before)] == before

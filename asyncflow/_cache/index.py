@@ -253,6 +253,11 @@ def owner_alive(owner: object, expires: object, now: float) -> bool:
     return True
 
 
+# Distinct texts `lookup` keeps once each: signatures of nodes with deps are mostly
+# distinct, so past this many it stops looking them up.
+_SHARED_MAX = 1024
+
+
 def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
@@ -419,13 +424,23 @@ def snapshot(conn: sqlite3.Connection, keys: Sequence[str]) -> tuple[dict[str, R
 def lookup(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
     """Return the records of those of `keys` that have one."""
     out: dict[str, Record] = {}
+    # A run keeps the records of all its nodes: each is keyed by the caller's key object,
+    # and the texts most records repeat (a class's fingerprint, the signature of nodes
+    # that read nothing) are kept once, not once per row (~200 bytes per node).
+    shared: dict[str, str] = {}
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(
             f"SELECT key, source, version, deps, awaited FROM nodes WHERE key IN ({marks})", chunk
         )
-        for key, source, version, deps, awaited in rows:
+        mine = {key: key for key in chunk}
+        for read, source, version, deps, awaited in rows:
             if type(source) is str and type(version) is str and type(deps) is str:  # else damaged: stale
+                source = shared.setdefault(source, source)
+                deps = shared.setdefault(deps, deps) if len(shared) < _SHARED_MAX else deps
+                # A damaged row can answer for a key with another (its index entry intact):
+                # kept under the key it reads, no node finds it, so the node is stale.
+                key: str = mine.get(read) or read  # keys are never empty
                 if awaited is None:
                     out[key] = Record(source, version, deps)
                 elif type(awaited) is bytes:
