@@ -139,9 +139,8 @@ def _serve(index: int) -> int:
                 answer = (Path(job) / payload.RESULT).read_bytes()
             except FileNotFoundError:
                 answer = b""
-            shutil.rmtree(
-                job, ignore_errors=True
-            )  # not `payload.remove`: a big answer beside it is the parent's
+            # Not `payload.remove`: a big answer beside the directory is the parent's to take.
+            shutil.rmtree(job, ignore_errors=True)
             reply = f"{MARK}done {status} {len(answer)}\n".encode() + answer
         busy.clear()
         replies.write(reply)

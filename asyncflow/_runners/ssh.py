@@ -3,15 +3,16 @@
 A body on an SSH host runs as ``python -u -m asyncflow.worker --exit-on-stdin-eof JOB``
 there. The payload is written locally (`jobs.write_job`), uploaded over SFTP to a job
 directory under the host's ``workdir``, and the answer downloaded the same way; the
-remote job directory is removed afterwards (`jobs.run_job`, as for every job). A big requirement
-value is uploaded once per host per run, to a directory beside the jobs' that the run
-removes at its end, and payloads name it there (`values.py`); a big answer is left there
-too when it is downloaded, so the host's next readers of it need no upload. stdout
-and stderr stream back live, labelled with the task, as for job prefixes. Host keys are
-checked against ``known_hosts`` unless the user passes ``Host(known_hosts=None)``. Each
-way of failing to reach a host (unknown or changed host key, connection refused, no
-answer, key refused, no remote python) is a `HostError` of its own `reason`, naming the
-host and what to do. The host settings, `Host`, are in `_placements.py`. This module only imports asyncssh (0.3 s) when a run first uses a host.
+remote job directory is removed afterwards (`jobs.run_job`, as for every job). A big
+requirement value is uploaded once per host per run, to a directory beside the jobs'
+that the run removes at its end, and payloads name it there (`values.py`); a big answer
+is left there too when it is downloaded, so the host's next readers of it need no
+upload. stdout and stderr stream back live, labelled with the task, as for job prefixes.
+Host keys are checked against ``known_hosts`` unless the user passes
+``Host(known_hosts=None)``. Each way of failing to reach a host (unknown or changed host
+key, connection refused, no answer, key refused, no remote python) is a `HostError` of
+its own `reason`, naming the host and what to do. The host settings, `Host`, are in
+`_placements.py`. This module only imports asyncssh (0.3 s) when a run first uses a host.
 
 Why a thread of its own: asyncssh is built on asyncio, and cannot run under trio (its
 maintainer points trio users at trio-asyncio, ronf/asyncssh#208); asyncflow runs on
