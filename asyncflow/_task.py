@@ -314,7 +314,8 @@ class Task(TaskLike[R], Generic[P, R]):
         # Ours are skipped by identity: the requirements (declared), the arguments (not
         # attributes; calling build_task with them makes new tuples and dicts for it).
         reqs, args, kwargs = self._af_reqs, self._af_args, self._af_kwargs
-        for value in gc.get_referents(self):
+        referents: list[object] = gc.get_referents(self)  # the values, the class and nothing else
+        for value in referents:
             kind = type(value)
             if kind in _HARMLESS or value is reqs or value is args or value is kwargs:
                 continue
