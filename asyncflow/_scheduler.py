@@ -713,6 +713,9 @@ class _Scheduler:
                 finally:
                     self._busy -= 1
                 self._spare += 1
+                # Spare meanwhile (no worker is added for the nodes that wait): results
+                # do not pile up in memory faster than the writer takes them.
+                await self.session.wait_room()
                 # Quick bodies never suspend: yield to the loop once a turn is used up
                 # (others get in, cancellation arrives), or at once when the run stops.
                 if scope.cancel_called or clock() >= turn_ends:
