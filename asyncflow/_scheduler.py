@@ -10,7 +10,7 @@ queues the result for the cache. Settling is a loop over a queue, never a recurs
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import threading
 import time
 import traceback
@@ -194,8 +194,9 @@ class _Scheduler:
         # dict of their own, which would grow to every stale node of a million-node run.
         self._holders: dict[str, str] = {}  # another process holding the lease of a planned-stale node
         # Versions must be unique per write across processes and runs: a random prefix
-        # per run, then a counter (os.urandom per node costs ~20 us).
-        self._version_prefix = secrets.token_hex(8)
+        # per run, then a counter (os.urandom per node costs ~20 us). Not `secrets`: it
+        # imports hmac and random, milliseconds of a first run, for the same bytes.
+        self._version_prefix = os.urandom(8).hex()
         self._written = 0
         self._ready: deque[Node] = deque()  # stale nodes whose deps are done, for workers
         self._spare = 0  # workers started and not busy with a node

@@ -16,7 +16,6 @@ import json
 import logging
 import marshal
 import os
-import secrets
 import socket
 import sqlite3
 import time
@@ -219,7 +218,7 @@ def key_matches(key: object, task_name: object, args: object) -> bool:
 
 def new_owner() -> str:
     """Return the lease owner (``host:pid:run``) of a new run of this process, live until `end_owner`."""
-    owner = f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+    owner = f"{HOST}:{os.getpid()}:{os.urandom(4).hex()}"
     _LIVE_OWNERS.add(owner)
     return owner
 

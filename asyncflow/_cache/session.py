@@ -17,7 +17,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from contextlib import asynccontextmanager
@@ -525,8 +524,11 @@ def _write(
         blobs.remove(cache_dir, [s.path for s in encoded if s.path is not None])  # no record names them
         raise
     blobs.remove(cache_dir, replaced)
-    for old in forgotten:
-        shutil.rmtree(paths.logs_dir(cache_dir, old), ignore_errors=True)
+    if forgotten:
+        import shutil  # here: it imports the bz2 and lzma modules, milliseconds of every first run
+
+        for old in forgotten:
+            shutil.rmtree(paths.logs_dir(cache_dir, old), ignore_errors=True)
     return unwritten
 
 
