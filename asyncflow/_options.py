@@ -169,16 +169,18 @@ def _channel_map(options: Mapping[str, Any], name: str, expected: str) -> list[t
     return entries
 
 
+def _is_executor(value: object) -> bool:
+    from concurrent.futures import Executor
+
+    return isinstance(value, Executor)
+
+
 def settings_from(options: Mapping[str, Any]) -> Settings:
     """Validate `options` (a `RunOptions`) once, with defaults and environment applied.
 
     Raises:
         OptionError: an unknown option name or a value of the wrong kind.
     """
-    from concurrent.futures import Executor
-
-    from ._placements import Host, Slurm, as_engine, parse_host_url
-
     unknown = set(options) - set(RunOptions.__annotations__)
     if unknown:
         known = ", ".join(sorted(RunOptions.__annotations__))
@@ -199,7 +201,11 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     if max_workers is not None and (type(max_workers) is not int or max_workers < 1):
         raise _fail("max_workers", max_workers, "a positive int")
     executor = options.get("executor", "thread")
-    if executor not in ("thread", "process") and not isinstance(executor, Executor):
+    # concurrent.futures and the placements are imported only when an option names them:
+    # they take milliseconds of a first run, which needs neither by default.
+    if executor not in ("thread", "process") and not _is_executor(executor):
+        from ._placements import as_engine
+
         executor = as_engine(executor)
         if executor is None:
             raise _fail(
@@ -217,6 +223,8 @@ def settings_from(options: Mapping[str, Any]) -> Settings:
     hosts: dict[str, Placement] = {}
     expected = 'a dict {channel: "ssh://user@host:port" or Host(...)}'
     for channel, host in _channel_map(options, "hosts", expected):
+        from ._placements import Host, Slurm, as_engine, parse_host_url
+
         if isinstance(host, str):
             hosts[channel] = parse_host_url(host)
         elif isinstance(host, (Slurm, Host)):

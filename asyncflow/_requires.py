@@ -23,7 +23,9 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 K = TypeVar("K")
 
-# A task's requirements live in its instance dict, under keys only this module uses.
+# A task's requirements live in attributes only this module uses, read and set with
+# getattr/setattr rather than through the instance dict: reading `obj.__dict__` would make
+# CPython turn a task's compact attribute array into a dict of its own (see `Task.__init__`).
 _REQS = "_af_reqs"  # attribute name -> requirement as assigned by build_task
 _VALUES = "_af_values"  # attribute name -> resolved value, while the body runs
 
@@ -157,21 +159,20 @@ class Requirement:
     def __get__(self, obj: object | None, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        state = obj.__dict__
-        values = state.get(_VALUES)
+        values = getattr(obj, _VALUES, None)
         if values is not None:
             return values[self.name]
-        reqs = state.get(_REQS)
+        reqs = getattr(obj, _REQS, None)
         if reqs is not None and self.name in reqs:
             return reqs[self.name]
         raise AttributeError(f"{obj!r}.{self.name} is a requirement that build_task has not set yet")
 
     def __set__(self, obj: object, value: Any) -> None:
         self._check(obj, value)
-        state = obj.__dict__
-        reqs = state.get(_REQS)
+        reqs = getattr(obj, _REQS, None)
         if reqs is None:
-            reqs = state[_REQS] = {}
+            reqs = {}
+            setattr(obj, _REQS, reqs)
         reqs[self.name] = value
 
     def _check(self, obj: object, value: object) -> None:
@@ -258,22 +259,22 @@ _NONE: dict[str, Any] = {}
 
 def requirements_of(task: object) -> dict[str, Any]:
     """Return the requirements `task`'s build_task assigned, by attribute name (do not mutate)."""
-    return task.__dict__.get(_REQS) or _NONE
+    return getattr(task, _REQS, None) or _NONE
 
 
 def set_values(task: object, values: dict[str, Any]) -> None:
     """Make reading `task`'s requirements give `values` (by attribute name): its body runs."""
-    task.__dict__[_VALUES] = values
+    setattr(task, _VALUES, values)
 
 
 def values_of(task: object) -> dict[str, Any]:
     """Return the values `set_values` gave (by attribute name), none outside a body's attempt."""
-    return task.__dict__.get(_VALUES) or {}
+    return getattr(task, _VALUES, None) or {}
 
 
 def clear_values(task: object) -> None:
     """Forget the values `set_values` gave (they may be large): the body has ended."""
-    task.__dict__[_VALUES] = None  # not removed: the key stays where `Task.__init__` put it
+    setattr(task, _VALUES, None)  # not removed: the key stays where `Task.__init__` put it
 
 
 def without_requirements(state: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ queues the result for the cache. Settling is a loop over a queue, never a recurs
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import threading
 import time
 import traceback
@@ -76,9 +76,10 @@ _TURN = 0.002  # seconds a worker runs quick nodes back to back before yielding 
 class _InFlight:
     """A node being computed by a run of this process; other runs wait on it."""
 
-    __slots__ = ("_event", "landed", "signature", "value", "version")
+    __slots__ = ("_event", "landed", "owner", "signature", "value", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object) -> None:
+        self.owner = owner  # the run computing it
         self.signature = ""  # set with the version when the body succeeded
         self.version: str | None = None  # set when the body succeeded
         self.value: Any = MISSING
@@ -189,11 +190,13 @@ class _Scheduler:
         self._tg: anyio.abc.TaskGroup | None = None
         self._shared_key = (threading.get_ident(), str(session.cache_dir))
         self._shared = _Shared()  # the one other runs use, once this run starts
-        self._flights: dict[str, _InFlight] = {}  # nodes this run registered, until landed
-        self._holders: dict[str, str | None] = {}  # lease holder per planned-stale node
+        # The nodes this run registered are those in `_shared` it owns (see `_mine`): not a
+        # dict of their own, which would grow to every stale node of a million-node run.
+        self._holders: dict[str, str] = {}  # another process holding the lease of a planned-stale node
         # Versions must be unique per write across processes and runs: a random prefix
-        # per run, then a counter (os.urandom per node costs ~20 us).
-        self._version_prefix = secrets.token_hex(8)
+        # per run, then a counter (os.urandom per node costs ~20 us). Not `secrets`: it
+        # imports hmac and random, milliseconds of a first run, for the same bytes.
+        self._version_prefix = os.urandom(8).hex()
         self._written = 0
         self._ready: deque[Node] = deque()  # stale nodes whose deps are done, for workers
         self._spare = 0  # workers started and not busy with a node
@@ -233,8 +236,8 @@ class _Scheduler:
             return await self._root_value()
         finally:
             self._count_skipped()
-            for key, flight in list(self._flights.items()):  # wake runs waiting on leftovers
-                self._land(key, flight)
+            for key, flight in [(k, f) for k, f in shared.nodes.items() if f.owner is self]:
+                self._land(key, flight)  # wake runs waiting on leftovers
             shared.runs -= 1
             if shared.runs == 0:
                 del _IN_FLIGHT[self._shared_key]
@@ -624,25 +627,30 @@ class _Scheduler:
     async def _take_leases(self, stale: list[Node]) -> None:
         """Register the planned-stale nodes in this process and lease them, in one go."""
         keys: list[str] = []
-        shared, mine = self._shared.nodes, self._flights
+        shared = self._shared.nodes
         for node in stale:
             key = node.key
             if key in shared:  # another run of this process has it
                 continue
-            shared[key] = mine[key] = _InFlight()
+            shared[key] = _InFlight(self)
             keys.append(key)
         if not keys:
             return
         outcomes = await self.session.acquire_many(keys)
         for key, (holder, record) in zip(keys, outcomes, strict=True):
-            self._holders[key] = holder
+            if holder is not None:  # else the lease is ours
+                self._holders[key] = holder
             if record is not None:
                 self.records[key] = record
+
+    def _mine(self, key: str) -> _InFlight | None:
+        """Return the registration of `key` if this run computes it (registered, not landed yet)."""
+        flight = self._shared.nodes.get(key)
+        return flight if flight is not None and flight.owner is self else None
 
     def _land(self, key: str, flight: _InFlight) -> None:
         """Publish how `key` ended (a version, or None) to other runs of this process."""
         flight.land()
-        del self._flights[key]
         shared = self._shared.nodes
         if shared.get(key) is flight:
             del shared[key]
@@ -706,6 +714,9 @@ class _Scheduler:
                 finally:
                     self._busy -= 1
                 self._spare += 1
+                # Spare meanwhile (no worker is added for the nodes that wait): results
+                # do not pile up in memory faster than the writer takes them.
+                await self.session.wait_room()
                 # Quick bodies never suspend: yield to the loop once a turn is used up
                 # (others get in, cancellation arrives), or at once when the run stops.
                 if scope.cancel_called or clock() >= turn_ends:
@@ -747,7 +758,7 @@ class _Scheduler:
         if node.state != PARKED:
             if await self._reuse_elsewhere(node, signature):
                 self.stats.reused(cls.task_name)
-                mine = self._flights.get(node.key)
+                mine = self._mine(node.key)
                 if mine is not None:  # tell other runs of this process waiting on it
                     mine.version, mine.value, mine.signature = node.version, node.value, signature
                     self._land(node.key, mine)
@@ -764,7 +775,8 @@ class _Scheduler:
                 if len(channels) > 1:  # a free slot it passed over may have waiters
                     self._unpark(self.limits.unblocked())
                 return
-        flight = self._flights[node.key]
+        flight = self._mine(node.key)
+        assert flight is not None, "asyncflow bug: computing a node this run did not register"
         if channels:
             self._holding[node] = channels
         try:
@@ -804,11 +816,11 @@ class _Scheduler:
         """
         key = node.key
         shared = self._shared.nodes
-        must_acquire = key not in self._flights
-        while key not in self._flights:  # another run of this process registered it
+        must_acquire = self._mine(key) is None
+        while self._mine(key) is None:  # another run of this process registered it
             other = shared.get(key)
             if other is None:
-                self._flights[key] = shared[key] = _InFlight()
+                shared[key] = _InFlight(self)
                 break
             await other.wait()
             if other.version is not None and other.signature == signature:
@@ -820,7 +832,10 @@ class _Scheduler:
         while True:
             if must_acquire:
                 holder, record = await self.session.acquire(key)
-                self._holders[key] = holder
+                if holder is None:
+                    self._holders.pop(key, None)
+                else:
+                    self._holders[key] = holder
                 if record is not None:
                     self.records[key] = record
             must_acquire = True

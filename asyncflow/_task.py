@@ -7,6 +7,7 @@ recurse on the Python stack.
 
 from __future__ import annotations
 
+import gc
 import re
 from functools import partial
 
@@ -245,17 +246,21 @@ class Task(TaskLike[R], Generic[P, R]):
         # flag too), in the same order for every instance: CPython then keeps the values
         # in a compact array whose keys all instances of the class share, ~160 bytes less
         # per task than a dict of its own (a million-node graph holds a million tasks).
-        # Kept apart, and the keywords only if any: a tuple of plain values is not
-        # tracked by the garbage collector, whose passes grow with every object it tracks.
+        # Kept apart, the keywords None unless any: a tuple of plain values is not tracked
+        # by the garbage collector, whose passes grow with every object it tracks.
+        # Read back as attributes too, never through `self.__dict__`, which would make that
+        # dict after all (`__af_undeclared__` looks at the values without it).
         self._af_args = args
-        if kwargs:
-            self._af_kwargs = kwargs
+        self._af_kwargs: dict[str, Any] | None = kwargs or None
         self.__af_key__ = _keys.node_key(cls.task_name, text)
         self._af_built = False
+        self._af_reqs: dict[str, Any] | None = (
+            None  # what build_task assigns to requirements (`_requires._REQS`)
+        )
         # What an attempt of the body sets (`__af_enter__`; `_af_values` is `_requires._VALUES`),
         # declared now too: a key added later would turn the task's state into a dict of its own.
         self._af_values = None
-        self._af_cache_root = None
+        self._af_cache_root: Path | None = None
         self._af_dir_pending = False
         if FILE_MARK in text:  # rarely: then find the input files among the arguments
             files = files_in((*args, *kwargs.values()))
@@ -285,29 +290,45 @@ class Task(TaskLike[R], Generic[P, R]):
 
     def __af_files__(self) -> tuple[File, ...]:
         """Return the input files among the task's arguments (see `File`)."""
-        return self.__dict__.get("_af_files", ())
+        return getattr(self, "_af_files", ())
 
     def __af_build__(self) -> None:
         """Run `build_task` with the task's arguments, the first time only; raise what it raises."""
-        state = self.__dict__
-        if not state.get("_af_built"):
-            self.build_task(*state["_af_args"], **state.get("_af_kwargs", _NO_KEYWORDS))
-            state["_af_built"] = True
+        if not self._af_built:
+            self.build_task(*self._af_args, **(self._af_kwargs or _NO_KEYWORDS))
+            self._af_built = True
 
     def __af_undeclared__(self) -> tuple[str, str, str] | None:
         """Find an attribute holding task-likes that is not a declared requirement.
 
-        Looks at the instance dict once built, and one level into lists, tuples, sets and
+        Looks at the attributes once built, and one level into lists, tuples, sets and
         dict values (never deeper: this runs for every node of graphs of 100,000).
 
         Returns:
             ``(attribute, what it holds, the declaration to write)``, or None.
         """
+        # First the values alone, as the garbage collector sees them: CPython lists an
+        # object's attribute values (or its dict, once made) without making a dict of the
+        # compact array `__init__` keeps them in; `self.__dict__` would make one per task.
+        # Only a value that might hold a task-like sends us to the names, through the dict.
+        # Ours are skipped by identity: the requirements (declared), the arguments (not
+        # attributes; calling build_task with them makes new tuples and dicts for it).
+        reqs, args, kwargs = self._af_reqs, self._af_args, self._af_kwargs
+        referents: list[object] = gc.get_referents(self)  # the values, the class and nothing else
+        for value in referents:
+            kind = type(value)
+            if kind in _HARMLESS or value is reqs or value is args or value is kwargs:
+                continue
+            if kind is dict or _holds_task_like(value, kind):  # a dict: maybe the instance dict
+                return self._undeclared_by_name()
+        return None
+
+    def _undeclared_by_name(self) -> tuple[str, str, str] | None:
+        """`__af_undeclared__` by the instance dict's names: the attribute, and what it holds."""
         state: dict[str, object] = self.__dict__
         for name, value in state.items():
             kind = type(value)
-            # Plain values (most entries) by exact type, sparing a failing isinstance: this
-            # runs for every node. `_af_*` entries are ours (`_af_args` holds tasks passed as arguments).
+            # `_af_*` entries are ours (`_af_args` holds tasks passed as arguments).
             if kind in _PLAIN or name.startswith(_OWN):
                 continue
             container = _CONTAINERS.get(kind)
@@ -324,14 +345,13 @@ class Task(TaskLike[R], Generic[P, R]):
     def __af_enter__(self, values: dict[str, Any], cache_dir: Path) -> None:
         """Prepare an attempt of the body: requirements read as `values`, a fresh `task_directory`."""
         set_values(self, values)
-        state = self.__dict__
-        state["_af_cache_root"] = cache_dir
-        state["_af_dir_pending"] = True  # emptied when the body first asks for it
+        self._af_cache_root = cache_dir
+        self._af_dir_pending = True  # emptied when the body first asks for it
 
     def __af_leave__(self) -> None:
         """End the body's attempts: forget the values it read (they may be large)."""
         clear_values(self)
-        self.__dict__["_af_dir_pending"] = False
+        self._af_dir_pending = False
 
     @property
     def task_directory(self) -> Path:
@@ -340,15 +360,15 @@ class Task(TaskLike[R], Generic[P, R]):
 
         from ._cache import paths
 
-        state = self.__dict__
-        root = state.get("_af_cache_root") or resolve_cache_dir(None)
+        # getattr: a task unpickled in a worker has only the state it was sent with.
+        root = getattr(self, "_af_cache_root", None) or resolve_cache_dir(None)
         path = paths.task_directory(root, self.__af_key__)
-        if state.get("_af_dir_pending"):
+        if getattr(self, "_af_dir_pending", False):
             if path.exists():
                 shutil.rmtree(path)
             paths.make_dirs(path.parent)  # asyncflow's data/ and its class's: never writable by others
             path.mkdir()
-            state["_af_dir_pending"] = False
+            self._af_dir_pending = False
         return path
 
     async def run(self, **options: Unpack[RunOptions]) -> R:
@@ -442,6 +462,7 @@ class Task(TaskLike[R], Generic[P, R]):
 _NO_KEYWORDS: dict[str, Any] = {}
 _OWN = ("_af_", "__af_")  # this module's keys in a task's instance dict
 _PLAIN = frozenset({int, float, str, bool, type(None)})
+_HARMLESS = _PLAIN | {type}  # among an instance's referents: plain values, and its class
 # The containers an undeclared attribute is looked into (one level): their elements, and
 # the requirement to declare instead (a set has no order: a requirement keeps one).
 _CONTAINERS: dict[type, tuple[Callable[[Any], Iterable[object]], str]] = {
@@ -451,6 +472,14 @@ _CONTAINERS: dict[type, tuple[Callable[[Any], Iterable[object]], str]] = {
     frozenset: (iter, "RequiresList[...], assigned a list"),
     dict: (lambda d: d.values(), "RequiresDict[...]"),
 }
+
+
+def _holds_task_like(value: object, kind: type) -> bool:
+    """Tell whether `value` is a task-like, or a container (`_CONTAINERS`) holding one at its first level."""
+    container = _CONTAINERS.get(kind)
+    if container is None:
+        return isinstance(value, TaskLike)
+    return any(isinstance(item, TaskLike) for item in container[0](value))
 
 
 def _rebuild(cls: type[Task[Any, Any]], state: dict[str, Any]) -> Task[Any, Any]:

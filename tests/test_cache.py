@@ -182,6 +182,49 @@ async def test_cache_error_during_a_run_is_not_wrapped(
         await Plain().run(cache_dir=cache_dir)
 
 
+class Many(Task):
+    """Gathers `Plain`-like leaves: many quick results for the writer."""
+
+    leaves: RequiresList[int]
+
+    def build_task(self, n: int, tag: str) -> None:
+        self.leaves = [Numbered(i, tag) for i in range(n)]
+
+    async def run_task(self) -> int:
+        return sum(self.leaves)
+
+
+class Numbered(Task):
+    def build_task(self, i: int, tag: str) -> None:
+        self.i = i
+
+    async def run_task(self) -> int:
+        return self.i
+
+
+async def test_quick_bodies_wait_for_the_writer(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Results queue for the writer's thread; past a bound, bodies wait for it instead of
+    # piling up results in memory (a million quick bodies outpace it). Every result is kept.
+    from asyncflow._cache import session
+
+    monkeypatch.setattr(session, "_BACKLOG_MAX", 8)
+    most = 0
+    store = session.CacheSession.store_nowait
+
+    def counting(self: session.CacheSession, entry: session.Entry) -> None:
+        nonlocal most
+        store(self, entry)
+        most = max(most, len(self._pending))  # pyright: ignore[reportPrivateUsage]  # what is bounded
+
+    monkeypatch.setattr(session.CacheSession, "store_nowait", counting)
+    tag = str(cache_dir)
+    with anyio.fail_after(60):
+        assert await Many(300, tag).run(cache_dir=cache_dir) == sum(range(300))
+    assert 8 <= most <= 8 + 4  # a few busy workers may each add one before they wait
+    _, stats = await Many(300, tag).run_with_stats(cache_dir=cache_dir)
+    assert (stats.run, stats.reused) == (0, 301)  # every result was written
+
+
 # A full disk (a real one: a 1 MiB tmpfs).
 
 RUNS: Counter[str] = Counter()  # body executions in this process, by node key

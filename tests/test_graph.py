@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ import pytest
 
 import asyncflow
 from asyncflow import Const, Req, Requires, RequiresDict, RequiresList, SinkTask, Task
+from asyncflow._requires import requirements_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -262,6 +264,54 @@ async def test_undeclared_attribute_holding_tasks(
         f"{error.task}: attribute 'data' holds {held} but is not a declared requirement, so run_task "
         f"would read it as it is, not the result it stands for; declare it: {declaration}"
     )
+
+
+class UndeclaredOtherwise(Task):
+    """Keeps tasks undeclared in ways the check must see through: its instance dict already
+    made (CPython keeps attributes in a compact array until something asks for the dict),
+    or a requirement's own list kept again under another name."""
+
+    done: RequiresList[str]
+
+    def build_task(self, tag: str, how: str) -> None:
+        self.done = [Marker(tag)]
+        if how == "dict made":
+            vars(self)  # the check then finds the values in a dict, not the compact array
+            self.data = [Marker("held")]
+        elif how == "requirement kept again":
+            self.data = self.done
+        else:  # "tuple"
+            self.data = (Marker("held"),)
+
+    async def run_task(self) -> list[str]:
+        return self.done
+
+
+@pytest.mark.parametrize(
+    ("how", "held"),
+    [
+        ("dict made", "a list containing Marker('held')"),
+        ("requirement kept again", f"a list containing Marker({'t'!r})"),
+        ("tuple", "a tuple containing Marker('held')"),
+    ],
+)
+async def test_undeclared_attribute_however_kept(cache_dir: Path, how: str, held: str) -> None:
+    task = UndeclaredOtherwise("t", how)
+    with anyio.fail_after(30), pytest.raises(asyncflow.UndeclaredRequirementError) as info:
+        await task.run(cache_dir=cache_dir)
+    assert info.value.attribute == "data"
+    assert f"attribute 'data' holds {held} but is not a declared requirement" in str(info.value)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="before 3.11 every instance has a dict")
+def test_undeclared_check_makes_no_instance_dict() -> None:
+    # It runs for every node: it must not turn each task's compact attribute array into a
+    # dict of its own (~64 bytes and time per task), nor must reading requirements.
+    task = Marker("compact")
+    task.__af_build__()
+    assert task.__af_undeclared__() is None
+    assert requirements_of(task) == {}
+    assert not any(type(r) is dict for r in gc.get_referents(task))  # as made: no dict
 
 
 async def test_undeclared_attribute_deep_in_the_graph(cache_dir: Path) -> None:

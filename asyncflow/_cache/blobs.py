@@ -16,11 +16,8 @@ import gzip
 import hashlib
 import os
 import pickle
-import secrets
 import zlib
 from typing import TYPE_CHECKING, Any
-
-import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped; wrapped here
 
 from .._errors import UnreadableResultError
 from . import paths
@@ -47,18 +44,23 @@ def dumps(value: object) -> bytes:
     """Pickle a value (by value where its class cannot be imported elsewhere)."""
     if type(value) in _PLAIN:  # the standard pickler is 5x faster and means the same here
         return pickle.dumps(value, protocol=5)
+    # Imported on first use: a run whose results are all plain values never needs it.
+    import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped; wrapped here
+
     data: bytes = cloudpickle.dumps(value, protocol=5)  # pyright: ignore[reportUnknownMemberType]  # untyped
     return data
 
 
 def register_by_value(module: ModuleType) -> None:
     """Pickle what `module` defines by value: another process could not import it."""
+    import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped
+
     cloudpickle.register_pickle_by_value(module)  # pyright: ignore[reportUnknownMemberType]  # untyped
 
 
 def loads(data: bytes) -> Any:
     """Unpickle what `dumps` made; Any: whatever was pickled."""
-    return cloudpickle.loads(data)
+    return pickle.loads(data)  # cloudpickle's loads is pickle's: what it pickled imports what it needs
 
 
 def compress(pickled: bytes, level: int) -> tuple[int, bytes]:
@@ -161,7 +163,7 @@ def write_atomic(path: Path, tmp_dir: Path, data: bytes, *, private: bool = Fals
     paths.make_dirs(tmp_dir, dir_mode)
     paths.make_dirs(path.parent, dir_mode)
     # NAME.RANDOM.PID.tmp: `asyncflow check` tells a dead writer's from its pid.
-    tmp = tmp_dir / f"{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp"
+    tmp = tmp_dir / f"{path.name}.{os.urandom(4).hex()}.{os.getpid()}.tmp"
     # O_EXCL: a new file, so it has the mode given here and nothing else.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
     try:

@@ -16,7 +16,6 @@ import json
 import logging
 import marshal
 import os
-import secrets
 import socket
 import sqlite3
 import time
@@ -219,7 +218,7 @@ def key_matches(key: object, task_name: object, args: object) -> bool:
 
 def new_owner() -> str:
     """Return the lease owner (``host:pid:run``) of a new run of this process, live until `end_owner`."""
-    owner = f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+    owner = f"{HOST}:{os.getpid()}:{os.urandom(4).hex()}"
     _LIVE_OWNERS.add(owner)
     return owner
 
@@ -626,19 +625,18 @@ def commit(
         )  # fmt: skip
     now = time.time()
     with _transaction(conn):
-        held = _held_by(conn, owner, [s.entry.key for s in encoded])
+        held, old_files = _held_by(conn, owner, [s.entry.key for s in encoded])
         kept = [s.entry.key for s in encoded if s.entry.key in held]
         dropped = [s for s in encoded if s.entry.key not in held]
-        old_files = _files_of(conn, kept)
         conn.executemany(
             "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [r for r in rows if r[0] in held],
         )
-        conn.executemany("DELETE FROM failures WHERE key=?", [(key,) for key in kept])
-        conn.executemany(
-            "DELETE FROM leases WHERE key=? AND owner=?",
-            [(key, owner) for key in kept] + [(k, owner) for k in released],
-        )
+        if kept and conn.execute("SELECT EXISTS (SELECT 1 FROM failures)").fetchone()[0]:
+            conn.executemany("DELETE FROM failures WHERE key=?", [(key,) for key in kept])
+        for chunk in _chunks([*kept, *released]):
+            marks = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM leases WHERE owner=? AND key IN ({marks})", (owner, *chunk))
         conn.executemany(
             "INSERT OR REPLACE INTO failures VALUES (?,?,?,?)",
             [(k, name, err, now) for k, name, err in failures],
@@ -801,18 +799,26 @@ def delete_class(conn: sqlite3.Connection, task_name: str) -> tuple[int, list[st
     return removed, files
 
 
-def _held_by(conn: sqlite3.Connection, owner: str, keys: Sequence[str]) -> set[str]:
-    """Return those of `keys` whose lease `owner` holds (expired or not: no one took it over)."""
+def _held_by(conn: sqlite3.Connection, owner: str, keys: Sequence[str]) -> tuple[set[str], list[str]]:
+    """Return those of `keys` whose lease `owner` holds, and the files of their current results.
+
+    Expired or not, a lease still there is held: no one took it over. Both in one query:
+    a commit replaces those results, and removes their files after.
+    """
     held: set[str] = set()
+    files: list[str] = []
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        held.update(
-            key
-            for (key,) in conn.execute(
-                f"SELECT key FROM leases WHERE owner=? AND key IN ({marks})", (owner, *chunk)
-            )
+        rows = conn.execute(
+            "SELECT leases.key, nodes.path FROM leases LEFT JOIN nodes ON nodes.key = leases.key "
+            f"WHERE leases.owner=? AND leases.key IN ({marks})",
+            (owner, *chunk),
         )
-    return held
+        for key, path in rows:
+            held.add(key)
+            if path is not None:
+                files.append(path)
+    return held, files
 
 
 def _files_of(conn: sqlite3.Connection, keys: Sequence[str]) -> list[str]:

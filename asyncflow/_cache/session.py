@@ -17,7 +17,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from contextlib import asynccontextmanager
@@ -57,6 +56,10 @@ O = TypeVar("O")  # noqa: E741 - its outcome
 T = TypeVar("T")
 
 _BATCH_MAX = 5000  # nodes per transaction
+# Results queued for writing before the bodies that make them wait for the writer: quick
+# bodies outpace the writer's thread, and a million-node run would otherwise hold most
+# of its results (with their entries and attempts) in memory, waiting their turn.
+_BACKLOG_MAX = 2 * _BATCH_MAX
 _SHUTDOWN_GRACE = 30.0  # seconds the final, shielded flush may take
 _COALESCE = 0.02  # seconds a write waits for company (a crash loses at most this much more)
 _NAMED = 5  # lost results a CacheError names before "and N more"
@@ -189,6 +192,7 @@ class CacheSession:
         self._graph: list[GraphPart] = []
         self._graph_size = 0  # nodes noted so far (up to `GRAPH_MAX`)
         self._wake = anyio.Event()
+        self._room = anyio.Event()  # set (and made anew) whenever a write has taken results off the queue
         self.write_error: Exception | None = None  # the first reason a result could not be written
         self.lost: list[str] = []  # the keys of the results that could not be written
         self._seen: int | None = None  # the index's data_version when `lookup` read it
@@ -267,6 +271,11 @@ class CacheSession:
         """Queue a computed result (its lease is released when it is written)."""
         self._pending.append(entry)
         self._wake.set()
+
+    async def wait_room(self) -> None:
+        """Wait while more results are queued for writing than `_BACKLOG_MAX`."""
+        while len(self._pending) >= _BACKLOG_MAX:
+            await self._room.wait()
 
     def begin_run(
         self, root: str, entrypoint: str, started: float, options: str, counts: Callable[[], dict[str, int]]
@@ -377,6 +386,8 @@ class CacheSession:
             for key, exc in unwritten:
                 self.lost.append(key)
                 self.write_error = self.write_error or exc
+            self._room.set()
+            self._room = anyio.Event()
 
     def _take_counts(self) -> None:
         """Note the counts of a running run, at most every `_COUNT_EVERY` seconds, if they changed."""
@@ -513,8 +524,11 @@ def _write(
         blobs.remove(cache_dir, [s.path for s in encoded if s.path is not None])  # no record names them
         raise
     blobs.remove(cache_dir, replaced)
-    for old in forgotten:
-        shutil.rmtree(paths.logs_dir(cache_dir, old), ignore_errors=True)
+    if forgotten:
+        import shutil  # here: it imports the bz2 and lzma modules, milliseconds of every first run
+
+        for old in forgotten:
+            shutil.rmtree(paths.logs_dir(cache_dir, old), ignore_errors=True)
     return unwritten
 
 

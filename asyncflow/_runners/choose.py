@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._placements import Dask, Host, Ray, Slurm
 from .base import Closing
 from .local import LoopRunner, ThreadRunner
 
 if TYPE_CHECKING:
     from .._options import Settings
-    from .._placements import Where
+    from .._placements import Dask, Ray, Where
     from .._task import Task
     from .base import Runner
     from .values import ValueFiles
@@ -41,11 +40,16 @@ class Runners:
         executor = settings.executor
         self._sync: Runner | None = None  # None: the executor is an engine, placed on first use
         self._engine: Dask | Ray | None = None
+        if executor == "thread":
+            self._sync = ThreadRunner(settings.max_workers)
+            return
+        # Imported only when used: concurrent.futures and its kin, and the placements'
+        # dataclasses, take milliseconds of a first run.
+        from .._placements import Dask, Ray
+
         if isinstance(executor, (Dask, Ray)):
             self._engine = executor
-        elif executor == "thread":
-            self._sync = ThreadRunner(settings.max_workers)
-        else:  # imported only when used: concurrent.futures and its kin take milliseconds
+        else:
             from .process import ExecutorRunner, ProcessRunner
 
             if executor == "process":
@@ -99,6 +103,8 @@ class Runners:
 
     def _make(self, where: Where) -> Runner:
         # Each imported only when a run uses it (asyncssh alone takes 0.3 s).
+        from .._placements import Dask, Host, Ray, Slurm
+
         if isinstance(where, Slurm):
             from .slurm import SlurmRunner
 
