@@ -171,7 +171,7 @@ def _read_calls(
     """Read calls from fd `calls` into `jobs` (a warm worker's stdin reader); exit at its end.
 
     A call is a job directory on a line, or ``inline DIR SIZE SIZE`` and then the
-    contents of its ``sys_path.json`` and ``payload.pkl``.
+    contents of its ``sys_path`` and ``payload.pkl``.
     """
     pending = bytearray()  # appended in place: a big inline call arrives in many reads
     need = 0  # how many bytes `pending` must hold before the call it starts can be taken

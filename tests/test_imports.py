@@ -81,8 +81,8 @@ WORKER = [
 ]
 
 # Nor, for a plain `def` body that returns plain data, the event loop, the cache's modules,
-# cloudpickle and what they import, the captures, the pools' threads, or traceback (a body
-# that raised loads it): what each job would pay for again.
+# cloudpickle and what they import, the captures, threads, JSON, or traceback (a body that
+# raised loads it): what each job would pay for again.
 JOB = [
     *WORKER,
     "anyio",
@@ -102,6 +102,8 @@ JOB = [
     "asyncflow._stats",
     "asyncflow._runners.local",
     "asyncflow._runners.values",
+    "json",
+    "threading",
 ]
 
 # `python -m asyncflow.worker JOB`, as a job prefix runs it.

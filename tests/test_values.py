@@ -236,3 +236,12 @@ def test_a_warm_worker_takes_a_big_call_inline(tmp_path: Path) -> None:
 def test_job_files_have_the_cache_s_private_mode() -> None:
     # payload.py keeps its own copy, so that a job's worker spares the cache's modules.
     assert payload.PRIVATE_FILE == paths.PRIVATE_FILE
+
+
+def test_a_payload_carries_the_parent_s_sys_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = ["/nonexistent/not utf-8 \udcff", "/nonexistent/a\nnewline"]  # as the filesystem may name them
+    monkeypatch.setattr(sys, "path", [*sys.path, *odd])
+    job = payload.write_payload(tmp_path, "job", _built(Big("x")))
+    monkeypatch.setattr(sys, "path", sys.path[:-2])
+    assert isinstance(payload.read_payload(job), Big)
+    assert sys.path[-2:] == odd

@@ -2,20 +2,22 @@
 
 Worker processes (`process.py`) answer with the same `Answer`, over a pipe.
 
-A job's worker imports this module and little else: what it needs to read a payload
-and answer a body that returned plain data (json, pickle, os) costs a few milliseconds,
-the cache's modules and cloudpickle (hashlib, gzip, dataclasses, inspect, logging) five
-times that. So the worker's side here never imports them: a payload is read with
-``pickle.loads`` (which ``cloudpickle.loads`` is; a class that travels by value imports
-cloudpickle as it unpickles), an answer without an exception is plain data for the
-standard pickler, and job files are written here (`write_file`) rather than by
-`blobs.write_atomic`. The parent's side imports them where it needs them.
+A job's worker imports this module and little else, and pays for each import again:
+reading a payload and answering a body that returned plain data needs pickle and os (a
+few milliseconds), where the cache's modules and cloudpickle (hashlib, gzip, dataclasses,
+inspect, logging) cost ten times that, and json and threading half as much again. So the
+worker's side here imports none of them: a payload is read with ``pickle.loads`` (which
+``cloudpickle.loads`` is; a class that travels by value imports cloudpickle as it
+unpickles), an answer without an exception is plain data for the standard pickler, job
+files are written here (`write_file`) rather than by `blobs.write_atomic`, and
+``sys_path`` is not JSON. The parent's side imports the cache's modules where it needs them.
 
 A job directory ``<cache_dir>/asyncflow/jobs/<id>/`` lives under the cache directory,
 which on a cluster is a shared filesystem (unlike /tmp), so a compute node can read the
 payload and write the result. The worker never opens the SQLite index.
 
-- ``sys_path.json``: the parent's ``sys.path``, so the worker imports what it imports.
+- ``sys_path``: the parent's ``sys.path``, so the worker imports what it imports: its
+  entries as the filesystem encodes them, each ended by a NUL byte (which no path holds).
 - ``payload.pkl``: cloudpickle of the task, its requirements resolved to values. Classes
   whose module a worker could not import by name (a taskfile loaded by path,
   ``__main__``, a notebook cell) travel by value.
@@ -37,13 +39,12 @@ runs code: job directories are the owner's only (0700), and so are their files (
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import importlib.machinery
-import json
 import os
 import pickle
 import sys
-import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from .._task import Task
 
 PAYLOAD = "payload.pkl"
-SYS_PATH = "sys_path.json"  # read before the payload: unpickling it may import modules
+SYS_PATH = "sys_path"  # read before the payload: unpickling it may import modules
 RESULT = "result.pkl"
 THRESHOLD = 1 << 20  # bytes of pickle above which a value goes by reference (`ValueRef`, `spill`)
 # `paths.PRIVATE_FILE`, which the tests compare: importing the cache's paths here would
@@ -98,7 +99,7 @@ class ValueRef:
 
 
 _loaded: dict[str, Any] = {}  # worker side: path -> value, the latest `_KEPT`
-_loaded_lock = threading.Lock()
+_loaded_lock = _thread.allocate_lock()  # = threading.Lock(), without threading's import
 _jobs_dir = ""  # worker side: what a relative `ValueRef` path is relative to
 
 
@@ -169,7 +170,7 @@ def write_payload(
     paths.make_dirs(paths.root(cache_dir))
     job = paths.root(cache_dir) / "jobs" / job_id
     paths.make_dirs(job, paths.PRIVATE_DIR)
-    write_file(job, SYS_PATH, json.dumps(sys.path).encode())
+    write_file(job, SYS_PATH, b"".join(os.fsencode(entry) + b"\0" for entry in sys.path))
     write_file(job, PAYLOAD, (dumps or blobs.dumps)(task))
     return job
 
@@ -198,7 +199,7 @@ def write_file(job: str | os.PathLike[str], name: str, data: bytes) -> None:
 def read_payload(job: str | os.PathLike[str]) -> Task[Any, Any]:
     """Read a payload (worker side), extending ``sys.path`` with the parent's first."""
     with open(os.path.join(job, SYS_PATH), "rb") as f:
-        entries: list[str] = json.loads(f.read())
+        entries = [os.fsdecode(entry) for entry in f.read().split(b"\0")[:-1]]
     for entry in entries:
         if entry not in sys.path:
             sys.path.append(entry)
