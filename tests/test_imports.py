@@ -111,9 +111,11 @@ RUN_WORKER = "import sys\nfrom asyncflow.worker import main\nsys.exit(main())"
 
 
 # Imported by dependencies on Python 3.10, not by asyncflow: the exceptiongroup backport
-# (asyncflow's errors need ExceptionGroup) imports inspect and typing_extensions, and
-# cloudpickle's import of platform brings subprocess there.
-DEPENDENCIES_310 = {"inspect", "typing_extensions", "subprocess"} if sys.version_info < (3, 11) else set()
+# (asyncflow's errors need ExceptionGroup) imports inspect, typing_extensions and
+# traceback, and cloudpickle's import of platform brings subprocess there.
+DEPENDENCIES_310 = (
+    {"inspect", "typing_extensions", "traceback", "subprocess"} if sys.version_info < (3, 11) else set()
+)
 
 
 def _loaded(code: str, *args: str) -> set[str]:
