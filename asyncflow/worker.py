@@ -20,23 +20,30 @@ for each job directory it reads it runs that job, writes its answer there and re
 goes into its answer (stdout carries the protocol, so the body's stdout goes to stderr
 as well). When stdin ends, the worker exits: at once, with status 129, if a body runs
 (the run was cancelled), else with 0 (the run is over).
+
+A job pays for what this process imports before its body runs, so a job's worker
+imports asyncflow, the payload's helpers and the body's modules: anyio only for an
+``async def`` body, cloudpickle only for a payload or a result that needs it (a class
+that travels by value, a result other than a number, text or bytes), traceback only
+when the body fails; the threads, queues and captures of the options above only with
+those options.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import shutil
 import sys
-import threading
-import traceback
-from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ._capture import CAPTURE, Capture, capturing
-from ._runners import payload, values
-from ._runners.local import call_and_pickle
+from ._runners import payload
+from ._runners.base import call_and_pickle
 from ._sync import BODY, ELSEWHERE
+
+if TYPE_CHECKING:
+    import queue
+    import threading
+
+    from ._capture import Capture
 
 USAGE = "usage: python -m asyncflow.worker [--exit-on-stdin-eof] JOB_DIR | --serve N"
 HANGUP = 129  # exit status when stdin ends first (128 + SIGHUP, as a hung-up terminal gives)
@@ -44,6 +51,7 @@ HANGUP = 129  # exit status when stdin ends first (128 + SIGHUP, as a hung-up te
 
 def exit_on_stdin_eof() -> None:
     """Start a daemon thread that ends this process as soon as stdin reaches its end."""
+    import threading
 
     def watch() -> None:
         try:
@@ -69,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if watch_stdin:
         exit_on_stdin_eof()
-    return _run_job(Path(args[0]), whoami())
+    return _run_job(args[0], whoami())
 
 
-def _run_job(job: Path, who: str, capture: Capture | None = None) -> int:
+def _run_job(job: str | os.PathLike[str], who: str, capture: Capture | None = None) -> int:
     """Run the job in directory `job` and write its answer; return the job's exit status.
 
     `who` names this worker in the answer; `capture`, if given, holds what the body
@@ -81,6 +89,8 @@ def _run_job(job: Path, who: str, capture: Capture | None = None) -> int:
     try:
         task = payload.read_payload(job)
     except Exception:
+        import traceback
+
         traceback.print_exc()
         print(f"asyncflow.worker: cannot read the payload in {job}", file=sys.stderr)  # noqa: T201
         return 2
@@ -88,19 +98,27 @@ def _run_job(job: Path, who: str, capture: Capture | None = None) -> int:
     try:
         pickled = call_and_pickle(task).pickled
     except BaseException as exc:  # reported to the parent, whatever it is
+        import traceback
+
         traceback.print_exc()
         output = "" if capture is None else capture.text()
-        payload.write_answer(job, replace(payload.failure(exc), job=who, output=output))
+        payload.write_answer(job, payload.failure(exc)._replace(job=who, output=output))
         return 1
     output = "" if capture is None else capture.text()
-    answer = values.spill(payload.Answer(pickled, job=who, output=output), str(payload.answer_path(job)))
+    answer = payload.spill(payload.Answer(pickled, job=who, output=output), payload.answer_file(job))
     payload.write_answer(job, answer)
     return 0
 
 
 def _serve(index: int) -> int:
     """Serve jobs named on stdin, one at a time, as worker `index` of a warm pool (see the module doc)."""
-    from ._runners.warm import MARK  # here: a job of its own spares the pools' import (subprocess, streams)
+    # Here: a job of its own spares these imports (the pools' subprocess and streams among them).
+    import queue
+    import shutil
+    import threading
+
+    from ._capture import CAPTURE, Capture, capturing
+    from ._runners.warm import MARK
 
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     calls = os.dup(0)
@@ -120,14 +138,14 @@ def _serve(index: int) -> int:
     while True:
         job, files = jobs.get()
         if files is not None:  # inline: the files came with the call, and the answer goes back with the reply
-            Path(job).mkdir(mode=0o700, parents=True, exist_ok=True)
-            payload.write_file(Path(job), payload.SYS_PATH, files[0])
-            payload.write_file(Path(job), payload.PAYLOAD, files[1])
+            os.makedirs(job, mode=0o700, exist_ok=True)
+            payload.write_file(job, payload.SYS_PATH, files[0])
+            payload.write_file(job, payload.PAYLOAD, files[1])
         capture = Capture()
         token = CAPTURE.set(capture)
         try:
             with capturing():
-                status = _run_job(Path(job), f"{whoami()}, worker {index}", capture)
+                status = _run_job(job, f"{whoami()}, worker {index}", capture)
         finally:
             CAPTURE.reset(token)
         sys.stdout.flush()
@@ -136,7 +154,8 @@ def _serve(index: int) -> int:
             reply = f"{MARK}done {status}\n".encode()
         else:
             try:
-                answer = (Path(job) / payload.RESULT).read_bytes()
+                with open(os.path.join(job, payload.RESULT), "rb") as f:
+                    answer = f.read()
             except FileNotFoundError:
                 answer = b""
             # Not `payload.remove`: a big answer beside the directory is the parent's to take.
@@ -152,7 +171,7 @@ def _read_calls(
     """Read calls from fd `calls` into `jobs` (a warm worker's stdin reader); exit at its end.
 
     A call is a job directory on a line, or ``inline DIR SIZE SIZE`` and then the
-    contents of its ``sys_path.json`` and ``payload.pkl``.
+    contents of its ``sys_path`` and ``payload.pkl``.
     """
     pending = bytearray()  # appended in place: a big inline call arrives in many reads
     need = 0  # how many bytes `pending` must hold before the call it starts can be taken

@@ -20,37 +20,17 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any
 
 import anyio
+import cloudpickle
+import trivial
+from trivial import CHANNEL, Latency
 
-from asyncflow import Dask, Host, Ray, Slurm, Task
+from asyncflow import Dask, Host, Ray, Slurm
 
-CHANNEL = "place"
-
-
-class Trivial(Task, channel=CHANNEL):
-    def build_task(self, i: int) -> None:
-        self.i = i
-
-    def run_task(self) -> int:
-        return self.i
-
-
-class Latency(Task):
-    """Run `n` trivial bodies one after another; return the seconds each took."""
-
-    def build_task(self, n: int) -> None:
-        self.n = n
-
-    async def run_task(self) -> list[float]:
-        times: list[float] = []
-        for i in range(self.n):
-            t0 = time.perf_counter()
-            await Trivial(i).run()
-            times.append(time.perf_counter() - t0)
-        return times
+# As a class defined in the script would: its jobs and workers need not import `trivial`.
+cloudpickle.register_pickle_by_value(trivial)
 
 
 def places() -> list[tuple[str, dict[str, Any] | str]]:

@@ -16,10 +16,12 @@ and never write into the checkouts. One unmeasured round fills that cache first.
 - ``asyncflow --help``: the wall time of the console script pip writes, run with this
   interpreter.
 - A trivial body through a job prefix: in a fresh process, a body awaits
-  ``Trivial(i).run()`` for i = 0..N-1 one after another, with
+  ``Trivial(i).run()`` (``trivial.py``) for i = 0..N-1 one after another, with
   ``prefixes={channel: ["env"]}``, so each is ``env python -m asyncflow.worker JOB``;
   the median is over the bodies after the first of every process (the first also pays
-  what the run imports for its first job, shown apart).
+  what the run imports for its first job, shown apart). Twice: the class travelling by
+  value, as one defined in a script (``__main__``) does, and imported by name, as one
+  from a module does.
 
 The table (markdown) goes to stdout, progress to stderr.
 """
@@ -55,39 +57,22 @@ if __name__ == "__main__":
 
 # The child of the prefix measure: a body awaits trivial bodies one after another, each
 # through `env` (awaited from a body, a task joins its run: what is timed is what the run
-# does for one more body, as benchmarks/places.py times it).
+# does for one more body, as benchmarks/places.py times it). `trivial.py` sits beside it.
+# By value, the task class travels in the payload as a class defined in a script does
+# (the worker then imports cloudpickle to unpickle it); by name, the worker imports it.
 PREFIX_CHILD = """\
 import json
 import sys
-import time
 
-from asyncflow import Task
-
-
-class Trivial(Task, channel="startup"):
-    def build_task(self, i: int) -> None:
-        self.i = i
-
-    def run_task(self) -> int:
-        return self.i
-
-
-class Latency(Task):
-    def build_task(self, n: int) -> None:
-        self.n = n
-
-    async def run_task(self) -> list[float]:
-        times = []
-        for i in range(self.n):
-            t0 = time.perf_counter()
-            await Trivial(i).run()
-            times.append(time.perf_counter() - t0)
-        return times
-
+import cloudpickle
+import trivial
 
 if __name__ == "__main__":
-    options = {"cache_dir": sys.argv[2], "prefixes": {"startup": ["env"]}}
-    print(json.dumps(Latency(int(sys.argv[1])).run_graph(**options)))
+    bodies, cache_dir, how = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    if how == "value":
+        cloudpickle.register_pickle_by_value(trivial)
+    options = {"cache_dir": cache_dir, "prefixes": {trivial.CHANNEL: ["env"]}}
+    print(json.dumps(trivial.Latency(bodies).run_graph(**options)))
 """
 
 
@@ -137,11 +122,12 @@ def one_round(c: Checkout, prefix: bool, bodies: int) -> None:
     c.add("import wall", c.wall("-c", "import asyncflow"))
     c.add("help", c.wall(str(c.tmp / "asyncflow"), "--help"))
     if prefix:
-        cache = tempfile.mkdtemp(dir=c.tmp)
-        times = json.loads(c.run(str(c.tmp / "prefix_child.py"), str(bodies), cache).stdout)
-        shutil.rmtree(cache)
-        c.add("first body", times[0])
-        c.add("body", *times[1:])
+        for how, name in (("value", "body"), ("name", "body by name")):
+            cache = tempfile.mkdtemp(dir=c.tmp)
+            times = json.loads(c.run(str(c.tmp / "prefix_child.py"), str(bodies), cache, how).stdout)
+            shutil.rmtree(cache)
+            c.add(f"first {name}", times[0])
+            c.add(name, *times[1:])
 
 
 ROWS = [
@@ -150,8 +136,10 @@ ROWS = [
     ("import", "import asyncflow, timed in the process", ""),
     ("import wall", 'python -c "import asyncflow", wall', "<= 40"),
     ("help", "asyncflow --help, wall", "<= 120"),
-    ("body", 'a trivial body through a job prefix (["env"]), per body', "<= 60"),
+    ("body", 'a trivial body through a job prefix (["env"]), per body; its class by value', "<= 60"),
     ("first body", "the same, the first body of a process (its run's first imports)", ""),
+    ("body by name", "the same, its class imported by name (no cloudpickle in the worker)", "<= 60"),
+    ("first body by name", "the same, the first body of a process", ""),
 ]
 
 
@@ -201,6 +189,7 @@ def main() -> None:
             checkouts.append(Checkout(baseline, "baseline", Path(tmp), Path(tmp) / "pycache"))
         (Path(tmp) / "asyncflow").write_text(CONSOLE_SCRIPT)
         (Path(tmp) / "prefix_child.py").write_text(PREFIX_CHILD)
+        shutil.copy(Path(__file__).with_name("trivial.py"), Path(tmp) / "trivial.py")
         for c in checkouts:  # unmeasured: fills the bytecode cache
             print(f"warming up {c.label}...", file=sys.stderr)
             one_round(c, True, 2)

@@ -20,7 +20,7 @@ import pytest
 
 from asyncflow import Requires, RequiresList, Task, TaskFailedError
 from asyncflow._cache.store import attempts, history, read_log
-from asyncflow._runners.values import THRESHOLD
+from asyncflow._runners.payload import THRESHOLD
 from asyncflow._taskfile import load_taskfile as load_as_the_cli_does
 from tests.test_cli import cli
 from tests.workflows import load_taskfile

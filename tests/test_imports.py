@@ -8,9 +8,17 @@ where it is first needed instead: by a run, a command, a placement or a pool.
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from asyncflow import Task
+from asyncflow._cache import blobs
+from asyncflow._runners import payload
+
+from .worker_tasks import Square, Squares
 
 ROOT = Path(__file__).parent.parent
 
@@ -52,7 +60,7 @@ LIBRARY = [
     "asyncflow._cli",
 ]
 
-# A job's worker loads the payload's helpers (cloudpickle when it first pickles), and nothing of the parent's side.
+# A job's worker loads the payload's helpers, and nothing of the parent's side.
 WORKER = [
     "sqlite3",
     "rich",
@@ -72,11 +80,42 @@ WORKER = [
     "asyncflow._taskfile",
 ]
 
+# Nor, for a plain `def` body that returns plain data, the event loop, the cache's modules,
+# cloudpickle and what they import, the captures, threads, JSON, or traceback (a body that
+# raised loads it): what each job would pay for again.
+JOB = [
+    *WORKER,
+    "anyio",
+    "cloudpickle",
+    "dataclasses",
+    "inspect",
+    "logging",
+    "pathlib",
+    "hashlib",
+    "gzip",
+    "shutil",
+    "queue",
+    "traceback",
+    "asyncflow._cache.blobs",
+    "asyncflow._cache.paths",
+    "asyncflow._capture",
+    "asyncflow._stats",
+    "asyncflow._runners.local",
+    "asyncflow._runners.values",
+    "json",
+    "threading",
+]
+
+# `python -m asyncflow.worker JOB`, as a job prefix runs it.
+RUN_WORKER = "import sys\nfrom asyncflow.worker import main\nsys.exit(main())"
+
 
 # Imported by dependencies on Python 3.10, not by asyncflow: the exceptiongroup backport
-# (asyncflow's errors need ExceptionGroup) imports inspect and typing_extensions, and
-# cloudpickle's import of platform brings subprocess there.
-DEPENDENCIES_310 = {"inspect", "typing_extensions", "subprocess"} if sys.version_info < (3, 11) else set()
+# (asyncflow's errors need ExceptionGroup) imports inspect, typing_extensions and
+# traceback, and cloudpickle's import of platform brings subprocess there.
+DEPENDENCIES_310 = (
+    {"inspect", "typing_extensions", "traceback", "subprocess"} if sys.version_info < (3, 11) else set()
+)
 
 
 def _loaded(code: str, *args: str) -> set[str]:
@@ -133,5 +172,30 @@ def test_cli_help_leaves_the_engine_out() -> None:
 def test_worker_leaves_the_parent_side_out() -> None:
     # What `python -m asyncflow.worker JOB` imports before it reads the job.
     loaded = _loaded("import asyncflow.worker")
-    assert "asyncflow._cache.blobs" in loaded  # the payload's helpers (cloudpickle on first use)
-    assert sorted(loaded & set(WORKER)) == []
+    assert sorted(loaded & set(JOB)) == []
+
+
+def _job(cache_dir: Path, task: Task[Any, Any]) -> Path:
+    task.__af_build__()
+    return payload.write_payload(cache_dir, "job", task)
+
+
+def test_a_plain_job_imports_only_what_it_needs(tmp_path: Path) -> None:
+    job = _job(tmp_path, Square(3))
+    loaded = _loaded(RUN_WORKER, str(job))
+    answer = payload.read_answer(job)
+    assert answer is not None
+    assert answer.pickled is not None
+    assert pickle.loads(answer.pickled) == 9
+    assert "tests.worker_tasks" in loaded
+    assert sorted(loaded & set(JOB)) == []
+
+
+def test_a_job_imports_cloudpickle_for_a_result_that_needs_it(tmp_path: Path) -> None:
+    # A list may hold objects that travel by value: cloudpickle pickles it, as in a thread.
+    job = _job(tmp_path, Squares(3))
+    loaded = _loaded(RUN_WORKER, str(job))
+    answer = payload.read_answer(job)
+    assert answer is not None
+    assert answer.pickled == blobs.dumps([0, 1, 4])
+    assert "cloudpickle" in loaded

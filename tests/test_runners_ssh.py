@@ -24,7 +24,7 @@ from asyncflow import Host, HostError, OptionError, Requires, RequiresList, Task
 from asyncflow._cache.store import attempts_of_node, read_log
 from asyncflow._placements import parse_host_url
 from asyncflow._runners import payload
-from asyncflow._runners.values import THRESHOLD
+from asyncflow._runners.payload import THRESHOLD
 
 from .service_env import need_sshd, requires_sshd
 

@@ -18,8 +18,9 @@ from asyncflow._cache import blobs, paths
 from asyncflow._requires import set_values
 from asyncflow._runners import payload
 from asyncflow._runners.jobs import JobEnd, run_job
+from asyncflow._runners.payload import THRESHOLD, ValueRef
 from asyncflow._runners.process import call_pickled, outcome_of
-from asyncflow._runners.values import THRESHOLD, ValueFiles, ValueRef
+from asyncflow._runners.values import ValueFiles
 from asyncflow._runners.warm import MARK
 
 from .service_env import requires_slurm
@@ -230,3 +231,17 @@ def test_a_warm_worker_takes_a_big_call_inline(tmp_path: Path) -> None:
         worker_process.stdin.close()  # the run is over: the idle worker exits
         assert worker_process.wait(timeout=30) == 0
         worker_process.stdout.close()
+
+
+def test_job_files_have_the_cache_s_private_mode() -> None:
+    # payload.py keeps its own copy, so that a job's worker spares the cache's modules.
+    assert payload.PRIVATE_FILE == paths.PRIVATE_FILE
+
+
+def test_a_payload_carries_the_parent_s_sys_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = ["/nonexistent/not utf-8 \udcff", "/nonexistent/a\nnewline"]  # as the filesystem may name them
+    monkeypatch.setattr(sys, "path", [*sys.path, *odd])
+    job = payload.write_payload(tmp_path, "job", _built(Big("x")))
+    monkeypatch.setattr(sys, "path", sys.path[:-2])
+    assert isinstance(payload.read_payload(job), Big)
+    assert sys.path[-2:] == odd

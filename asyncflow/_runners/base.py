@@ -4,28 +4,62 @@ A runner gets a task whose requirements are already resolved (reading them gives
 values) and returns the result together with its pickle, which the cache stores
 (`pickle_result`, where the body ran: a result that does not pickle says why). The
 scheduler never asks which runner it holds; `choose.py` picks one per task class.
+
+A job's worker runs bodies with `call_and_pickle` too, so this module imports neither
+the cache's modules, cloudpickle, anyio nor inspect up front: a plain ``def`` body that
+returns plain data needs none of them.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+import pickle
+import types
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from .. import _keys
-from .._cache import blobs
 from .._errors import UnstorableResultError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._task import Task
 
+# What `blobs.dumps` pickles with the standard pickler (the same bytes cloudpickle would
+# write); anything else needs cloudpickle, which a job's worker then imports.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the code flag of an ``async def``
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+
+class Outcome(NamedTuple):
     """A body's result, and the same pickled for the cache."""
 
     value: Any
     pickled: bytes
+
+
+def call_and_pickle(task: Task[Any, Any]) -> Outcome:
+    """Run a body and pickle its result on the same thread.
+
+    An ``async def`` body gets an event loop of its own: it comes here only in a job's
+    worker, or on a worker of an engine placed per channel (Dask, Ray).
+    """
+    if _is_async(task.run_task):
+        import anyio  # here: a job's plain ``def`` body spares its import
+
+        value = anyio.run(task.run_task)
+    else:
+        value = task.run_task()
+    return Outcome(value, pickle_result(value))
+
+
+def _is_async(fn: Callable[[], Any]) -> bool:
+    """Tell what `inspect.iscoroutinefunction(fn)` tells, importing inspect only when `fn` is no plain method."""
+    func = fn.__func__ if isinstance(fn, types.MethodType) else None
+    if type(func) is types.FunctionType and not hasattr(func, "_is_coroutine_marker"):
+        return bool(func.__code__.co_flags & _CO_COROUTINE)  # a plain ``def`` or ``async def`` method
+    import inspect  # a wrapped or marked function (Python 3.12's `inspect.markcoroutinefunction`)
+
+    return inspect.iscoroutinefunction(fn)
 
 
 def pickle_result(value: object) -> bytes:
@@ -38,12 +72,18 @@ def pickle_result(value: object) -> bytes:
         UnstorableResultError: `value` does not pickle; the pickling error is the ``__cause__``.
     """
     try:
+        if type(value) in _PLAIN:
+            return pickle.dumps(value, protocol=5)
+        from .._cache import blobs  # cloudpickle: the value may need it
+
         return blobs.dumps(value)
     except Exception as exc:
         raise UnstorableResultError(_unstorable(value, exc)) from exc
 
 
 def _unstorable(value: object, exc: Exception) -> str:
+    import inspect  # only for a result that does not pickle
+
     if inspect.iscoroutine(value):
         value.close()  # it will never run: spare the "never awaited" warning
         return "returned a coroutine, which cannot be stored: did you forget `await`?"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +9,7 @@ import anyio
 
 from .._stats import working
 from .._sync import THREAD_SLOT
-from .base import Outcome, pickle_result
+from .base import Outcome, call_and_pickle, pickle_result
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -25,16 +24,6 @@ class LoopRunner:
         working()
         value = await task.run_task()
         return Outcome(value, pickle_result(value))
-
-
-def call_and_pickle(task: Task[Any, Any]) -> Outcome:
-    """Run a body and pickle its result on the same thread.
-
-    An ``async def`` body gets an event loop of its own: it comes here only in a job's
-    worker, or on a worker of an engine placed per channel (Dask, Ray).
-    """
-    value = anyio.run(task.run_task) if inspect.iscoroutinefunction(task.run_task) else task.run_task()
-    return Outcome(value, pickle_result(value))
 
 
 class ThreadRunner:

@@ -12,7 +12,6 @@ with its exit status or signal.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 from concurrent.futures import ProcessPoolExecutor
@@ -28,8 +27,7 @@ from .._errors import TaskFailedError, WorkerTracebackError
 from .._stats import working
 from .._sync import BODY, ELSEWHERE
 from . import payload, values
-from .base import Outcome
-from .local import call_and_pickle
+from .base import Outcome, call_and_pickle
 from .workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -44,7 +42,7 @@ def call_pickled(request: bytes, parent: int = 0, spill: str = "") -> bytes:
 
     In the process whose id is `parent` (an executor of threads), what the body raised
     is raised as it is instead: it needs no pickling, and keeps its cause. With `spill`,
-    a big result goes to a file in that directory, and the answer names it (`values.spill`).
+    a big result goes to a file in that directory, and the answer names it (`payload.spill`).
     """
     elsewhere = BODY.set(ELSEWHERE)  # a task it runs cannot join the run (see `Task.run`)
     capture = Capture()
@@ -60,9 +58,9 @@ def call_pickled(request: bytes, parent: int = 0, spill: str = "") -> bytes:
     finally:
         CAPTURE.reset(captured)
         BODY.reset(elsewhere)
-    answer = dataclasses.replace(answer, output=capture.text())
+    answer = answer._replace(output=capture.text())
     if spill:
-        answer = values.spill(answer, os.path.join(spill, f"answer-{secrets.token_hex(8)}.pkl"))
+        answer = payload.spill(answer, os.path.join(spill, f"answer-{secrets.token_hex(8)}.pkl"))
     return payload.encode_answer(answer)
 
 

@@ -7,10 +7,11 @@ bytes is written once per run to a file under the cache directory (owner-only, r
 when the run ends), and payloads hold a `ValueRef` to it instead: four readers of a 200 MB
 result no longer pickle, send and unpickle it four times, and the parent pickles it once.
 The worker reads the file when it unpickles the payload, and keeps the last values it
-read for the next body that reads them. A big result comes back the same way (`spill`):
-the worker writes its pickle to a file and answers with the file's name, and the run
-keeps that file (`take_spilled`) as the one its readers elsewhere get. Workers never open
-the index.
+read for the next body that reads them (`payload.load_value`). A big result comes back the
+same way (`payload.spill`): the worker writes its pickle to a file and answers with the
+file's name, and the run keeps that file (`take_spilled`) as the one its readers
+elsewhere get. Workers never open the index, and a job's worker does not import this
+module: what it needs of big values is in `payload.py`, which both ends agree on.
 
 SSH hosts do not share the cache's filesystem: their payloads name the files relative to
 the host's job directory (`dumps_task(..., shipped=...)`), and the SSH runner uploads each
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import itertools
 import os
 import secrets
@@ -32,77 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 from .._cache import blobs, paths
 from .._requires import set_values, values_of
+from .payload import THRESHOLD, ValueRef
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
     from pathlib import Path
 
     from .._task import Task
-    from .payload import Answer
-
-THRESHOLD = 1 << 20  # bytes of pickle above which a value goes by reference
-_KEPT = 2  # values a worker keeps after reading them (the next body often reads the same)
-
-
-class ValueRef:
-    """Stands for a value in a payload; unpickled, it is the value, read from its file.
-
-    Its `path` is absolute, or relative to the directory of the worker's jobs (on an SSH
-    host, see `reading_jobs_in`).
-    """
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (load_value, (self.path,))
-
-
-_loaded: dict[str, Any] = {}  # worker side: path -> value, the latest `_KEPT`
-_loaded_lock = threading.Lock()
-_jobs_dir = ""  # worker side: what a relative `ValueRef` path is relative to
-
-
-@contextlib.contextmanager
-def reading_jobs_in(directory: str) -> Generator[None]:
-    """Worker side: resolve relative `ValueRef` paths against `directory` while unpickling a payload."""
-    global _jobs_dir
-    previous, _jobs_dir = _jobs_dir, directory
-    try:
-        yield
-    finally:
-        _jobs_dir = previous
-
-
-def load_value(path: str) -> Any:
-    """Worker side: return the value in the file `path` (read once while it is among the latest)."""
-    path = os.path.join(_jobs_dir, path)  # an absolute path stays as it is
-    with _loaded_lock:
-        if path in _loaded:
-            return _loaded[path]
-    with open(path, "rb") as f:
-        value = blobs.loads(f.read())
-    with _loaded_lock:
-        _loaded[path] = value
-        while len(_loaded) > _KEPT:
-            del _loaded[next(iter(_loaded))]
-    return value
-
-
-def spill(answer: Answer, path: str) -> Answer:
-    """Worker side: put a big pickled result in the new file `path` (if given) instead of the answer."""
-    if not path or answer.pickled is None or len(answer.pickled) <= THRESHOLD:
-        return answer
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, paths.PRIVATE_FILE)
-    with os.fdopen(fd, "wb") as f:
-        f.write(answer.pickled)
-    return dataclasses.replace(answer, pickled=None, spilled=path)
 
 
 def take_spilled(path: str, files: ValueFiles | None) -> tuple[Any, bytes]:
-    """Parent side: read a result a worker spilled (`spill`); return it and its pickle.
+    """Parent side: read a result a worker spilled (`payload.spill`); return it and its pickle.
 
     The run's `files` keep the file for the result's readers elsewhere (`ValueFiles.adopt`;
     moved into the run's directory first if it is not there, e.g. beside a job's
@@ -221,7 +160,7 @@ class ValueFiles:
         return os.path.join(self.spill_dir(), os.path.basename(path))
 
     def spill_dir(self) -> str:
-        """Return the directory where workers put big results (`spill`), made if needed."""
+        """Return the directory where workers put big results (`payload.spill`), made if needed."""
         paths.make_dirs(self._dir, paths.PRIVATE_DIR)
         return str(self._dir)
 

@@ -114,7 +114,7 @@ class Worker(ABC):
     ) -> tuple[int, bytes]:
         """Send the worker job directory `job` (as it sees it), and wait for its reply.
 
-        With `files` (the contents of the job's ``sys_path.json`` and ``payload.pkl``), the
+        With `files` (the contents of the job's ``sys_path`` and ``payload.pkl``), the
         worker writes them there itself, and the answer file's contents come back with
         the reply (for hosts that share no filesystem with this one).
 
