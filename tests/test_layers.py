@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).parent.parent / "asyncflow"
 LAYERS: list[set[str]] = [
     {
         "_errors",
+        "_atomic",
         "_keys",
         "_file",
         "_stats",

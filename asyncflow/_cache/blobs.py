@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
 import zlib
 from typing import TYPE_CHECKING, Any
 
+from .. import _atomic
 from .._errors import UnreadableResultError
 from . import paths
 
@@ -162,14 +162,4 @@ def write_atomic(path: Path, tmp_dir: Path, data: bytes, *, private: bool = Fals
     dir_mode, file_mode = (paths.PRIVATE_DIR, paths.PRIVATE_FILE) if private else (paths.DIR, paths.FILE)
     paths.make_dirs(tmp_dir, dir_mode)
     paths.make_dirs(path.parent, dir_mode)
-    # NAME.RANDOM.PID.tmp: `asyncflow check` tells a dead writer's from its pid.
-    tmp = tmp_dir / f"{path.name}.{os.urandom(4).hex()}.{os.getpid()}.tmp"
-    # O_EXCL: a new file, so it has the mode given here and nothing else.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _atomic.write_atomic(str(path), str(tmp_dir), data, file_mode)

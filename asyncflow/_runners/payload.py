@@ -9,7 +9,7 @@ inspect, logging) cost ten times that, and json and threading half as much again
 worker's side here imports none of them: a payload is read with ``pickle.loads`` (which
 ``cloudpickle.loads`` is; a class that travels by value imports cloudpickle as it
 unpickles), an answer without an exception is plain data for the standard pickler, job
-files are written here (`write_file`) rather than by `blobs.write_atomic`, and
+files are written by `_atomic.write_atomic` (as results are; it imports os only), and
 ``sys_path`` is not JSON. The parent's side imports the cache's modules where it needs them.
 
 A job directory ``<cache_dir>/asyncflow/jobs/<id>/`` lives under the cache directory,
@@ -46,6 +46,8 @@ import os
 import pickle
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .._atomic import write_atomic
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
@@ -176,24 +178,9 @@ def write_payload(
 
 
 def write_file(job: str | os.PathLike[str], name: str, data: bytes) -> None:
-    """Write a file of the job in directory `job` atomically, readable by its owner only.
-
-    As `blobs.write_atomic` writes a result: to a new temporary name (created with its
-    mode, whatever the umask), then renamed, so a reader sees all of it or nothing; the
-    partial file is removed when writing fails. The job's directory exists already.
-    """
-    path = os.path.join(job, name)
-    # NAME.RANDOM.PID.tmp, as `blobs.write_atomic` names them.
-    tmp = os.path.join(job, f"{name}.{os.urandom(4).hex()}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write a file of the job in directory `job` (which exists) atomically, readable by its owner only."""
+    directory = os.fspath(job)
+    write_atomic(os.path.join(directory, name), directory, data, PRIVATE_FILE)
 
 
 def read_payload(job: str | os.PathLike[str]) -> Task[Any, Any]:
