@@ -260,7 +260,9 @@ class Task(TaskLike[R], Generic[P, R]):
         # What an attempt of the body sets (`__af_enter__`; `_af_values` is `_requires._VALUES`),
         # declared now too: a key added later would turn the task's state into a dict of its own.
         self._af_values = None
-        self._af_cache_root: Path | None = None
+        # A str, not a Path: a job's worker unpickles the task, and a Path would have it
+        # import pathlib (milliseconds of every job) before its body runs.
+        self._af_cache_root: str | None = None
         self._af_dir_pending = False
         if FILE_MARK in text:  # rarely: then find the input files among the arguments
             files = files_in((*args, *kwargs.values()))
@@ -345,7 +347,7 @@ class Task(TaskLike[R], Generic[P, R]):
     def __af_enter__(self, values: dict[str, Any], cache_dir: Path) -> None:
         """Prepare an attempt of the body: requirements read as `values`, a fresh `task_directory`."""
         set_values(self, values)
-        self._af_cache_root = cache_dir
+        self._af_cache_root = str(cache_dir)
         self._af_dir_pending = True  # emptied when the body first asks for it
 
     def __af_leave__(self) -> None:
@@ -357,12 +359,13 @@ class Task(TaskLike[R], Generic[P, R]):
     def task_directory(self) -> Path:
         """A directory for the task's files: empty when the body first looks, kept until cleared."""
         import shutil
+        from pathlib import Path
 
         from ._cache import paths
 
         # getattr: a task unpickled in a worker has only the state it was sent with.
-        root = getattr(self, "_af_cache_root", None) or resolve_cache_dir(None)
-        path = paths.task_directory(root, self.__af_key__)
+        root: str | None = getattr(self, "_af_cache_root", None)
+        path = paths.task_directory(Path(root) if root else resolve_cache_dir(None), self.__af_key__)
         if getattr(self, "_af_dir_pending", False):
             if path.exists():
                 shutil.rmtree(path)

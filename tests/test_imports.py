@@ -176,7 +176,9 @@ def test_worker_leaves_the_parent_side_out() -> None:
 
 
 def _job(cache_dir: Path, task: Task[Any, Any]) -> Path:
+    # As a run prepares a body's attempt (its cache directory goes with the task), then writes its job.
     task.__af_build__()
+    task.__af_enter__({}, cache_dir)
     return payload.write_payload(cache_dir, "job", task)
 
 
