@@ -27,8 +27,7 @@ from .._capture import add, note_job, original
 from .._errors import TaskFailedError, UnstorableResultError
 from .._stats import working
 from . import payload
-from .base import Outcome
-from .values import take_spilled
+from .values import result_in
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from anyio.abc import ByteReceiveStream, Process
 
     from .._task import Task
+    from .base import Outcome
     from .values import ValueFiles
 
 TAIL_LINES = 20  # lines of stderr kept for the error message
@@ -121,11 +121,7 @@ async def run_job(
 
 def _result(job: Path, answer: payload.Answer, files: ValueFiles | None) -> Outcome | None:
     """The result in a job's answer, from beside its directory when it was spilled there; None: it has none."""
-    if answer.spilled:
-        return Outcome(*take_spilled(str(payload.answer_path(job)), files))
-    if answer.pickled is None:
-        return None
-    return Outcome(blobs.loads(answer.pickled), answer.pickled)
+    return result_in(answer, files, str(payload.answer_path(job)))
 
 
 async def execute(

@@ -130,10 +130,9 @@ def outcome_of(label: str, data: bytes, files: values.ValueFiles | None = None) 
         ) from exc
     assert isinstance(answer, payload.Answer), "asyncflow bug: a worker answered something else"
     add(answer.output)  # to this attempt's output
-    if answer.spilled:
-        return Outcome(*values.take_spilled(answer.spilled, files))
-    if answer.pickled is not None:
-        return Outcome(blobs.loads(answer.pickled), answer.pickled)
+    outcome = values.result_in(answer, files)
+    if outcome is not None:
+        return outcome
     name = answer.error_type.rpartition(".")[2]
     where = WorkerTracebackError(f"{name} was raised in the worker:\n{answer.traceback.rstrip()}")
     error = answer.error

@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from .._cache import blobs, paths
 from .._requires import set_values, values_of
+from .base import Outcome
 from .payload import THRESHOLD, ValueRef
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from .._task import Task
+    from .payload import Answer
 
 
 def take_spilled(path: str, files: ValueFiles | None) -> tuple[Any, bytes]:
@@ -61,6 +63,19 @@ def take_spilled(path: str, files: ValueFiles | None) -> tuple[Any, bytes]:
     value = blobs.loads(pickled)
     files.adopt(value, path)
     return value, pickled
+
+
+def result_in(answer: Answer, files: ValueFiles | None, spilled_at: str = "") -> Outcome | None:
+    """Parent side: the result a worker's answer carries, inline or spilled; None: it has none.
+
+    A spilled result is read from `spilled_at` if given (where the file is here, e.g.
+    beside a job's directory), else from where the worker wrote it (`take_spilled`).
+    """
+    if answer.spilled:
+        return Outcome(*take_spilled(spilled_at or answer.spilled, files))
+    if answer.pickled is None:
+        return None
+    return Outcome(blobs.loads(answer.pickled), answer.pickled)
 
 
 def _remove(path: str) -> None:
