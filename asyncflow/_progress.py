@@ -185,10 +185,10 @@ class RunProgress:
         counts.ran += 1
         self._update(counts)
 
-    def reused(self, task_name: str) -> None:
-        """A node was fresh in the cache (or computed by another run)."""
+    def reused(self, task_name: str, count: int = 1) -> None:
+        """`count` nodes were fresh in the cache (or computed by another run)."""
         counts = self._of(task_name)
-        counts.cached += 1
+        counts.cached += count
         self._update(counts)
 
     def unreadable(self, task_name: str) -> None:
