@@ -240,12 +240,7 @@ def plan(
         elif not detect and where.get(record.source) != identities[type(node.task)]:
             node.why = ELSEWHERE
         elif node.why != UPSTREAM_STALE:  # else a dep marked it, below
-            # `node_signature(node, keep=True)`, without its calls for a node reading nothing.
-            deps = node.signature
-            if deps is None:
-                deps = _NOTHING if not node.deps and not node.consts else node_signature(node, keep=True)
-                node.signature = deps
-            if record.deps != deps:
+            if record.deps != node_signature(node, keep=True):
                 node.why = INPUTS_CHANGED
             elif awaited and not unchanged(awaited.get(node)):
                 node.why = DYNAMIC_CHANGED
@@ -304,9 +299,10 @@ def node_signature(node: Node, *, keep: bool = False) -> str:
     """
     if node.signature is not None:
         return node.signature
-    if not node.deps and not node.consts:
-        return _NOTHING  # `signature`'s answer, without its list: every leaf asks
-    value = signature([d.version or "" for d in node.deps], node.consts)
+    if not node.deps and not node.consts:  # `signature`'s answer, without its list: every leaf asks
+        value = _NOTHING
+    else:
+        value = signature([d.version or "" for d in node.deps], node.consts)
     if keep:
         node.signature = value
     return value
