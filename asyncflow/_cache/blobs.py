@@ -12,7 +12,6 @@ for job files, which may hold secrets), never chmod-ed after.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import pickle
 import zlib
@@ -79,7 +78,8 @@ def digest(data: bytes) -> bytes:
 def decode(codec: int, data: bytes) -> Any:
     """Return the result stored as ``(codec, data)``."""
     if codec == GZIP:
-        data = gzip.decompress(data)
+        # wbits 31: one gzip member, as `compress` writes it, read without the gzip module's import.
+        data = zlib.decompress(data, 31)
     return loads(data)
 
 
