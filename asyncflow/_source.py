@@ -26,7 +26,6 @@ I/O here.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import os
 import site
@@ -38,6 +37,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _keys
+from ._hashing import blake2b
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -155,7 +155,7 @@ def _name_of(obj: Any) -> str:
 
 
 def _digest(*parts: str) -> str:
-    return hashlib.blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
+    return blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
 
 
 def _identity(cls: type) -> str:

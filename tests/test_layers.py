@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {
         "_errors",
         "_atomic",
+        "_hashing",
         "_keys",
         "_file",
         "_stats",
