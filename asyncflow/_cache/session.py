@@ -26,11 +26,10 @@ import anyio
 
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
-from .history import GRAPH_MAX, GraphPart, encode_graph
+from .index import GRAPH_MAX, AttemptRow, Encoded, GraphPart, Index, RunRow, encode_graph
 
 # The door to the cache for a run is this module: it passes on the index's types it uses.
 from .index import Attempt as Attempt
-from .index import AttemptRow, Encoded, Index, RunRow
 from .index import Entry as Entry
 from .index import Record as Record
 
