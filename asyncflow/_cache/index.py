@@ -23,7 +23,6 @@ import sqlite3
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
@@ -139,8 +138,7 @@ class Record(NamedTuple):
     awaited: bytes | None = None  # the tasks its body awaited (`_recipes.encode`), if any
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A computed result on its way into the index (its class and arguments are in its key)."""
 
     key: str
