@@ -30,7 +30,6 @@ import inspect
 import os
 import site
 import sys
-import sysconfig
 import threading
 import types
 import weakref
@@ -104,8 +103,11 @@ def _still_valid(cached: _Cached) -> bool:
 
 @functools.cache
 def _library_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    # Not sysconfig's paths: their first use imports the build's configuration (the
+    # _sysconfigdata module), over a millisecond of every first run. The standard library
+    # is where `os` is, packages are where `site` installs them, and a prefix's lib holds
+    # both; a directory missed here would only make its modules hashed as the user's.
+    dirs = {os.path.dirname(os.__file__)}
     dirs.update(site.getsitepackages() if hasattr(site, "getsitepackages") else ())
     dirs.add(site.getusersitepackages())
     dirs.update(os.path.join(p, "lib") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})

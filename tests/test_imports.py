@@ -108,10 +108,12 @@ JOB = [
 
 # Nor does a run in a script, cold or warm: what only clearing (shutil, with bz2 and lzma),
 # `asyncflow check`, the history's readers and `run_with_stats` need, and what it does more
-# cheaply (BLAKE2b without hashlib's OpenSSL bindings, gzip's format read with zlib).
+# cheaply (BLAKE2b without hashlib's OpenSSL bindings, gzip's format read with zlib, the
+# library's directories without sysconfig's build configuration).
 FIRST_RUN = [
     "hashlib",
     "gzip",
+    "sysconfig",
     "shutil",
     "bz2",
     "lzma",
