@@ -107,9 +107,9 @@ JOB = [
 ]
 
 # Nor does a run in a script, cold or warm: what only clearing (shutil, with bz2 and lzma),
-# `asyncflow check`, the history's readers and `run_with_stats` need, and what it does more
-# cheaply (BLAKE2b without hashlib's OpenSSL bindings, gzip's format read with zlib, the
-# library's directories without sysconfig's build configuration).
+# `asyncflow check`, the history's readers, input files and `run_with_stats` need, and what
+# it does more cheaply (BLAKE2b without hashlib's OpenSSL bindings, gzip's format read with
+# zlib, the library's directories without sysconfig's build configuration).
 FIRST_RUN = [
     "hashlib",
     "gzip",
@@ -122,6 +122,7 @@ FIRST_RUN = [
     "asyncflow._cache.store",
     "asyncflow._cache.check",
     "asyncflow._cache.history",
+    "asyncflow._cache.files",
 ]
 
 # `python -m asyncflow.worker JOB`, as a job prefix runs it.
