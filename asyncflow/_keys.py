@@ -545,9 +545,9 @@ def _open_other(value: object, cls: type[object]) -> str | _Frame:
 
 def _digest(pieces: list[bytes]) -> str:
     """Return a short hex digest of `pieces`, each framed by its length (no two splits collide)."""
-    import hashlib  # numpy and pandas data only: hashlib loads OpenSSL, which `import asyncflow` spares
+    from ._hashing import blake2b  # numpy and pandas data only
 
-    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    h = blake2b(digest_size=_DIGEST_SIZE)
     for piece in pieces:
         h.update(len(piece).to_bytes(8, "little"))
         h.update(piece)
@@ -639,12 +639,12 @@ def token(value: object) -> str:
     try:
         return "k" + encode(value)
     except UnsupportedValueError:
-        import hashlib
-
         import cloudpickle  # pyright: ignore[reportMissingTypeStubs]  # untyped
 
+        from ._hashing import blake2b
+
         data: bytes = cloudpickle.dumps(value, protocol=5)  # pyright: ignore[reportUnknownMemberType]  # untyped
-        return "p" + hashlib.blake2b(data, digest_size=16).hexdigest()
+        return "p" + blake2b(data, digest_size=16).hexdigest()
 
 
 def encode_call(values: list[tuple[str, object, bool]]) -> str:

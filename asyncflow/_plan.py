@@ -21,12 +21,12 @@ finds that node fresh only if each is fresh and has the result the body read.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import InputFileError
 from ._file import MARK as FILE_MARK
 from ._graph import DONE, FRESH, STALE, Graph, Node, build_graph, build_more
+from ._hashing import blake2b
 from ._recipes import decode
 from ._source import fingerprint
 
@@ -312,7 +312,7 @@ def signature(dep_versions: list[str], consts: str) -> str:
     """Hash the versions of a node's deps and its Const values, as its record keeps them."""
     if not dep_versions and not consts:
         return _NOTHING  # a node reading nothing, as every leaf: the same hash, made once
-    return hashlib.blake2b("\0".join([*dep_versions, consts]).encode(), digest_size=12).hexdigest()
+    return blake2b("\0".join([*dep_versions, consts]).encode(), digest_size=12).hexdigest()
 
 
-_NOTHING = hashlib.blake2b(b"", digest_size=12).hexdigest()
+_NOTHING = blake2b(b"", digest_size=12).hexdigest()

@@ -17,6 +17,7 @@ import traceback
 import warnings
 from collections import Counter, deque
 from contextlib import nullcontext
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -55,10 +56,11 @@ from ._plan import (
 from ._recipes import decode, encode
 from ._requires import requirements_of, resolve
 from ._runners.choose import Runners
-from ._stats import WORK, RunStats, StatsBuilder
 from ._sync import BODY, ELSEWHERE
+from ._tally import WORK, StatsBuilder
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from contextvars import Token
 
     from ._cache.session import Record
@@ -67,7 +69,8 @@ if TYPE_CHECKING:
     from ._plan import Prepared
     from ._progress import RunProgress
     from ._runners.base import Outcome, Runner
-    from ._stats import Work
+    from ._stats import RunStats
+    from ._tally import Work
     from ._task import Task
 _POLL_MIN, _POLL_MAX = 0.02, 0.5  # seconds between looks at another process's lease
 _TURN = 0.002  # seconds a worker runs quick nodes back to back before yielding to the loop
@@ -113,8 +116,11 @@ class _Shared:
 _IN_FLIGHT: dict[tuple[int, str], _Shared] = {}
 
 
-async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
-    """Build the graph of `root`, run what is stale, and return root's result and stats.
+async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, Callable[[], RunStats]]:
+    """Build the graph of `root`, run what is stale, and return root's result and what makes its stats.
+
+    The stats are made when asked for (`run_with_stats`): a plain `run()` spares the
+    making of their dataclasses.
 
     The run and every attempt of its bodies go into the cache's history (see `_history`).
     The garbage collector passes less often meanwhile (see `_collector`).
@@ -123,7 +129,7 @@ async def run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, R
         return await _run_workflow(root, settings)
 
 
-async def _run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, RunStats]:
+async def _run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, Callable[[], RunStats]]:
     started = time.perf_counter()
     started_at = time.time()
     prepared = await anyio.to_thread.run_sync(prepare, root)
@@ -147,13 +153,11 @@ async def _run_workflow(root: Task[Any, Any], settings: Settings) -> tuple[Any, 
             scheduler.errors.append(exc)
             outcome = "failed" if isinstance(exc, TaskFailedError) else "error"
         finally:
-            stats = scheduler.stats.freeze(time.perf_counter() - started)
-            counts = {"run": stats.run, "reused": stats.reused, "failed": stats.failed,
-                      "retried": stats.retried, "skipped": stats.skipped,
-                      "total": len(scheduler.graph.order)}  # fmt: skip
+            elapsed = time.perf_counter() - started
+            counts = {**scheduler.stats.totals(), "total": len(scheduler.graph.order)}
             session.end_run(time.time(), outcome, json.dumps(counts))
     scheduler.raise_failures()
-    return value, stats
+    return value, partial(scheduler.stats.freeze, elapsed)
 
 
 def _options_record(settings: Settings) -> str:
@@ -1084,8 +1088,8 @@ class _Scheduler:
 
 async def join_body(
     body: Any, tasks: list[Task[Any, Any]], options: dict[str, Any]
-) -> tuple[list[Any], RunStats]:
-    """Run `tasks` for the body that `body` (`_sync.BODY`) names, as part of its run.
+) -> tuple[list[Any], Callable[[], RunStats]]:
+    """Run `tasks` for the body that `body` (`_sync.BODY`) names, as part of its run; and what makes its stats so far.
 
     Raises:
         AsyncflowError: the body runs in another process (a worker process, a job), which cannot join.
@@ -1099,7 +1103,7 @@ async def join_body(
         )
     scheduler, node = body
     values = await scheduler.join(node, tasks, options)
-    return values, scheduler.stats.freeze(time.perf_counter() - scheduler.started)
+    return values, partial(scheduler.stats.freeze, time.perf_counter() - scheduler.started)
 
 
 class _SlotWaiter:

@@ -26,18 +26,17 @@ I/O here.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import os
 import site
 import sys
-import sysconfig
 import threading
 import types
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _keys
+from ._hashing import blake2b
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -104,8 +103,11 @@ def _still_valid(cached: _Cached) -> bool:
 
 @functools.cache
 def _library_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    # Not sysconfig's paths: their first use imports the build's configuration (the
+    # _sysconfigdata module), over a millisecond of every first run. The standard library
+    # is where `os` is, packages are where `site` installs them, and a prefix's lib holds
+    # both; a directory missed here would only make its modules hashed as the user's.
+    dirs = {os.path.dirname(os.__file__)}
     dirs.update(site.getsitepackages() if hasattr(site, "getsitepackages") else ())
     dirs.add(site.getusersitepackages())
     dirs.update(os.path.join(p, "lib") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
@@ -155,7 +157,7 @@ def _name_of(obj: Any) -> str:
 
 
 def _digest(*parts: str) -> str:
-    return hashlib.blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
+    return blake2b("\0".join(parts).encode(), digest_size=12).hexdigest()
 
 
 def _identity(cls: type) -> str:

@@ -52,7 +52,6 @@ def run_blocking(fn: Callable[[], Coroutine[Any, Any, T]], *, api: str, instead:
     """
     # Here, not at the top: `import asyncflow` (a CLI's help, a job's worker) spares anyio's.
     import anyio
-    import anyio.from_thread
 
     try:
         anyio.get_current_task()
@@ -60,6 +59,8 @@ def run_blocking(fn: Callable[[], Coroutine[Any, Any, T]], *, api: str, instead:
         body = BODY.get()
         if body is None or body is ELSEWHERE:
             return anyio.run(fn)
+        import anyio.from_thread  # only in a body's thread: a script's run spares its import
+
         return anyio.from_thread.run(_within, body, fn, THREAD_SLOT.get())
     raise EventLoopRunningError(
         f"{api} blocks, so it cannot be called inside a running event loop; use `{instead}` there instead"

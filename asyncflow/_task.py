@@ -382,7 +382,7 @@ class Task(TaskLike[R], Generic[P, R]):
             WorkflowFailedError: tasks failed (``on_error="continue"``).
             GraphError: the graph could not be built; nothing ran.
         """
-        result, _ = await self.run_with_stats(**options)
+        result, _ = await self.__af_run__(options)
         return result
 
     async def run_with_stats(self, **options: Unpack[RunOptions]) -> tuple[R, RunStats]:
@@ -390,6 +390,11 @@ class Task(TaskLike[R], Generic[P, R]):
 
         Inside a body, it joins the body's run (see `gather`); the statistics are that run's so far.
         """
+        result, stats = await self.__af_run__(options)
+        return result, stats()
+
+    async def __af_run__(self, options: RunOptions) -> tuple[R, Callable[[], RunStats]]:
+        """Run this task, or join the body's run inside a body; return its result and what makes the stats."""
         from ._mainguard import refuse_reimported_script
         from ._scheduler import join_body, run_workflow
 

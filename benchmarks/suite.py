@@ -172,6 +172,7 @@ def child(
         importlib.import_module("anyio.to_thread")
         importlib.import_module("asyncflow._cache.store")
         importlib.import_module("asyncflow._scheduler")
+        importlib.import_module("asyncflow._stats")  # made when the run ends, for run_with_stats
 
     out: dict[str, Any] = {}
 

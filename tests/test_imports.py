@@ -106,6 +106,25 @@ JOB = [
     "threading",
 ]
 
+# Nor does a run in a script, cold or warm: what only clearing (shutil, with bz2 and lzma),
+# `asyncflow check`, the history's readers, input files and `run_with_stats` need, and what
+# it does more cheaply (BLAKE2b without hashlib's OpenSSL bindings, gzip's format read with
+# zlib, the library's directories without sysconfig's build configuration).
+FIRST_RUN = [
+    "hashlib",
+    "gzip",
+    "sysconfig",
+    "shutil",
+    "bz2",
+    "lzma",
+    "anyio.from_thread",
+    "asyncflow._stats",
+    "asyncflow._cache.store",
+    "asyncflow._cache.check",
+    "asyncflow._cache.history",
+    "asyncflow._cache.files",
+]
+
 # `python -m asyncflow.worker JOB`, as a job prefix runs it.
 RUN_WORKER = "import sys\nfrom asyncflow.worker import main\nsys.exit(main())"
 
@@ -173,6 +192,14 @@ def test_worker_leaves_the_parent_side_out() -> None:
     # What `python -m asyncflow.worker JOB` imports before it reads the job.
     loaded = _loaded("import asyncflow.worker")
     assert sorted(loaded & set(JOB)) == []
+
+
+def test_a_run_imports_only_what_it_needs(tmp_path: Path) -> None:
+    code = "import sys\nfrom tests.worker_tasks import Square\nassert Square(3).run_graph(cache_dir=sys.argv[1]) == 9"
+    for _ in ("cold", "warm"):
+        loaded = _loaded(code, str(tmp_path))
+        assert "asyncflow._scheduler" in loaded
+        assert sorted(loaded & set(FIRST_RUN)) == []
 
 
 def _job(cache_dir: Path, task: Task[Any, Any]) -> Path:

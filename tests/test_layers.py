@@ -19,9 +19,11 @@ LAYERS: list[set[str]] = [
     {
         "_errors",
         "_atomic",
+        "_hashing",
         "_keys",
         "_file",
         "_stats",
+        "_tally",
         "_limits",
         "_progress",
         "_notebook",
@@ -141,7 +143,7 @@ def test_the_index_is_private_to_the_cache() -> None:
 
 
 def test_the_checker_sees_deferred_imports() -> None:
-    # _task imports the scheduler inside run_with_stats, only when a run starts.
+    # _task imports the scheduler inside __af_run__, only when a run starts.
     assert "asyncflow._scheduler" in IMPORTS["asyncflow._task"]
     # _explain imports _task only under TYPE_CHECKING: such imports are free.
     assert "asyncflow._task" not in IMPORTS["asyncflow._explain"]

@@ -12,14 +12,13 @@ for job files, which may hold secrets), never chmod-ed after.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import pickle
 import zlib
 from typing import TYPE_CHECKING, Any
 
 from .. import _atomic
 from .._errors import UnreadableResultError
+from .._hashing import blake2b
 from . import paths
 
 if TYPE_CHECKING:
@@ -73,13 +72,14 @@ def compress(pickled: bytes, level: int) -> tuple[int, bytes]:
 
 def digest(data: bytes) -> bytes:
     """Hash the bytes of a stored result (as stored: encoded), as its record keeps it."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return blake2b(data, digest_size=16).digest()
 
 
 def decode(codec: int, data: bytes) -> Any:
     """Return the result stored as ``(codec, data)``."""
     if codec == GZIP:
-        data = gzip.decompress(data)
+        # wbits 31: one gzip member, as `compress` writes it, read without the gzip module's import.
+        data = zlib.decompress(data, 31)
     return loads(data)
 
 

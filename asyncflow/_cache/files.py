@@ -10,12 +10,12 @@ content, each file cached the same way. Runs on the index's worker thread.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from .._hashing import blake2b
 from . import index
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class _Digests:
                 except OSError as exc:  # a dangling link, removed meanwhile, unreadable
                     line = f"x {os.path.join(rel, name)} {type(exc).__name__}"
                 lines.append(line)
-        digest = hashlib.blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
+        digest = blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
         row = self.row(root)
         return row.digest if row is not None and row.digest == digest else self.note(root, st, digest)
 
@@ -127,7 +127,7 @@ _ROW_TYPES = {(int, int, int, str, int, changed) for changed in (int, float)}
 
 
 def _hash_file(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+    digest = blake2b(digest_size=16)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)

@@ -1,9 +1,9 @@
-"""The history of runs as it is read back: runs, attempts, graphs, output; and a run's graph as written.
+"""The history of runs as it is read back: runs, attempts, graphs, output.
 
 A run's graph is kept in parts (the ``graphs`` table): the graph as planned before the
-run, then the tasks bodies awaited as the run went on, a part per write. `encode_graph`
-makes a part on the writer's thread; `RunGraph` joins the parts of a run again, with what its
-attempts say happened to each node.
+run, then the tasks bodies awaited as the run went on, a part per write. `index.encode_graph`
+makes a part on the writer's thread (a run never imports this module); `RunGraph` joins the
+parts of a run again, with what its attempts say happened to each node.
 
 `Reader` is the read-only door the web view uses: a connection opened read-only (it
 never creates, migrates or locks the index for writing), polled for changes with
@@ -25,40 +25,14 @@ from . import index, paths
 from .index import Attempt, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
-
-    from .._graph import Node
-
-# The largest graph a run keeps in its history: beyond it, a run's graph is not kept
-# (its counts still are). 100,000 nodes encode to a few MB in ~50 ms, off the loop.
-GRAPH_MAX = 100_000
 
 _STATES = {
     "ok": "ran",
     "failed": "failed",
     "cancelled": "cancelled",
 }  # an attempt's outcome -> its node's state
-
-
-# Part of a run's graph: nodes new to the run, those of them that are stale (to run), and
-# bodies with tasks they awaited.
-GraphPart = tuple["Sequence[Node]", "Collection[Node]", "Sequence[tuple[Node, Sequence[Node]]]"]
-
-
-def encode_graph(parts: Sequence[GraphPart]) -> bytes:
-    """Encode parts of a run's graph as one: each node with its upstream, whether it was to run, and awaited edges.
-
-    Keys are written once each: marshal refers back to a string it has written (the
-    key of a dep is its node's own key object).
-    """
-    rows: list[tuple[str, bool, tuple[str, ...]]] = []
-    edges: list[tuple[str, tuple[str, ...]]] = []
-    for nodes, stale, awaited in parts:
-        stale_set = stale if isinstance(stale, (set, frozenset)) else set(stale)
-        rows += [(n.key, n in stale_set, tuple(d.key for d in n.deps)) for n in nodes]
-        edges += [(parent.key, tuple(c.key for c in children)) for parent, children in awaited]
-    return zlib.compress(marshal.dumps((rows, edges)), 1)
 
 
 @dataclass

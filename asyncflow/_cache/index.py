@@ -6,7 +6,9 @@ on a worker thread, calls serialised) with anyio's `to_thread`, which runs on bo
 Callers batch: one call reads or writes many nodes in one transaction.
 
 Private to `_cache/`: the rest of asyncflow goes through `session.py` (a run) and
-`store.py` (everything else). SQL only: encoding results and their files are `blobs.py`'s.
+`store.py` (everything else). SQL only: encoding results and their files are `blobs.py`'s;
+the history's batches (attempts, and a run's graph by `encode_graph`) are encoded here as
+a run writes them, and `history.py`, which a run never imports, joins a graph again.
 Only the process that awaits ``run()`` opens the index; workers never do.
 """
 
@@ -21,7 +23,6 @@ import sqlite3
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
@@ -31,8 +32,10 @@ from .._keys import split_key
 from . import paths
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Iterable, Sequence
+    from collections.abc import Callable, Collection, Generator, Iterable, Sequence
     from pathlib import Path
+
+    from .._graph import Node
 
 T = TypeVar("T")
 
@@ -135,8 +138,7 @@ class Record(NamedTuple):
     awaited: bytes | None = None  # the tasks its body awaited (`_recipes.encode`), if any
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A computed result on its way into the index (its class and arguments are in its key)."""
 
     key: str
@@ -181,6 +183,30 @@ class Attempt(NamedTuple):
 
 # An `Attempt` as a run writes it: without its run (the writer's), as a plain tuple (cheaper).
 AttemptRow = tuple[str, int, float, float, str, str, "str | None", "str | None"]
+
+# The largest graph a run keeps in its history: beyond it, a run's graph is not kept
+# (its counts still are). 100,000 nodes encode to a few MB in ~50 ms, off the loop.
+GRAPH_MAX = 100_000
+
+
+# Part of a run's graph: nodes new to the run, those of them that are stale (to run), and
+# bodies with tasks they awaited.
+GraphPart = tuple["Sequence[Node]", "Collection[Node]", "Sequence[tuple[Node, Sequence[Node]]]"]
+
+
+def encode_graph(parts: Sequence[GraphPart]) -> bytes:
+    """Encode parts of a run's graph as one: each node with its upstream, whether it was to run, and awaited edges.
+
+    Keys are written once each: marshal refers back to a string it has written (the
+    key of a dep is its node's own key object).
+    """
+    rows: list[tuple[str, bool, tuple[str, ...]]] = []
+    edges: list[tuple[str, tuple[str, ...]]] = []
+    for nodes, stale, awaited in parts:
+        stale_set = stale if isinstance(stale, (set, frozenset)) else set(stale)
+        rows += [(n.key, n in stale_set, tuple(d.key for d in n.deps)) for n in nodes]
+        edges += [(parent.key, tuple(c.key for c in children)) for parent, children in awaited]
+    return zlib.compress(marshal.dumps((rows, edges)), 1)
 
 
 class Encoded(NamedTuple):

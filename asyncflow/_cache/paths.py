@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from typing import TYPE_CHECKING
 
+from .._hashing import blake2b
 from .._keys import split_key
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def logs_dir(cache_dir: Path, run: str) -> Path:
 
 def log_name(key: str, attempt: int) -> str:
     """Return the file name of the output of an attempt of the node `key`, in its run's `logs_dir`."""
-    digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+    digest = blake2b(key.encode(), digest_size=10).hexdigest()
     return f"{digest}-{attempt}.log"
 
 
@@ -72,5 +72,5 @@ def class_data_dir(cache_dir: Path, task_name: str) -> Path:
 def task_directory(cache_dir: Path, key: str) -> Path:
     """Return the task directory of the node `key` (its arguments hashed into the name)."""
     task_name, argtext = split_key(key)
-    digest = hashlib.blake2b(argtext.encode(), digest_size=10).hexdigest()
+    digest = blake2b(argtext.encode(), digest_size=10).hexdigest()
     return class_data_dir(cache_dir, task_name) / digest

@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio
 
 from .._errors import CacheError, UnreadableResultError
-from . import blobs, files, index, paths
-from .history import GRAPH_MAX, GraphPart, encode_graph
+from . import blobs, index, paths
+from .index import GRAPH_MAX, AttemptRow, Encoded, GraphPart, Index, RunRow, encode_graph
 
 # The door to the cache for a run is this module: it passes on the index's types it uses.
 from .index import Attempt as Attempt
-from .index import AttemptRow, Encoded, Index, RunRow
 from .index import Entry as Entry
 from .index import Record as Record
 
@@ -213,6 +212,8 @@ class CacheSession:
 
     async def digest_inputs(self, paths: Sequence[str]) -> Inputs:
         """Return the content digests of input files (see `files.py`), and why some have none."""
+        from . import files  # here: a graph without input files (`File`) never needs it
+
         return await self._ask(files.digest_inputs, paths)
 
     async def made_where(self, digests: Iterable[str]) -> dict[str, str]:

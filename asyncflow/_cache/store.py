@@ -6,7 +6,6 @@ directory without an index holds nothing (nothing is created to find that out).
 
 from __future__ import annotations
 
-import shutil
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -14,7 +13,6 @@ import anyio
 
 from .._errors import CacheError, UnreadableResultError
 from . import blobs, files, index, paths
-from . import check as _check
 from .history import settled
 from .index import Attempt as Attempt
 from .index import ClassSummary as ClassSummary
@@ -131,6 +129,8 @@ async def digest_inputs(cache_dir: Path, paths: Sequence[str]) -> Inputs:
 
 async def check(cache_dir: Path, *, repair: bool = False) -> Report | None:
     """Check the cache of `cache_dir` for damage (with `repair`, remove it); None when it has no index."""
+    from . import check as _check  # here: only `asyncflow check` needs it, not a task's result
+
     return await anyio.to_thread.run_sync(_check.check, cache_dir, repair)
 
 
@@ -182,6 +182,8 @@ async def summarize(cache_dir: Path) -> list[ClassSummary] | None:
 
 
 def _remove(cache_dir: Path, files: Sequence[str], dirs: Sequence[Path]) -> None:
+    import shutil  # here: it imports the bz2 and lzma modules, milliseconds of reading a result
+
     blobs.remove(cache_dir, files)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)

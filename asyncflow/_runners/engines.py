@@ -31,7 +31,7 @@ import anyio.lowlevel
 
 from .._cache import blobs
 from .._errors import OptionError, TaskFailedError
-from .._stats import working
+from .._tally import working
 from .process import outcome_of
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from anyio.streams.text import TextReceiveStream
 from .._cache import blobs
 from .._capture import add, note_job, original
 from .._errors import TaskFailedError, UnstorableResultError
-from .._stats import working
+from .._tally import working
 from . import payload
 from .values import result_in
 

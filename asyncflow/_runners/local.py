@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._stats import working
 from .._sync import THREAD_SLOT
+from .._tally import working
 from .base import Outcome, call_and_pickle, pickle_result
 
 if TYPE_CHECKING:

@@ -60,7 +60,7 @@ SYS_PATH = "sys_path"  # read before the payload: unpickling it may import modul
 RESULT = "result.pkl"
 THRESHOLD = 1 << 20  # bytes of pickle above which a value goes by reference (`ValueRef`, `spill`)
 # `paths.PRIVATE_FILE`, which the tests compare: importing the cache's paths here would
-# bring hashlib to every job.
+# cost every job their import.
 PRIVATE_FILE = 0o600
 _KEPT = 2  # values a worker keeps after reading them (the next body often reads the same)
 

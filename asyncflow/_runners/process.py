@@ -24,8 +24,8 @@ from .. import _mainguard
 from .._cache import blobs
 from .._capture import CAPTURE, Capture, add, capturing
 from .._errors import TaskFailedError, WorkerTracebackError
-from .._stats import working
 from .._sync import BODY, ELSEWHERE
+from .._tally import working
 from . import payload, values
 from .base import Outcome, call_and_pickle
 from .workers import WorkerPool

@@ -27,7 +27,7 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._errors import TaskFailedError
-from .._stats import working
+from .._tally import working
 
 if TYPE_CHECKING:
     from collections.abc import Callable
