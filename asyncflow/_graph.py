@@ -189,20 +189,24 @@ def _topological_order(nodes: dict[str, Node], linked: dict[str, Node] | None = 
     With `linked`, deps already known there (and ordered before) count as placed; the
     new nodes are linked as their dependents only once the order is found.
     """
-    for node in nodes.values():
-        node.remaining = 0
-        for dep in node.deps:
-            if dep.key in nodes:
-                node.remaining += 1
+    if linked is None:  # every dep is among `nodes`: no need to ask
+        for node in nodes.values():
+            node.remaining = len(node.deps)
+            for dep in node.deps:
                 dep.dependents.append(node)
+    else:
+        for node in nodes.values():
+            node.remaining = 0
+            for dep in node.deps:
+                if dep.key in nodes:
+                    node.remaining += 1
+                    dep.dependents.append(node)
     order = [n for n in nodes.values() if n.remaining == 0]
-    i = 0
-    while i < len(order):
-        for dependent in order[i].dependents:
+    for node in order:  # grows while it is read
+        for dependent in node.dependents:
             dependent.remaining -= 1
             if dependent.remaining == 0:
                 order.append(dependent)
-        i += 1
     if len(order) < len(nodes):
         raise _cycle_error([n for n in nodes.values() if n.remaining > 0])
     if linked is not None:
