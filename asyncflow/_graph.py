@@ -14,7 +14,7 @@ from ._errors import BuildError, CycleError, MissingRequirementError, Undeclared
 from ._requires import Const, requirements_of, sources_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from ._task import Task
 
@@ -132,7 +132,7 @@ def build_more(tasks: list[Task[Any, Any]], known: dict[str, Node]) -> tuple[lis
         roots.append(node)
     while stack:
         node = stack.pop()
-        _expand(node, lambda t: known.get(t.__af_key__), new, stack)
+        _expand(node, known, new, stack)
     order = _topological_order(new, linked=known)
     known.update(new)
     return roots, order
@@ -151,14 +151,16 @@ def build_graph(root: Task[Any, Any]) -> Graph:
     nodes: dict[str, Node] = {root_node.key: root_node}
     stack = [root_node]
     while stack:
-        _expand(stack.pop(), lambda _: None, nodes, stack)
+        _expand(stack.pop(), _NONE_KNOWN, nodes, stack)
     return Graph(root_node, _topological_order(nodes))
 
 
-def _expand(
-    node: Node, find: Callable[[Task[Any, Any]], Node | None], nodes: dict[str, Node], stack: list[Node]
-) -> None:
-    """Build `node`'s task and set its deps: known ones (`find`), else in `nodes`, else new (pushed on `stack`)."""
+# What `build_graph` knows before it starts (read only): one dict lookup per edge, not a call.
+_NONE_KNOWN: dict[str, Node] = {}
+
+
+def _expand(node: Node, known: dict[str, Node], nodes: dict[str, Node], stack: list[Node]) -> None:
+    """Build `node`'s task and set its deps: `known` ones, else in `nodes`, else new (pushed on `stack`)."""
     task = node.task
     reqs = _build(task)
     names = type(task).__af_requires__
@@ -173,7 +175,7 @@ def _expand(
                 continue
             task_source: Task[Any, Any] = source  # type: ignore[assignment]  # not a Const: a Task
             key = task_source.__af_key__
-            dep = find(task_source) or nodes.get(key)
+            dep = known.get(key) or nodes.get(key)
             if dep is None:
                 dep = nodes[key] = Node(task_source)
                 stack.append(dep)
@@ -189,20 +191,24 @@ def _topological_order(nodes: dict[str, Node], linked: dict[str, Node] | None = 
     With `linked`, deps already known there (and ordered before) count as placed; the
     new nodes are linked as their dependents only once the order is found.
     """
-    for node in nodes.values():
-        node.remaining = 0
-        for dep in node.deps:
-            if dep.key in nodes:
-                node.remaining += 1
+    if linked is None:  # every dep is among `nodes`: no need to ask
+        for node in nodes.values():
+            node.remaining = len(node.deps)
+            for dep in node.deps:
                 dep.dependents.append(node)
+    else:
+        for node in nodes.values():
+            node.remaining = 0
+            for dep in node.deps:
+                if dep.key in nodes:
+                    node.remaining += 1
+                    dep.dependents.append(node)
     order = [n for n in nodes.values() if n.remaining == 0]
-    i = 0
-    while i < len(order):
-        for dependent in order[i].dependents:
+    for node in order:  # grows while it is read
+        for dependent in node.dependents:
             dependent.remaining -= 1
             if dependent.remaining == 0:
                 order.append(dependent)
-        i += 1
     if len(order) < len(nodes):
         raise _cycle_error([n for n in nodes.values() if n.remaining > 0])
     if linked is not None:

@@ -575,7 +575,10 @@ class _Scheduler:
                 digests = await self.session.digest_inputs(list(inputs))
                 add_inputs(inputs, digests.digests, digests.problems, unusable)
             records = await self.session.lookup([n.key for n in more])
-            self.records.update(records)
+            if self.records:
+                self.records.update(records)
+            else:  # the first lookup, of every node: kept as it is, not copied (a million entries)
+                self.records = records
             dynamic = [key for key, record in records.items() if record.awaited is not None]
             if not dynamic:
                 break

@@ -91,6 +91,7 @@ class _Params:
         params = list(self.signature.parameters.values())[1:]  # drop self
         self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         self.names = [p.name for p in params]
+        self.single = self.simple and len(self.names) == 1
 
     def encode(self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Return the canonical text of a call's arguments.
@@ -99,6 +100,9 @@ class _Params:
             TaskDefinitionError: the arguments do not fit `build_task`, or one has no key.
         """
         try:
+            if self.single and len(args) == 1 and not kwargs:
+                # The most common case of all, a single parameter: no map, no join.
+                return _keys.encode(args[0], self.names[0])
             if self.simple and not kwargs and len(args) == len(self.names):
                 # The common case, without binding: plain positional parameters.
                 return ", ".join(map(_keys.encode, args, self.names))
