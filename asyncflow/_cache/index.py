@@ -579,18 +579,25 @@ def acquire(
     holders: dict[str, str] = {}
     with _transaction(conn):
         conn.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (owner, now + ttl))
-        for chunk in _chunks(keys):
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(f"{_HOLDERS} WHERE leases.key IN ({marks})", chunk)
-            holders.update(
-                (key, holder)
-                for key, holder, expires in rows.fetchall()
-                if holder != owner and owner_alive(holder, expires, now)
-            )
+        # Most keys have no lease yet (all of them, in a cold run): when each one could be
+        # inserted, they are ours and there is no holder to look up (a quarter of the cost).
+        before = conn.total_changes
         conn.executemany(
-            "INSERT OR REPLACE INTO leases (key, owner) VALUES (?, ?)",
-            [(key, owner) for key in keys if key not in holders],
+            "INSERT OR IGNORE INTO leases (key, owner) VALUES (?, ?)", [(key, owner) for key in keys]
         )
+        if conn.total_changes - before < len(keys):  # some were leased: by whom, and are they alive?
+            for chunk in _chunks(keys):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"{_HOLDERS} WHERE leases.key IN ({marks})", chunk)
+                holders.update(
+                    (key, holder)
+                    for key, holder, expires in rows.fetchall()
+                    if holder != owner and owner_alive(holder, expires, now)
+                )
+            conn.executemany(
+                "INSERT OR REPLACE INTO leases (key, owner) VALUES (?, ?)",
+                [(key, owner) for key in keys if key not in holders],
+            )
         records = {} if seen is not None and data_version(conn) == seen else lookup(conn, keys)
     return [(holders.get(key), records.get(key)) for key in keys]
 
