@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from asyncflow import CacheError, Requires, RequiresList, Task
+from asyncflow._cache import index
 from asyncflow._cache.index import SCHEMA_VERSION
 from asyncflow._runners import payload
 
@@ -104,6 +105,33 @@ async def test_a_schema_1_index_is_upgraded_in_place(cache_dir: Path) -> None:
     assert (
         conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL").fetchall() == []
     )
+    conn.close()
+
+
+async def test_a_schema_7_index_keeps_its_live_leases(cache_dir: Path) -> None:
+    # Schema 7 kept an expiry per lease; 8 keeps one per owner, the latest of its leases'.
+    await Plain().run(cache_dir=cache_dir)
+    path = cache_dir / "asyncflow" / "index.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE owners")
+    conn.execute("DROP TABLE leases")
+    conn.execute(
+        "CREATE TABLE leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID"
+    )
+    live, gone = "elsewhere:1:live", "elsewhere:2:gone"
+    keys = [Twin(n).__af_key__ for n in range(3)]
+    leases = [(keys[0], live, 1e12), (keys[1], live, 1e11), (keys[2], gone, 1.0)]
+    conn.executemany("INSERT INTO leases VALUES (?, ?, ?)", leases)
+    conn.execute("PRAGMA user_version=7")
+    value, stats = await Plain().run_with_stats(cache_dir=cache_dir)
+    assert (value, stats.reused) == (list(range(10)), 1)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [row[1] for row in conn.execute("PRAGMA table_info(leases)")] == ["key", "owner"]
+    # The run that ended removed the expiry long past (its lease binds no one either way).
+    assert conn.execute("SELECT * FROM owners").fetchall() == [(live, 1e12)]
+    assert index.poll(conn, keys) == [True, True, False]
+    with anyio.fail_after(10):
+        assert await Twin(2).run(cache_dir=cache_dir) == 2  # the expired lease does not hold it up
     conn.close()
 
 
@@ -333,13 +361,39 @@ async def test_a_lease_left_by_an_ended_run_of_this_process_binds_no_one(cache_d
     conn = sqlite3.connect(cache_dir / "asyncflow" / "index.sqlite")
     with conn:
         conn.execute("DELETE FROM nodes")
-        conn.execute(
-            "INSERT INTO leases VALUES (?, ?, 1e12)", (Twin(0).__af_key__, f"{HOST}:{os.getpid()}:0ended0")
-        )
+        owner = f"{HOST}:{os.getpid()}:0ended0"
+        conn.execute("INSERT INTO leases VALUES (?, ?)", (Twin(0).__af_key__, owner))
+        conn.execute("INSERT INTO owners VALUES (?, 1e12)", (owner,))
     conn.close()
     with anyio.fail_after(5):
         _, stats = await Twin(0).run_with_stats(cache_dir=cache_dir)
     assert stats.run == 1
+
+
+def test_acquire_takes_the_free_and_the_dead_leases_and_names_live_holders(cache_dir: Path) -> None:
+    conn = index.connect(cache_dir, create=True)
+    assert conn is not None
+    live, dead = "elsewhere:1:live", "elsewhere:2:dead"
+    conn.executemany("INSERT INTO owners VALUES (?, ?)", [(live, 1e12), (dead, 1.0)])
+    conn.executemany(
+        "INSERT INTO leases VALUES (?, ?)", [("A()", live), ("B()", dead), ("C()", "nowhere:3:x")]
+    )
+    me = index.new_owner()
+    try:
+        got = index.acquire(conn, me, 15.0, ["A()", "B()", "C()", "D()"])
+        assert [holder for holder, _ in got] == [live, None, None, None]
+        assert dict(conn.execute("SELECT key, owner FROM leases")) == {
+            "A()": live,
+            "B()": me,
+            "C()": me,
+            "D()": me,
+        }
+        # All free: the quick way in, with the same outcome.
+        assert index.acquire(conn, me, 15.0, ["E()", "F()"]) == [(None, None), (None, None)]
+        assert index.poll(conn, ["A()", "B()", "E()", "G()"]) == [True, True, True, False]
+    finally:
+        index.end_owner(me)
+        conn.close()
 
 
 # Loading a result runs code: nothing in the cache is writable by others, whatever the umask.

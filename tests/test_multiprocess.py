@@ -260,6 +260,27 @@ async def test_waiter_takes_over_from_a_killed_holder(cache_dir: Path, tmp_path:
     assert started.startswith("Sleeper(")
 
 
+def test_a_run_longer_than_its_lease_ttl_keeps_its_nodes(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewed all along, a run's leases still bind a process that starts TTLs after it leased them."""
+    monkeypatch.setenv("AF_LEASE_TTL", "1")
+    n, delay = 3, 0.8  # one sleeper at a time: ~5 s, five TTLs
+    log = tmp_path / "bodies.log"
+    first = start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--rate-leaf", "1")
+    deadline = time.monotonic() + 20
+    while len(read_log(log)) < 4:  # some 2.4 s (TTLs) after it leased every node
+        assert first.poll() is None, first.communicate()[1].decode()
+        assert time.monotonic() < deadline, "the first process did not start its bodies"
+        time.sleep(0.01)
+    second = start(cache_dir, log, "fan", str(n), "--delay", str(delay), "--backend", "trio")
+    first_out, second_out = finish(first, timeout=30), finish(second, timeout=30)
+    assert second_out["result"] == FanSum.expected(0, n)
+    bodies = read_log(log)
+    assert len(bodies) == len(set(bodies)), f"a node was computed twice: {sorted(bodies)}"
+    assert (first_out["run"], second_out["run"]) == (len(fan_nodes(0, n, delay)), 0)
+
+
 def test_process_started_after_a_killed_holder(cache_dir: Path, tmp_path: Path) -> None:
     """Leases left by a process killed mid-run bind nobody: a new process finishes at once."""
     n, delay = 6, 0.3
@@ -327,7 +348,7 @@ def test_a_paused_holder_does_not_overwrite_newer_work(cache_dir: Path, tmp_path
         stop_outside_a_write(first, index)
         # Stopped, it renews nothing: wait until its leases have expired.
         conn = sqlite3.connect(index)
-        while conn.execute("SELECT max(expires) FROM leases").fetchone()[0] >= time.time():
+        while conn.execute("SELECT max(expires) FROM owners").fetchone()[0] >= time.time():
             assert time.monotonic() < deadline + 10, "the stopped process's leases did not expire"
             time.sleep(0.05)
         conn.close()

@@ -44,8 +44,10 @@ T = TypeVar("T")
 # cache from asyncflow 0.1 re-runs once) and the digests of input files. 4: a digest of
 # every stored result (`blobs.digest`); older records have none and are read unchecked.
 # 5: the tasks a body awaited (`_recipes`), which take part in its staleness. 6: the
-# history of runs and of every attempt of every body. 7: the graph of each run.
-SCHEMA_VERSION = 7
+# history of runs and of every attempt of every body. 7: the graph of each run. 8: one
+# expiry per lease owner (`owners`), not per lease: a run renews one row, not a row per
+# node it has yet to compute (up to a million, every few seconds).
+SCHEMA_VERSION = 8
 _SCHEMA_PLAUSIBLE = 1000  # a schema number above this is damage, not a newer asyncflow
 _CHUNK = 500  # keys per `IN (...)` query, below SQLite's variable limit everywhere
 
@@ -68,8 +70,11 @@ CREATE TABLE IF NOT EXISTS nodes (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,           -- host:pid:run
-    expires REAL NOT NULL
+    owner TEXT NOT NULL            -- host:pid:run: binds while its owner's row is live
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT PRIMARY KEY,        -- host:pid:run, with a lease or about to take one
+    expires REAL NOT NULL          -- its leases bind no one after this, unless renewed
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY,
@@ -392,11 +397,29 @@ def create_at(path: Path) -> sqlite3.Connection:
                     conn.execute("ALTER TABLE nodes ADD COLUMN digest BLOB")
                 if "awaited" not in columns:  # an index of schema 2 to 4
                     conn.execute("ALTER TABLE nodes ADD COLUMN awaited BLOB")
+                if "expires" in {row[1] for row in conn.execute("PRAGMA table_info(leases)")}:
+                    _move_expiries(conn)  # an index of schema 7 or older
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _move_expiries(conn: sqlite3.Connection) -> None:
+    """Give each owner of a lease of a schema-7 index one expiry (its leases' latest), and its leases none.
+
+    Carried over, not dropped: a run of an older asyncflow still computing those nodes
+    keeps them from being computed twice until its leases would have expired.
+    """
+    conn.execute(
+        "INSERT OR REPLACE INTO owners SELECT owner, max(expires) FROM leases"
+        " WHERE typeof(owner) = 'text' AND typeof(expires) IN ('real', 'integer') GROUP BY owner"
+    )
+    conn.execute("CREATE TABLE leases_8 (key TEXT PRIMARY KEY, owner TEXT NOT NULL) WITHOUT ROWID")
+    conn.execute("INSERT INTO leases_8 SELECT key, owner FROM leases")
+    conn.execute("DROP TABLE leases")
+    conn.execute("ALTER TABLE leases_8 RENAME TO leases")
 
 
 def is_damage(exc: sqlite3.DatabaseError) -> bool:
@@ -577,7 +600,7 @@ def summarize(conn: sqlite3.Connection) -> list[ClassSummary]:
 def acquire(
     conn: sqlite3.Connection, owner: str, ttl: float, keys: Sequence[str], seen: int | None = None
 ) -> list[tuple[str | None, Record | None]]:
-    """Take the lease of each key unless another live owner holds it.
+    """Take the lease of each key unless another live owner holds it (and renew `owner`'s).
 
     Returns, per key, ``(holder, record)``: `holder` is None when the lease is now ours,
     else the owner holding it; `record` is the node's record as of now, or None if it has
@@ -587,18 +610,26 @@ def acquire(
     now = time.time()
     holders: dict[str, str] = {}
     with _transaction(conn):
-        for chunk in _chunks(keys):
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(f"SELECT key, owner, expires FROM leases WHERE key IN ({marks})", chunk)
-            holders.update(
-                (key, holder)
-                for key, holder, expires in rows.fetchall()
-                if holder != owner and owner_alive(holder, expires, now)
-            )
+        conn.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (owner, now + ttl))
+        # Most keys have no lease yet (all of them, in a cold run): when each one could be
+        # inserted, they are ours and there is no holder to look up (a quarter of the cost).
+        before = conn.total_changes
         conn.executemany(
-            "INSERT OR REPLACE INTO leases (key, owner, expires) VALUES (?, ?, ?)",
-            [(key, owner, now + ttl) for key in keys if key not in holders],
+            "INSERT OR IGNORE INTO leases (key, owner) VALUES (?, ?)", [(key, owner) for key in keys]
         )
+        if conn.total_changes - before < len(keys):  # some were leased: by whom, and are they alive?
+            for chunk in _chunks(keys):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"{_HOLDERS} WHERE leases.key IN ({marks})", chunk)
+                holders.update(
+                    (key, holder)
+                    for key, holder, expires in rows.fetchall()
+                    if holder != owner and owner_alive(holder, expires, now)
+                )
+            conn.executemany(
+                "INSERT OR REPLACE INTO leases (key, owner) VALUES (?, ?)",
+                [(key, owner) for key in keys if key not in holders],
+            )
         records = {} if seen is not None and data_version(conn) == seen else lookup(conn, keys)
     return [(holders.get(key), records.get(key)) for key in keys]
 
@@ -608,14 +639,20 @@ def poll(conn: sqlite3.Connection, keys: Sequence[str]) -> list[bool]:
     now = time.time()
     out: list[bool] = []
     for key in keys:
-        row = conn.execute("SELECT owner, expires FROM leases WHERE key=?", (key,)).fetchone()
-        out.append(row is not None and owner_alive(row[0], row[1], now))
+        row = conn.execute(f"{_HOLDERS} WHERE leases.key=?", (key,)).fetchone()
+        out.append(row is not None and owner_alive(row[1], row[2], now))
     return out
 
 
+# Each lease with its owner's expiry: NULL when the owner has no row, so it binds no one.
+_HOLDERS = "SELECT leases.key, leases.owner, owners.expires FROM leases LEFT JOIN owners USING (owner)"
+
+
 def renew(conn: sqlite3.Connection, owner: str, ttl: float) -> None:
-    """Push back the expiry of every lease `owner` holds."""
-    conn.execute("UPDATE leases SET expires=? WHERE owner=?", (time.time() + ttl, owner))
+    """Push back the expiry of every lease `owner` holds (one row: they share it)."""
+    # Inserted if missing too: if another process removed it as expired while this one was
+    # paused, the leases no one took over meanwhile are still this run's to compute.
+    conn.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (owner, time.time() + ttl))
 
 
 def commit(
@@ -758,8 +795,12 @@ def new_attempts_of_node(
 
 
 def release_all(conn: sqlite3.Connection, owner: str) -> None:
-    """Drop every lease `owner` holds."""
-    conn.execute("DELETE FROM leases WHERE owner=?", (owner,))
+    """Drop every lease `owner` holds, its expiry, and the expiries past (of crashed runs)."""
+    with _transaction(conn):
+        conn.execute("DELETE FROM leases WHERE owner=?", (owner,))
+        # An expired owner's leases bind no one, with its row or without: a paused run
+        # that comes back renews its row (see `renew`), and with it the leases left to it.
+        conn.execute("DELETE FROM owners WHERE owner=? OR expires < ?", (owner, time.time()))
 
 
 def load(conn: sqlite3.Connection, wanted: Sequence[tuple[str, str]]) -> list[Stored | None]:
