@@ -120,7 +120,8 @@ CREATE TABLE IF NOT EXISTS graphs (
     data BLOB NOT NULL,            -- zlib of marshal, see `GraphPart`
     PRIMARY KEY (run, batch)
 ) WITHOUT ROWID;
--- A class's nodes are a range of keys ("name(" up to "name)"), and leases are few.
+-- A class's nodes are a range of keys ("name(" up to "name)"), and leases are found by key (a
+-- run's are released by key as its results are written, the rest once as it ends).
 DROP INDEX IF EXISTS nodes_by_class;
 DROP INDEX IF EXISTS leases_by_owner;
 """
