@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -243,7 +244,13 @@ def test_logs_follow_a_task_while_runs_go_on(tmp_path: Path) -> None:
     ) as follower:  # fmt: skip
         try:
             assert follower.stdout is not None
+            assert follower.stderr is not None
             lines = _lines(follower.stdout)
+            # It looked and waits (the run starts only now: a run's first attempt can reach
+            # the history before a follower just started has looked at all).
+            assert select.select([follower.stderr], [], [], 60)[0], "the follower said nothing"
+            waiting = follower.stderr.readline()
+            assert waiting.startswith("Early() has no attempt in the history of "), waiting
             with subprocess.Popen([*asyncflow, "run", flow, "--gate", gate], cwd=tmp_path, env=_env()) as run:
                 # Early's attempt shows as it ends, while the run still waits at the gate.
                 read = _read_until(lines, 1, "early speaking")
@@ -262,7 +269,6 @@ def test_logs_follow_a_task_while_runs_go_on(tmp_path: Path) -> None:
         finally:
             follower.kill()
     assert (follower.returncode, "Traceback" in err, "interrupted" in err) == (0, False, False), err
-    assert err.startswith("Early() has no attempt in the history of ")  # and waited for one
 
 
 def test_the_show_command(tmp_path: Path) -> None:
