@@ -13,10 +13,8 @@ SQLite's ``data_version``. Nothing here runs user code: results are never unpick
 from __future__ import annotations
 
 import json
-import marshal
 import math
 import sqlite3
-import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -75,11 +73,11 @@ def decode_graph(parts: Sequence[bytes], attempts: Sequence[Attempt], ended: boo
     nodes: dict[str, GraphNode] = {}
     complete = True
     for data in parts:
-        try:
-            rows, edges = marshal.loads(zlib.decompress(data))
-        except Exception:  # damaged, or another Python's marshal: the graph lacks this part
+        part = index.decode_graph_part(data)
+        if part is None:  # damaged, or another Python's marshal: the graph lacks this part
             complete = False
             continue
+        rows, edges = part
         for key, stale, deps in rows:
             if key not in nodes:
                 nodes[key] = GraphNode(key, split_key(key)[0], stale, deps)

@@ -215,6 +215,18 @@ def encode_graph(parts: Sequence[GraphPart]) -> bytes:
     return zlib.compress(marshal.dumps((rows, edges)), 1)
 
 
+def decode_graph_part(data: bytes) -> tuple[Any, Any] | None:
+    """Return the ``(rows, edges)`` that `encode_graph` made of a part; None if it is damaged.
+
+    Any: lists of tuples as `encode_graph` wrote them (`history.decode_graph` reads them).
+    """
+    try:
+        rows, edges = marshal.loads(zlib.decompress(data))
+    except Exception:  # damaged, or from another Python's marshal: the history lacks this part
+        return None
+    return rows, edges
+
+
 class Encoded(NamedTuple):
     """An entry encoded for the index: its result inline (`data`) or in the file `path`."""
 
